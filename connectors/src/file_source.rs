@@ -1,0 +1,892 @@
+//! The file source (`type: file`): reads the lines of one file or of every file that a
+//! glob matches, as raw batches (`payload`, `offset` = 1-based line number) for a
+//! format to decode.
+//!
+//! Each file is a split whose id is the file's index in the sorted list of matches;
+//! file `i` goes to subtask `i % parallelism`. A subtask reads its files one after the
+//! other with buffered reads in bounded chunks, so memory stays flat whatever the file
+//! size. Its position (`file`, `path`, `byte_offset`, `line`) is exact: a restored
+//! source goes on with the line after the last one it emitted.
+//!
+//! A line longer than `max_record_bytes` is truncated to its first `max_record_bytes`
+//! bytes and the rest is skipped up to the newline. Such a record is flagged in its
+//! batch's schema metadata under [`TRUNCATED_ROWS_METADATA`] (see [`truncated_rows`]),
+//! so that the decoder can dead-letter it as too large instead of decoding a prefix.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BinaryBuilder, UInt64Builder};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+use weir_engine::error::{EngineError, Result};
+use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory};
+use weir_engine::source::{raw_schema, Source, SourceContext, SourcePoll};
+
+use crate::options::{parse_options, schema_for};
+
+/// Default longest record: 1 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Key of a raw batch's schema metadata that lists the rows whose payload was
+/// truncated (their line was longer than `max_record_bytes`): row indexes in the batch,
+/// comma-separated, e.g. `"0,17"`. Absent when no row of the batch was truncated, so
+/// ordinary batches have exactly [`raw_schema`].
+pub const TRUNCATED_ROWS_METADATA: &str = "weir.truncated_rows";
+
+/// A batch is also closed once its payloads reach this many bytes, so that a batch of
+/// long lines stays small.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Read buffer per open file.
+const READ_BUFFER: usize = 64 << 10;
+
+/// The rows of a raw batch whose payload was truncated, per [`TRUNCATED_ROWS_METADATA`].
+pub fn truncated_rows(batch: &RecordBatch) -> Vec<usize> {
+    batch
+        .schema()
+        .metadata()
+        .get(TRUNCATED_ROWS_METADATA)
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse::<usize>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Options of `type: file` sources.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileSourceOptions {
+    /// A file, or a glob pattern such as `data/*.jsonl` (`*` does not cross `/`; hidden
+    /// files are not matched), relative to the job file's directory. Files are read in
+    /// sorted order, each file as one split.
+    path: String,
+    /// Skip the first line of each file (a CSV header). Default false.
+    #[serde(default)]
+    header: bool,
+    /// Longest record in bytes (default 1048576 = 1 MiB). A longer line is truncated to
+    /// this many bytes and dead-lettered by the format as too large.
+    #[schemars(range(min = 1))]
+    max_record_bytes: Option<u64>,
+}
+
+/// Factory of `type: file` sources.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileSourceFactory;
+
+impl FileSourceFactory {
+    /// Lists the files `pattern` matches (relative to `base_dir`), sorted.
+    fn resolve(base_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, FieldError> {
+        if pattern.trim().is_empty() {
+            return Err(FieldError::at("/path", "path must not be empty"));
+        }
+        let full = if Path::new(pattern).is_absolute() {
+            pattern.to_string()
+        } else {
+            let base = glob::Pattern::escape(&base_dir.to_string_lossy());
+            if base.is_empty() {
+                pattern.to_string()
+            } else {
+                format!("{}/{}", base.trim_end_matches('/'), pattern)
+            }
+        };
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let paths = glob::glob_with(&full, options).map_err(|e| {
+            FieldError::at(
+                "/path",
+                format!("`{pattern}` is not a valid glob pattern: {e}"),
+            )
+        })?;
+        let mut files = Vec::new();
+        let mut dirs = 0usize;
+        for p in paths {
+            let p = p.map_err(|e| {
+                FieldError::at(
+                    "/path",
+                    format!("cannot read {}: {}", e.path().display(), e),
+                )
+            })?;
+            if p.is_file() {
+                files.push(p);
+            } else {
+                dirs += 1;
+            }
+        }
+        if files.is_empty() {
+            let mut msg = format!(
+                "no file matches `{pattern}` (looked in {})",
+                base_dir.display()
+            );
+            if dirs > 0 {
+                msg.push_str(&format!(
+                    "; {dirs} director{} matched, give a pattern of files such as `{}/*`",
+                    if dirs == 1 { "y" } else { "ies" },
+                    pattern.trim_end_matches('/')
+                ));
+            }
+            return Err(FieldError::at("/path", msg));
+        }
+        files.sort();
+        Ok(files)
+    }
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn options_schema(&self) -> serde_json::Value {
+        schema_for::<FileSourceOptions>()
+    }
+
+    fn build(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        options: &serde_json::Value,
+        _schema: Option<SchemaRef>,
+    ) -> Result<SourceBuild, FieldError> {
+        let opts: FileSourceOptions = parse_options(options)?;
+        let max_record_bytes = match opts.max_record_bytes {
+            None => DEFAULT_MAX_RECORD_BYTES,
+            Some(0) => {
+                return Err(FieldError::at(
+                    "/max_record_bytes",
+                    "max_record_bytes must be at least 1",
+                ))
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let files = Arc::new(Self::resolve(&ctx.base_dir, &opts.path)?);
+        tracing::debug!(source = name, files = files.len(), pattern = %opts.path, "file source resolved");
+        let config = Arc::new(FileSourceConfig {
+            files: files.clone(),
+            header: opts.header,
+            max_record_bytes,
+        });
+        let n = files.len();
+        Ok(SourceBuild {
+            schema: raw_schema(),
+            needs_format: true,
+            bounded: true,
+            describe: format!(
+                "file {} ({n} file{})",
+                opts.path,
+                if n == 1 { "" } else { "s" }
+            ),
+            max_parallelism: Some(n),
+            create: Arc::new(move |sctx: &SourceContext| {
+                Ok(Box::new(FileSource::new(config.clone(), sctx)) as Box<dyn Source>)
+            }),
+        })
+    }
+}
+
+/// What every subtask of one file source shares.
+#[derive(Debug)]
+pub struct FileSourceConfig {
+    /// All files of the source, sorted; a file's index is its split id.
+    pub files: Arc<Vec<PathBuf>>,
+    /// Skip the first line of each file.
+    pub header: bool,
+    /// Longest record; longer lines are truncated and flagged.
+    pub max_record_bytes: usize,
+}
+
+/// The open file being read.
+struct OpenFile {
+    reader: BufReader<File>,
+    /// End of file reached: the next poll reports the split's end.
+    eof: bool,
+}
+
+/// One subtask of a file source.
+pub struct FileSource {
+    config: Arc<FileSourceConfig>,
+    /// Global indexes of this subtask's files, ascending.
+    assigned: Vec<usize>,
+    /// Index into `assigned` of the current file; `assigned.len()` when all are done.
+    cursor: usize,
+    /// Byte offset in the current file after the last line consumed.
+    byte_offset: u64,
+    /// Lines of the current file consumed (the next line's number is `line + 1`).
+    line: u64,
+    open: Option<OpenFile>,
+    batch_size: usize,
+    linger: Duration,
+    source: String,
+    /// Reused line buffer.
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource")
+            .field("source", &self.source)
+            .field("assigned", &self.assigned)
+            .field("cursor", &self.cursor)
+            .field("byte_offset", &self.byte_offset)
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
+/// One line read from a file.
+struct LineRead {
+    /// Bytes consumed from the file, including the line terminator.
+    consumed: u64,
+    /// The line was longer than the limit and was cut.
+    truncated: bool,
+}
+
+/// Reads one line into `out` (without `\n` / `\r\n`), keeping at most `max` bytes and
+/// skipping the rest of a longer line. `None` at end of file.
+fn read_line<R: BufRead>(
+    reader: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<LineRead>> {
+    out.clear();
+    let mut total: u64 = 0; // bytes of the line without the `\n`
+    let mut newline = false;
+    let mut last: Option<u8> = None;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, used, found) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, i + 1, true),
+            None => (chunk.len(), chunk.len(), false),
+        };
+        let part = &chunk[..take];
+        if let Some(&b) = part.last() {
+            last = Some(b);
+        }
+        let room = max.saturating_sub(out.len());
+        out.extend_from_slice(&part[..take.min(room)]);
+        total += take as u64;
+        reader.consume(used);
+        if found {
+            newline = true;
+            break;
+        }
+    }
+    if total == 0 && !newline {
+        return Ok(None);
+    }
+    let cr = newline && last == Some(b'\r');
+    let content = total - u64::from(cr);
+    let truncated = content > max as u64;
+    if !truncated {
+        // `out` holds the whole line; drop the `\r` of a `\r\n`.
+        out.truncate(content as usize);
+    }
+    Ok(Some(LineRead {
+        consumed: total + u64::from(newline),
+        truncated,
+    }))
+}
+
+impl FileSource {
+    /// A subtask of a file source: it reads files `i` with `i % parallelism == subtask`.
+    pub fn new(config: Arc<FileSourceConfig>, ctx: &SourceContext) -> Self {
+        let p = ctx.parallelism.max(1);
+        let assigned = (0..config.files.len())
+            .filter(|i| i % p == ctx.subtask)
+            .collect();
+        FileSource {
+            config,
+            assigned,
+            cursor: 0,
+            byte_offset: 0,
+            line: 0,
+            open: None,
+            batch_size: ctx.batch_size.max(1),
+            linger: ctx.linger,
+            source: ctx.source.clone(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn current_path(&self) -> Option<&Path> {
+        let idx = *self.assigned.get(self.cursor)?;
+        self.config.files.get(idx).map(PathBuf::as_path)
+    }
+
+    fn open_current(&mut self) -> Result<()> {
+        let Some(path) = self.current_path().map(Path::to_path_buf) else {
+            return Ok(());
+        };
+        let mut file = File::open(&path).map_err(|e| EngineError::io("opening", &path, e))?;
+        if self.byte_offset > 0 {
+            file.seek(SeekFrom::Start(self.byte_offset))
+                .map_err(|e| EngineError::io("seeking in", &path, e))?;
+        }
+        tracing::debug!(
+            source = %self.source,
+            path = %path.display(),
+            byte_offset = self.byte_offset,
+            line = self.line,
+            "reading file"
+        );
+        self.open = Some(OpenFile {
+            reader: BufReader::with_capacity(READ_BUFFER, file),
+            eof: false,
+        });
+        Ok(())
+    }
+
+    /// Moves on to the next file of this subtask.
+    fn advance(&mut self) {
+        self.open = None;
+        self.cursor += 1;
+        self.byte_offset = 0;
+        self.line = 0;
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        raw_schema()
+    }
+
+    async fn poll_next(&mut self) -> Result<SourcePoll> {
+        let Some(&split_idx) = self.assigned.get(self.cursor) else {
+            return Ok(SourcePoll::Finished);
+        };
+        let split = u32::try_from(split_idx).unwrap_or(u32::MAX);
+        if self.open.is_none() {
+            self.open_current()?;
+        }
+        let max = self.config.max_record_bytes;
+        let header = self.config.header;
+        let batch_size = self.batch_size;
+        let started = Instant::now();
+        let path = self.config.files[split_idx].clone();
+
+        let mut payloads = BinaryBuilder::with_capacity(batch_size.min(4096), 0);
+        let mut offsets = UInt64Builder::with_capacity(batch_size.min(4096));
+        let mut rows = 0usize;
+        let mut bytes = 0usize;
+        let mut truncated: Vec<usize> = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = loop {
+            let Some(open) = self.open.as_mut() else {
+                break Ok(());
+            };
+            if open.eof {
+                break Ok(());
+            }
+            let read = match read_line(&mut open.reader, &mut buf, max) {
+                Ok(r) => r,
+                Err(e) => break Err(EngineError::io("reading", &path, e)),
+            };
+            let Some(read) = read else {
+                open.eof = true;
+                break Ok(());
+            };
+            self.byte_offset += read.consumed;
+            self.line += 1;
+            if header && self.line == 1 {
+                continue;
+            }
+            if read.truncated {
+                tracing::warn!(
+                    source = %self.source,
+                    path = %path.display(),
+                    line = self.line,
+                    max_record_bytes = max,
+                    "line longer than max_record_bytes: truncated"
+                );
+                truncated.push(rows);
+            }
+            payloads.append_value(&buf);
+            offsets.append_value(self.line);
+            rows += 1;
+            bytes += buf.len();
+            if rows >= batch_size || bytes >= MAX_BATCH_BYTES || started.elapsed() >= self.linger {
+                break Ok(());
+            }
+        };
+        // Do not keep a buffer grown by a huge line.
+        buf.clear();
+        if buf.capacity() > READ_BUFFER {
+            buf.shrink_to(READ_BUFFER);
+        }
+        self.buf = buf;
+        result?;
+
+        if rows == 0 {
+            // Nothing more in this file.
+            tracing::debug!(source = %self.source, path = %path.display(), lines = self.line, "file done");
+            self.advance();
+            return Ok(SourcePoll::SplitEnd(split));
+        }
+        let schema = if truncated.is_empty() {
+            raw_schema()
+        } else {
+            let list = truncated
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut meta = std::collections::HashMap::new();
+            meta.insert(TRUNCATED_ROWS_METADATA.to_string(), list);
+            Arc::new(Schema::new_with_metadata(
+                raw_schema().fields().clone(),
+                meta,
+            ))
+        };
+        let cols: Vec<ArrayRef> = vec![Arc::new(payloads.finish()), Arc::new(offsets.finish())];
+        let batch = RecordBatch::try_new(schema, cols)
+            .map_err(|e| EngineError::arrow("building a raw batch", e))?;
+        Ok(SourcePoll::Batch { split, batch })
+    }
+
+    fn split_description(&self, split: u32) -> String {
+        self.config
+            .files
+            .get(split as usize)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("split {split}"))
+    }
+
+    fn position(&self) -> serde_json::Value {
+        match self.assigned.get(self.cursor) {
+            None => json!({ "finished": true }),
+            Some(&idx) => json!({
+                "file": idx,
+                "path": self.config.files[idx].display().to_string(),
+                "byte_offset": self.byte_offset,
+                "line": self.line,
+            }),
+        }
+    }
+
+    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
+        let bad = |msg: String| {
+            EngineError::connector(format!("file source {}", self.source), msg, false)
+        };
+        if position.is_null() {
+            return Ok(());
+        }
+        if position.get("finished").and_then(|v| v.as_bool()) == Some(true) {
+            self.open = None;
+            self.cursor = self.assigned.len();
+            return Ok(());
+        }
+        let file = position.get("file").and_then(|v| v.as_u64());
+        let path = position.get("path").and_then(|v| v.as_str());
+        let byte_offset = position.get("byte_offset").and_then(|v| v.as_u64());
+        let line = position.get("line").and_then(|v| v.as_u64());
+        let (Some(byte_offset), Some(line)) = (byte_offset, line) else {
+            return Err(bad(format!("invalid position {position}")));
+        };
+        // Find the file by path (robust to new files in the glob), else by index.
+        let by_path = path.and_then(|p| {
+            self.assigned
+                .iter()
+                .position(|&i| self.config.files[i].display().to_string() == p)
+        });
+        let by_index = file.and_then(|f| self.assigned.iter().position(|&i| i as u64 == f));
+        let cursor = match (by_path, path) {
+            (Some(c), _) => c,
+            (None, None) => by_index
+                .ok_or_else(|| bad(format!("position {position} is not a file of this subtask")))?,
+            (None, Some(p)) => {
+                return Err(bad(format!(
+                    "cannot resume: file {p} of the checkpoint is not among this subtask's files"
+                )))
+            }
+        };
+        self.open = None;
+        self.cursor = cursor;
+        self.byte_offset = byte_offset;
+        self.line = line;
+        tracing::info!(source = %self.source, position = %position, "file source restored");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt64Type;
+    use std::collections::BTreeMap;
+
+    /// The error of a build that must fail.
+    fn err<T>(r: Result<T, FieldError>) -> FieldError {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn ctx(subtask: usize, parallelism: usize, batch_size: usize) -> SourceContext {
+        SourceContext {
+            job: "job".into(),
+            source: "src".into(),
+            subtask,
+            parallelism,
+            batch_size,
+            linger: Duration::from_secs(10),
+        }
+    }
+
+    fn build(dir: &Path, options: serde_json::Value) -> Result<SourceBuild, FieldError> {
+        let bctx = BuildContext {
+            job: "job".into(),
+            base_dir: dir.to_path_buf(),
+        };
+        FileSourceFactory.build(&bctx, "src", &options, None)
+    }
+
+    /// A row as (split description, line number, payload, truncated).
+    type Row = (String, u64, Vec<u8>, bool);
+
+    /// Polls until finished or `limit` polls, collecting rows; checks the batches.
+    async fn drain(src: &mut dyn Source, limit: usize) -> (Vec<Row>, Vec<u32>, bool) {
+        let mut rows = Vec::new();
+        let mut ends = Vec::new();
+        let mut polls = 0;
+        loop {
+            if polls >= limit {
+                return (rows, ends, false);
+            }
+            polls += 1;
+            match src.poll_next().await.unwrap() {
+                SourcePoll::Batch { split, batch } => {
+                    assert!(batch.num_rows() > 0);
+                    assert_eq!(batch.schema().fields(), raw_schema().fields());
+                    let trunc = truncated_rows(&batch);
+                    let p = batch.column(0).as_binary::<i32>();
+                    let o = batch.column(1).as_primitive::<UInt64Type>();
+                    for i in 0..batch.num_rows() {
+                        rows.push((
+                            src.split_description(split),
+                            o.value(i),
+                            p.value(i).to_vec(),
+                            trunc.contains(&i),
+                        ));
+                    }
+                }
+                SourcePoll::SplitEnd(s) => ends.push(s),
+                SourcePoll::Pending(_) => panic!("file source should not be pending"),
+                SourcePoll::Finished => return (rows, ends, true),
+            }
+        }
+    }
+
+    fn write(dir: &Path, name: &str, content: &[u8]) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    }
+
+    #[tokio::test]
+    async fn glob_over_two_subtasks_yields_every_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let mut expected = BTreeMap::new();
+        for (f, n) in [
+            ("a.jsonl", 5u64),
+            ("b.jsonl", 1),
+            ("c.jsonl", 7),
+            ("d.jsonl", 3),
+        ] {
+            let mut content = String::new();
+            for l in 1..=n {
+                content.push_str(&format!("{{\"f\":\"{f}\",\"l\":{l}}}\n"));
+                expected.insert(
+                    (dir.path().join("data").join(f).display().to_string(), l),
+                    format!("{{\"f\":\"{f}\",\"l\":{l}}}"),
+                );
+            }
+            write(&dir.path().join("data"), f, content.as_bytes());
+        }
+        // Not matched: other extension, hidden file, subdirectory.
+        write(&dir.path().join("data"), "x.csv", b"nope\n");
+        write(&dir.path().join("data"), ".hidden.jsonl", b"nope\n");
+        std::fs::create_dir(dir.path().join("data/sub")).unwrap();
+        write(&dir.path().join("data/sub"), "e.jsonl", b"nope\n");
+
+        let b = build(dir.path(), json!({"path": "data/*.jsonl"})).unwrap();
+        assert_eq!(b.max_parallelism, Some(4));
+        assert!(b.needs_format && b.bounded);
+        let mut got = BTreeMap::new();
+        let mut all_ends = Vec::new();
+        for s in 0..2 {
+            let mut src = (b.create)(&ctx(s, 2, 2)).unwrap();
+            let (rows, ends, finished) = drain(src.as_mut(), 1000).await;
+            assert!(finished);
+            // Subtask s reads files s and s + 2 (sorted: a, b, c, d).
+            assert_eq!(ends, vec![s as u32, s as u32 + 2]);
+            all_ends.extend(ends);
+            for (file, line, payload, _) in rows {
+                let prev = got.insert((file, line), String::from_utf8(payload).unwrap());
+                assert!(prev.is_none(), "duplicate row");
+            }
+            // Finished stays finished.
+            assert!(matches!(
+                src.poll_next().await.unwrap(),
+                SourcePoll::Finished
+            ));
+        }
+        assert_eq!(got, expected);
+        all_ends.sort();
+        assert_eq!(all_ends, vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn batches_hold_one_file_and_close_at_batch_size() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"1\n2\n3\n4\n5\n");
+        write(dir.path(), "b.txt", b"6\n7\n");
+        let b = build(dir.path(), json!({"path": "*.txt"})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 2)).unwrap();
+        let mut sizes = Vec::new();
+        loop {
+            match src.poll_next().await.unwrap() {
+                SourcePoll::Batch { split, batch } => sizes.push((split, batch.num_rows())),
+                SourcePoll::SplitEnd(s) => sizes.push((s, 0)),
+                SourcePoll::Finished => break,
+                SourcePoll::Pending(_) => unreachable!(),
+            }
+        }
+        assert_eq!(sizes, vec![(0, 2), (0, 2), (0, 1), (0, 0), (1, 2), (1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn header_crlf_empty_lines_and_no_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "a.csv", b"id,name\r\n1,x\r\n\r\n2,y");
+        let b = build(dir.path(), json!({"path": "a.csv", "header": true})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 100)).unwrap();
+        let (rows, ends, finished) = drain(src.as_mut(), 100).await;
+        assert!(finished);
+        assert_eq!(ends, vec![0]);
+        assert_eq!(
+            rows,
+            vec![
+                (f.clone(), 2, b"1,x".to_vec(), false),
+                (f.clone(), 3, b"".to_vec(), false),
+                (f.clone(), 4, b"2,y".to_vec(), false),
+            ]
+        );
+        // Without header: the first line is a record; a lone `\r` inside a line stays.
+        let f2 = write(dir.path(), "b.csv", b"a\rb\n");
+        let b = build(dir.path(), json!({"path": "b.csv"})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 100)).unwrap();
+        let (rows, _, _) = drain(src.as_mut(), 100).await;
+        assert_eq!(rows, vec![(f2, 1, b"a\rb".to_vec(), false)]);
+    }
+
+    #[tokio::test]
+    async fn empty_file_only_ends_its_split() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.jsonl", b"");
+        write(dir.path(), "b.jsonl", b"x\n");
+        let b = build(dir.path(), json!({"path": "*.jsonl"})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 10)).unwrap();
+        assert!(matches!(
+            src.poll_next().await.unwrap(),
+            SourcePoll::SplitEnd(0)
+        ));
+        let (rows, ends, finished) = drain(src.as_mut(), 10).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(ends, vec![1]);
+        assert!(finished);
+        // A header-only file yields nothing either.
+        write(dir.path(), "h.csv", b"a,b\n");
+        let b = build(dir.path(), json!({"path": "h.csv", "header": true})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 10)).unwrap();
+        let (rows, ends, finished) = drain(src.as_mut(), 10).await;
+        assert!(rows.is_empty() && finished);
+        assert_eq!(ends, vec![0]);
+    }
+
+    /// A reader that produces a huge line without ever holding it, and records the
+    /// largest buffer it was asked to fill.
+    struct Endless {
+        left: u64,
+        tail: &'static [u8],
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left > 0 {
+                let n = (buf.len() as u64).min(self.left) as usize;
+                buf[..n].fill(b'x');
+                self.left -= n as u64;
+                return Ok(n);
+            }
+            let n = buf.len().min(self.tail.len());
+            buf[..n].copy_from_slice(&self.tail[..n]);
+            self.tail = &self.tail[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn huge_line_is_truncated_with_bounded_memory() {
+        // A 64 MiB line through a 64 KiB buffer: the line buffer never exceeds the limit.
+        let mut r = BufReader::with_capacity(
+            READ_BUFFER,
+            Endless {
+                left: 64 << 20,
+                tail: b"yy\r\nnext\n",
+            },
+        );
+        let mut out = Vec::new();
+        let l = read_line(&mut r, &mut out, 1000).unwrap().unwrap();
+        assert!(l.truncated);
+        assert_eq!(out.len(), 1000);
+        assert!(out.capacity() < 64 << 10, "capacity {}", out.capacity());
+        assert_eq!(l.consumed, (64 << 20) + 4);
+        let l = read_line(&mut r, &mut out, 1000).unwrap().unwrap();
+        assert!(!l.truncated);
+        assert_eq!(out, b"next");
+        assert!(read_line(&mut r, &mut out, 1000).unwrap().is_none());
+        // Exactly at the limit (the `\r` does not count) is not truncated.
+        let mut r = BufReader::new(&b"abcd\r\nabcde\n"[..]);
+        let l = read_line(&mut r, &mut out, 4).unwrap().unwrap();
+        assert!(!l.truncated);
+        assert_eq!(out, b"abcd");
+        let l = read_line(&mut r, &mut out, 4).unwrap().unwrap();
+        assert!(l.truncated);
+        assert_eq!(out, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn huge_line_in_a_file_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut content = b"short\n".to_vec();
+        content.extend(std::iter::repeat_n(b'z', 300_000));
+        content.extend_from_slice(b"\nafter\n");
+        let f = write(dir.path(), "big.jsonl", &content);
+        let b = build(
+            dir.path(),
+            json!({"path": "big.jsonl", "max_record_bytes": 100}),
+        )
+        .unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 100)).unwrap();
+        let (rows, _, finished) = drain(src.as_mut(), 10).await;
+        assert!(finished);
+        assert_eq!(
+            rows,
+            vec![
+                (f.clone(), 1, b"short".to_vec(), false),
+                (f.clone(), 2, vec![b'z'; 100], true),
+                (f.clone(), 3, b"after".to_vec(), false),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn position_and_restore_resume_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, n) in [("a.log", 7), ("b.log", 0), ("c.log", 5), ("d.log", 4)] {
+            let content: String = (1..=n).map(|i| format!("{name} line {i}\r\n")).collect();
+            write(dir.path(), name, content.as_bytes());
+        }
+        let b = build(dir.path(), json!({"path": "*.log"})).unwrap();
+        for subtask in 0..2 {
+            let c = ctx(subtask, 2, 3);
+            let mut whole = (b.create)(&c).unwrap();
+            let (all, all_ends, _) = drain(whole.as_mut(), usize::MAX).await;
+            // Stop after every possible number of polls, restore, read the rest.
+            for stop in 0..12 {
+                let mut first = (b.create)(&c).unwrap();
+                let (mut rows, mut ends, done) = drain(first.as_mut(), stop).await;
+                let pos = first.position();
+                // The position survives a trip through JSON text.
+                let pos: serde_json::Value =
+                    serde_json::from_str(&serde_json::to_string(&pos).unwrap()).unwrap();
+                let mut second = (b.create)(&c).unwrap();
+                second.restore(&pos).unwrap();
+                let (rest, rest_ends, finished) = drain(second.as_mut(), usize::MAX).await;
+                assert!(finished);
+                rows.extend(rest);
+                ends.extend(rest_ends);
+                assert_eq!(
+                    rows, all,
+                    "subtask {subtask}, stop after {stop}, done {done}"
+                );
+                assert_eq!(ends, all_ends);
+            }
+        }
+        // A position of a file that is not this subtask's is refused.
+        let mut src = (b.create)(&ctx(0, 2, 3)).unwrap();
+        let other = dir.path().join("b.log").display().to_string();
+        let err = src
+            .restore(&json!({"file": 1, "path": other, "byte_offset": 0, "line": 0}))
+            .unwrap_err();
+        assert!(err.to_string().contains("not among"), "{err}");
+    }
+
+    #[test]
+    fn no_match_is_a_field_error_at_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = err(build(dir.path(), json!({"path": "data/*.jsonl"})));
+        assert_eq!(e.path, "/path");
+        assert!(e.message.contains("no file matches `data/*.jsonl`"), "{e}");
+        let e = err(build(dir.path(), json!({"path": "a[.jsonl"})));
+        assert_eq!(e.path, "/path");
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let e = err(build(dir.path(), json!({"path": "d"})));
+        assert!(e.message.contains("director"), "{e}");
+        let e = err(build(dir.path(), json!({"path": "x", "format": "json"})));
+        assert_eq!(e.path, "/format");
+        let e = err(build(dir.path(), json!({"header": true})));
+        assert!(e.message.contains("`path`"), "{e}");
+        write(dir.path(), "a.jsonl", b"x\n");
+        let e = err(build(
+            dir.path(),
+            json!({"path": "a.jsonl", "max_record_bytes": 0}),
+        ));
+        assert_eq!(e.path, "/max_record_bytes");
+        // A base dir with glob characters is taken literally.
+        let weird = dir.path().join("we[ird]");
+        std::fs::create_dir(&weird).unwrap();
+        write(&weird, "z.jsonl", b"z\n");
+        let b = build(&weird, json!({"path": "*.jsonl"})).unwrap();
+        assert_eq!(b.max_parallelism, Some(1));
+    }
+
+    #[test]
+    fn options_schema_has_own_keys_only() {
+        let s = FileSourceFactory.options_schema();
+        assert_eq!(s["type"], "object");
+        let props = s["properties"].as_object().unwrap();
+        let mut keys: Vec<_> = props.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, vec!["header", "max_record_bytes", "path"]);
+        assert_eq!(s["required"], json!(["path"]));
+        assert!(props["path"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("glob"));
+    }
+}

@@ -1,0 +1,63 @@
+//! # weir-connectors
+//!
+//! weir's built-in connectors, registered by name with [`register`]:
+//!
+//! - sources: `file` ([`file_source`]: lines of files matched by a glob, as raw bytes
+//!   for a format) and `datagen` ([`datagen`]: deterministic typed rows of the declared
+//!   schema, optionally rate-limited);
+//! - sinks: `stdout` ([`stdout_sink`]: JSON lines, CSV or tables) and `file`
+//!   ([`file_sink`]: JSON lines or CSV, published atomically).
+
+pub mod datagen;
+mod encode;
+pub mod file_sink;
+pub mod file_source;
+mod options;
+pub mod stdout_sink;
+
+pub use datagen::DatagenFactory;
+pub use encode::TextFormat;
+pub use file_sink::FileSinkFactory;
+pub use file_source::{truncated_rows, FileSourceFactory, TRUNCATED_ROWS_METADATA};
+pub use stdout_sink::StdoutSinkFactory;
+
+use weir_engine::registry::Registry;
+
+/// Adds weir's built-in connectors to `registry`: sources `file` and `datagen`, sinks
+/// `stdout` and `file`.
+pub fn register(registry: &mut Registry) {
+    registry
+        .add_source(FileSourceFactory)
+        .add_source(DatagenFactory)
+        .add_sink(StdoutSinkFactory)
+        .add_sink(FileSinkFactory);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_all_connectors() {
+        let mut r = Registry::new();
+        register(&mut r);
+        let sources: Vec<_> = r.sources().map(|f| f.name()).collect();
+        let sinks: Vec<_> = r.sinks().map(|f| f.name()).collect();
+        assert_eq!(sources, vec!["datagen", "file"]);
+        assert_eq!(sinks, vec!["file", "stdout"]);
+        for f in r.sources() {
+            let s = f.options_schema();
+            assert_eq!(s["type"], "object", "{}", f.name());
+            assert!(s["properties"].is_object(), "{}", f.name());
+            assert!(s["properties"].get("format").is_none(), "{}", f.name());
+            assert!(s["properties"].get("schema").is_none(), "{}", f.name());
+        }
+        for f in r.sinks() {
+            let s = f.options_schema();
+            assert_eq!(s["type"], "object", "{}", f.name());
+            assert!(s["properties"]["format"].is_object(), "{}", f.name());
+            assert!(s["properties"].get("from").is_none(), "{}", f.name());
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The message that flows on every edge of the graph: data, watermarks, checkpoint
+//! barriers and end of stream, in order. Order is the protocol: control never overtakes
+//! data, because all of them travel in one FIFO channel.
+
+use arrow::record_batch::RecordBatch;
+
+/// Event time in milliseconds since the Unix epoch (UTC).
+pub type EventTime = i64;
+
+/// A watermark: "no record with an event time at or below this will follow" — or the
+/// statement that an input is idle and must be left out of the minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watermark {
+    /// All records with event time `<= t` have been seen.
+    EventTime(EventTime),
+    /// The input is idle: exclude it from the minimum until it sends data again.
+    Idle,
+}
+
+/// A checkpoint barrier, injected at the sources by the checkpoint coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointBarrier {
+    /// The checkpoint's number, increasing.
+    pub epoch: u64,
+    /// Wall-clock time the checkpoint was triggered (ms since epoch).
+    pub timestamp_ms: i64,
+    /// Whether this is a savepoint (user-triggered, retained).
+    pub savepoint: bool,
+}
+
+/// One message on an edge.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A batch of records with the edge's schema.
+    Data(RecordBatch),
+    /// A watermark or an idle marker.
+    Watermark(Watermark),
+    /// A checkpoint barrier.
+    Barrier(CheckpointBarrier),
+    /// The input has ended; no message follows.
+    EndOfStream,
+}
+
+impl Message {
+    /// Whether the message is control (not data).
+    pub fn is_control(&self) -> bool {
+        !matches!(self, Message::Data(_))
+    }
+
+    /// Rows the message carries (0 for control).
+    pub fn rows(&self) -> usize {
+        match self {
+            Message::Data(b) => b.num_rows(),
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The operator trait: the one interface every processing step implements, built-in or
+//! custom. Every lifecycle hook but [`Operator::process_batch`] has a default, so a
+//! simple operator implements one method.
+//!
+//! ```
+//! use arrow::record_batch::RecordBatch;
+//! use weir_engine::operator::{Collector, Operator, OperatorContext};
+//!
+//! /// Passes every batch through unchanged.
+//! struct PassThrough;
+//!
+//! impl Operator for PassThrough {
+//!     fn process_batch(
+//!         &mut self,
+//!         _input: usize,
+//!         batch: RecordBatch,
+//!         _ctx: &mut OperatorContext,
+//!         out: &mut Collector,
+//!     ) -> weir_engine::Result<()> {
+//!         out.emit(batch);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+use crate::message::EventTime;
+use crate::metrics::OperatorMetrics;
+use crate::state::{InMemoryStateBackend, KeyGroupRange, KeyedStateBackend, TimerService};
+
+/// Where an operator's output goes: the main output and named side outputs (late
+/// records, dead letters). The runtime drains it after every call.
+#[derive(Debug, Default)]
+pub struct Collector {
+    main: Vec<RecordBatch>,
+    side: Vec<(String, RecordBatch)>,
+}
+
+impl Collector {
+    /// Emits a batch on the main output. Empty batches are dropped.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.main.push(batch);
+        }
+    }
+
+    /// Emits a batch on the side output `name` (declared by [`Operator::side_outputs`]).
+    pub fn emit_side(&mut self, name: &str, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.side.push((name.to_string(), batch));
+        }
+    }
+
+    /// Takes the main output.
+    pub fn take_main(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.main)
+    }
+
+    /// Takes the side outputs.
+    pub fn take_side(&mut self) -> Vec<(String, RecordBatch)> {
+        std::mem::take(&mut self.side)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.main.is_empty() && self.side.is_empty()
+    }
+}
+
+/// What an operator subtask can reach: who it is, its keyed state, its timers, the
+/// current watermark and its metrics.
+pub struct OperatorContext {
+    /// The job's name.
+    pub job: String,
+    /// The operator's name (the step name in YAML).
+    pub operator: String,
+    /// This subtask's index.
+    pub subtask: usize,
+    /// The operator's parallelism.
+    pub parallelism: usize,
+    /// Number of key groups (max parallelism).
+    pub max_parallelism: u16,
+    /// The key groups this subtask owns.
+    pub key_groups: KeyGroupRange,
+    /// Keyed state of this subtask, addressed by (key group, key, namespace).
+    pub state: Box<dyn KeyedStateBackend>,
+    /// Per-key event-time and processing-time timers.
+    pub timers: TimerService,
+    /// The operator's current input watermark (`i64::MIN` before the first).
+    pub watermark: EventTime,
+    /// Counters shown in the progress line and metrics.
+    pub metrics: std::sync::Arc<OperatorMetrics>,
+}
+
+impl OperatorContext {
+    /// A context for tests and for running an operator outside the runtime: subtask 0
+    /// of 1, all key groups, in-memory state.
+    pub fn for_test(operator: &str) -> Self {
+        let max_parallelism = 128;
+        OperatorContext {
+            job: "test".into(),
+            operator: operator.into(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism,
+            key_groups: KeyGroupRange::for_subtask(max_parallelism, 1, 0),
+            state: Box::new(InMemoryStateBackend::new()),
+            timers: TimerService::new(),
+            watermark: i64::MIN,
+            metrics: std::sync::Arc::new(OperatorMetrics::default()),
+        }
+    }
+}
+
+/// A processing step. One instance runs per subtask; the runtime calls it from one task,
+/// so it needs no locking. Operators chained 1:1 run in the same task and hand batches
+/// over without a channel.
+pub trait Operator: Send {
+    /// Called once before the first batch (after state is restored).
+    fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Processes one batch from input `input` (0 for single-input operators; a join's
+    /// left is 0, right is 1). Output goes to `out`.
+    fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()>;
+
+    /// The input watermark advanced to `watermark` (already stored in
+    /// `ctx.watermark`). Fire event-time timers and emit what is complete here; the
+    /// runtime forwards the watermark downstream after this returns, so output emitted
+    /// here precedes it.
+    fn handle_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _ctx: &mut OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// How often [`Operator::handle_tick`] should run (processing-time timers,
+    /// flushing). `None`: never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic call at [`Operator::tick_interval`] with the wall-clock time in ms.
+    fn handle_tick(
+        &mut self,
+        _now_ms: i64,
+        _ctx: &mut OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// A checkpoint barrier reached this operator: write in-memory accumulators into
+    /// `ctx.state` so that the snapshot that follows holds them.
+    fn handle_checkpoint(&mut self, _epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `epoch` completed everywhere.
+    fn handle_commit(&mut self, _epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every input has ended (after the final watermark). Emit what remains.
+    fn handle_end_of_input(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Side outputs this operator may emit, with their schemas.
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,909 @@
+//! The task runtime: wires a [`PhysicalPlan`] into tokio tasks — one per chain subtask —
+//! joined by bounded channels, and drives them. A task reads its inputs fairly, keeps
+//! the minimum watermark over them, aligns checkpoint barriers, pushes every batch
+//! through its chain of operators and routes the output (forward, hash through key
+//! groups, broadcast or rebalance). Source tasks poll their source, decode raw bytes,
+//! send bad records to the dead-letter output and generate watermarks per split. The job
+//! ends when every sink has seen end of stream; the first error stops every task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::batch::split_by_target;
+use crate::channel::{channel, ChannelStats, InputSet, Sender};
+use crate::error::{EngineError, Result};
+use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
+use crate::message::{CheckpointBarrier, EventTime, Message, Watermark};
+use crate::metrics::{JobMetrics, OperatorMetrics};
+use crate::operator::{Collector, Operator, OperatorContext};
+use crate::planner::PhysicalPlan;
+use crate::registry::Partitioning;
+use crate::sink::{Sink, SinkContext};
+use crate::source::{dead_letters_to_batch, Decoder, Source, SourceContext, SourcePoll};
+use crate::state::{
+    hash_columns, key_group_for_hash, subtask_for_key_group, InMemoryStateBackend, KeyGroupRange,
+    TimerService,
+};
+use crate::time::{WatermarkCombiner, WatermarkGenerator};
+
+/// Per-node figures at the end of a job.
+#[derive(Debug, Clone)]
+pub struct NodeSummary {
+    /// Node name.
+    pub name: String,
+    /// `source`, `step` or `sink`.
+    pub kind: &'static str,
+    /// Subtasks.
+    pub parallelism: usize,
+    /// Rows in.
+    pub records_in: u64,
+    /// Rows out.
+    pub records_out: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Late records.
+    pub late_records: u64,
+    /// Time blocked on full output channels, summed over subtasks.
+    pub backpressure: Duration,
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    /// The job's name.
+    pub job: String,
+    /// Wall-clock run time.
+    pub elapsed: Duration,
+    /// Per node, in graph order.
+    pub nodes: Vec<NodeSummary>,
+    /// Largest number of rows queued in any one channel.
+    pub peak_channel_rows: u64,
+}
+
+impl JobSummary {
+    /// Rows read by all sources.
+    pub fn records_read(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == "source")
+            .map(|n| n.records_in)
+            .sum()
+    }
+
+    /// Rows written by a sink, by name.
+    pub fn sink_rows(&self, sink: &str) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|n| n.kind == "sink" && n.name == sink)
+            .map(|n| n.records_out)
+    }
+
+    /// Dead letters over all nodes.
+    pub fn dead_letters(&self) -> u64 {
+        self.nodes.iter().map(|n| n.dead_letters).sum()
+    }
+}
+
+impl std::fmt::Display for JobSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "job {} finished in {:.2}s: {} records read ({:.0}/s), {} dead letters",
+            self.job,
+            secs,
+            self.records_read(),
+            self.records_read() as f64 / secs,
+            self.dead_letters()
+        )?;
+        writeln!(
+            f,
+            "  {:<20} {:<6} {:>3} {:>12} {:>12} {:>8} {:>8} {:>10}",
+            "node", "kind", "par", "in", "out", "dlq", "late", "blocked"
+        )?;
+        for n in &self.nodes {
+            writeln!(
+                f,
+                "  {:<20} {:<6} {:>3} {:>12} {:>12} {:>8} {:>8} {:>9.2}s",
+                n.name,
+                n.kind,
+                n.parallelism,
+                n.records_in,
+                n.records_out,
+                n.dead_letters,
+                n.late_records,
+                n.backpressure.as_secs_f64()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A started job: its live metrics and the future of its end.
+pub struct JobHandle {
+    /// Live counters (for progress display).
+    pub metrics: Arc<JobMetrics>,
+    done: tokio::task::JoinHandle<Result<JobSummary>>,
+}
+
+impl JobHandle {
+    /// Waits for the job to end.
+    pub async fn wait(self) -> Result<JobSummary> {
+        self.done
+            .await
+            .map_err(|e| EngineError::Runtime(format!("job supervisor failed: {e}")))?
+    }
+
+    /// Whether the job has ended.
+    pub fn is_finished(&self) -> bool {
+        self.done.is_finished()
+    }
+
+    /// Stops the job (its tasks are cancelled).
+    pub fn abort(&self) {
+        self.done.abort();
+    }
+}
+
+/// Runs `graph` to completion (bounded jobs) or until an error.
+pub async fn run(graph: LogicalGraph) -> Result<JobSummary> {
+    start(graph)?.wait().await
+}
+
+/// Starts `graph` on the current tokio runtime.
+pub fn start(graph: LogicalGraph) -> Result<JobHandle> {
+    let plan = PhysicalPlan::new(&graph);
+    let metrics = Arc::new(JobMetrics {
+        nodes: graph
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.kind_name(),
+                    Arc::new(OperatorMetrics::new(n.parallelism)),
+                )
+            })
+            .collect(),
+    });
+    let wiring = wire(&graph, &plan, &metrics)?;
+    let m2 = metrics.clone();
+    let done = tokio::spawn(supervise(graph, plan, wiring, m2));
+    Ok(JobHandle { metrics, done })
+}
+
+/// One output edge of a task, as seen from one upstream subtask.
+struct Route {
+    partitioning: Partitioning,
+    key_columns: Vec<usize>,
+    /// Indexed by downstream subtask; `None` where this subtask does not send (forward).
+    senders: Vec<Option<Sender>>,
+    next: usize,
+    max_parallelism: u16,
+}
+
+impl Route {
+    async fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = self.senders.len();
+        match &self.partitioning {
+            Partitioning::Forward => {
+                for s in self.senders.iter().flatten() {
+                    s.send(Message::Data(batch.clone())).await.map_err(closed)?;
+                }
+            }
+            Partitioning::Broadcast => {
+                for s in self.senders.iter().flatten() {
+                    s.send(Message::Data(batch.clone())).await.map_err(closed)?;
+                }
+            }
+            Partitioning::Rebalance => {
+                let i = self.next % n.max(1);
+                self.next = self.next.wrapping_add(1);
+                if let Some(Some(s)) = self.senders.get(i) {
+                    s.send(Message::Data(batch)).await.map_err(closed)?;
+                }
+            }
+            Partitioning::Hash(_) => {
+                let hashes = hash_columns(&batch, &self.key_columns)?;
+                let targets: Vec<usize> = hashes
+                    .iter()
+                    .map(|h| {
+                        let kg = key_group_for_hash(*h, self.max_parallelism);
+                        subtask_for_key_group(kg, self.max_parallelism, n)
+                    })
+                    .collect();
+                let parts = split_by_target(&batch, &targets, n)?;
+                for (i, part) in parts.into_iter().enumerate() {
+                    if let (Some(part), Some(Some(s))) = (part, self.senders.get(i)) {
+                        s.send(Message::Data(part)).await.map_err(closed)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_control(&self, msg: Message) -> Result<()> {
+        for s in self.senders.iter().flatten() {
+            s.send(msg.clone()).await.map_err(closed)?;
+        }
+        Ok(())
+    }
+}
+
+fn closed(_: crate::channel::Closed) -> EngineError {
+    EngineError::Runtime("a downstream task stopped".into())
+}
+
+/// Channels of one chain subtask.
+#[derive(Default)]
+struct TaskWiring {
+    /// Receivers, with the logical input of the chain's head each one feeds.
+    inputs: Vec<(usize, crate::channel::Receiver)>,
+    /// Output routes by stream.
+    routes: HashMap<StreamRef, Vec<Route>>,
+}
+
+struct Wiring {
+    tasks: Vec<Vec<TaskWiring>>,
+    channel_stats: Vec<(NodeId, Arc<ChannelStats>)>,
+}
+
+fn wire(graph: &LogicalGraph, plan: &PhysicalPlan, _metrics: &JobMetrics) -> Result<Wiring> {
+    let mut tasks: Vec<Vec<TaskWiring>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| TaskWiring::default()).collect())
+        .collect();
+    let mut channel_stats = Vec::new();
+    let cap = graph.settings.channel_capacity_rows;
+    for &ei in &plan.channel_edges {
+        let e = &graph.edges[ei];
+        let (from_chain, _) = plan.placement[e.from.node];
+        let (to_chain, to_pos) = plan.placement[e.to];
+        if to_pos != 0 {
+            return Err(EngineError::Runtime(format!(
+                "planner bug: edge into {} is not at a chain head",
+                graph.nodes[e.to].name
+            )));
+        }
+        let p_from = plan.chains[from_chain].parallelism;
+        let p_to = plan.chains[to_chain].parallelism;
+        let mut partitioning = e.partitioning.clone();
+        if partitioning == Partitioning::Forward && p_from != p_to {
+            partitioning = Partitioning::Rebalance;
+        }
+        let schema = graph.nodes[e.from.node].schema.clone();
+        let stream_schema = match &e.from.side {
+            None => schema,
+            Some(side) => graph.nodes[e.from.node]
+                .side_outputs
+                .iter()
+                .find(|(n, _)| n == side)
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| EngineError::Runtime(format!("unknown side output {side}")))?,
+        };
+        let key_columns = match &partitioning {
+            Partitioning::Hash(cols) => cols
+                .iter()
+                .map(|c| {
+                    stream_schema.index_of(c).map_err(|_| {
+                        EngineError::Config(format!(
+                            "key column `{c}` is not in the input of `{}`",
+                            graph.nodes[e.to].name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        for u in 0..p_from {
+            let mut senders: Vec<Option<Sender>> = (0..p_to).map(|_| None).collect();
+            for (d, slot) in senders.iter_mut().enumerate() {
+                if partitioning == Partitioning::Forward && u != d {
+                    continue;
+                }
+                let (tx, rx) = channel(cap);
+                channel_stats.push((e.from.node, tx.stats()));
+                *slot = Some(tx);
+                tasks[to_chain][d].inputs.push((e.input, rx));
+            }
+            tasks[from_chain][u]
+                .routes
+                .entry(e.from.clone())
+                .or_default()
+                .push(Route {
+                    partitioning: partitioning.clone(),
+                    key_columns: key_columns.clone(),
+                    senders,
+                    next: u,
+                    max_parallelism: graph.settings.max_parallelism,
+                });
+        }
+    }
+    Ok(Wiring {
+        tasks,
+        channel_stats,
+    })
+}
+
+async fn supervise(
+    graph: LogicalGraph,
+    plan: PhysicalPlan,
+    wiring: Wiring,
+    metrics: Arc<JobMetrics>,
+) -> Result<JobSummary> {
+    let started = Instant::now();
+    let graph = Arc::new(graph);
+    let mut set: JoinSet<Result<()>> = JoinSet::new();
+    let channel_stats = wiring.channel_stats;
+    for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
+        for (st, tw) in subtasks.into_iter().enumerate() {
+            let task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics)?;
+            let name = format!(
+                "{}[{st}]",
+                plan.chains[ci]
+                    .nodes
+                    .iter()
+                    .map(|&n| graph.nodes[n].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("->")
+            );
+            set.spawn(async move {
+                task.run().await.map_err(|e| {
+                    tracing::error!(task = %name, error = %e, "task failed");
+                    e
+                })
+            });
+        }
+    }
+    info!(job = %graph.job, tasks = set.len(), "job started");
+    let mut first_err: Option<EngineError> = None;
+    while let Some(r) = set.join_next().await {
+        let err = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) if e.is_cancelled() => None,
+            Err(e) => Some(EngineError::Runtime(format!("a task panicked: {e}"))),
+        };
+        if let Some(e) = err {
+            if first_err.is_none() {
+                first_err = Some(e);
+                set.abort_all();
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut nodes = Vec::new();
+    for (i, (name, kind, m)) in metrics.nodes.iter().enumerate() {
+        let blocked: u64 = channel_stats
+            .iter()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, s)| s.blocked_nanos.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        nodes.push(NodeSummary {
+            name: name.clone(),
+            kind,
+            parallelism: graph.nodes[i].parallelism,
+            records_in: OperatorMetrics::get(&m.records_in),
+            records_out: OperatorMetrics::get(&m.records_out),
+            dead_letters: OperatorMetrics::get(&m.dead_letters),
+            late_records: OperatorMetrics::get(&m.late_records),
+            backpressure: Duration::from_nanos(blocked),
+        });
+    }
+    let peak_channel_rows = channel_stats
+        .iter()
+        .map(|(_, s)| s.peak_rows.load(std::sync::atomic::Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    let summary = JobSummary {
+        job: graph.job.clone(),
+        elapsed: started.elapsed(),
+        nodes,
+        peak_channel_rows,
+    };
+    info!(job = %graph.job, elapsed_ms = summary.elapsed.as_millis() as u64, "job finished");
+    Ok(summary)
+}
+
+struct Member {
+    node: NodeId,
+    op: Box<dyn Operator>,
+    ctx: OperatorContext,
+    metrics: Arc<OperatorMetrics>,
+}
+
+struct SourceHead {
+    node: NodeId,
+    source: Box<dyn Source>,
+    ctx: SourceContext,
+    decoder: Option<Box<dyn Decoder>>,
+    watermarks: Option<WatermarkGenerator>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+struct SinkTail {
+    sink: Box<dyn Sink>,
+    ctx: SinkContext,
+    metrics: Arc<OperatorMetrics>,
+}
+
+/// One subtask of a chain.
+struct ChainTask {
+    job: String,
+    subtask: usize,
+    source: Option<SourceHead>,
+    members: Vec<Member>,
+    sink: Option<SinkTail>,
+    /// Logical inputs of the head step (for two-input operators), per channel.
+    input_ports: Vec<usize>,
+    inputs: Option<InputSet>,
+    routes: HashMap<StreamRef, Vec<Route>>,
+    /// The node whose main output leaves the chain.
+    tail: NodeId,
+    combiner: WatermarkCombiner,
+    chain_nodes: Vec<(NodeId, Arc<OperatorMetrics>)>,
+}
+
+impl ChainTask {
+    fn new(
+        graph: &LogicalGraph,
+        plan: &PhysicalPlan,
+        ci: usize,
+        subtask: usize,
+        tw: TaskWiring,
+        metrics: &JobMetrics,
+    ) -> Result<Self> {
+        let chain = &plan.chains[ci];
+        let p = chain.parallelism;
+        let mut source = None;
+        let mut members = Vec::new();
+        let mut sink = None;
+        for &id in &chain.nodes {
+            let node = &graph.nodes[id];
+            let m = metrics.nodes[id].2.clone();
+            match &node.kind {
+                NodeKind::Source {
+                    source: sb,
+                    decoder,
+                    event_time,
+                } => {
+                    let ctx = SourceContext {
+                        job: graph.job.clone(),
+                        source: node.name.clone(),
+                        subtask,
+                        parallelism: p,
+                        batch_size: graph.settings.batch_size,
+                        linger: graph.settings.linger,
+                    };
+                    let s = (sb.create)(&ctx)?;
+                    let d = match decoder {
+                        Some(db) => Some((db.create)()?),
+                        None => None,
+                    };
+                    source = Some(SourceHead {
+                        node: id,
+                        source: s,
+                        ctx,
+                        decoder: d,
+                        watermarks: event_time.clone().map(WatermarkGenerator::new),
+                        metrics: m,
+                    });
+                }
+                NodeKind::Step(sb) => {
+                    let op = (sb.create)(subtask, p)?;
+                    let maxp = graph.settings.max_parallelism;
+                    members.push(Member {
+                        node: id,
+                        op,
+                        ctx: OperatorContext {
+                            job: graph.job.clone(),
+                            operator: node.name.clone(),
+                            subtask,
+                            parallelism: p,
+                            max_parallelism: maxp,
+                            key_groups: KeyGroupRange::for_subtask(maxp, p, subtask),
+                            state: Box::new(InMemoryStateBackend::new()),
+                            timers: TimerService::new(),
+                            watermark: EventTime::MIN,
+                            metrics: m.clone(),
+                        },
+                        metrics: m,
+                    });
+                }
+                NodeKind::Sink(sb) => {
+                    let ctx = SinkContext {
+                        job: graph.job.clone(),
+                        sink: node.name.clone(),
+                        subtask,
+                        parallelism: p,
+                    };
+                    sink = Some(SinkTail {
+                        sink: (sb.create)(&ctx)?,
+                        ctx,
+                        metrics: m,
+                    });
+                }
+            }
+        }
+        let tail = *chain
+            .nodes
+            .last()
+            .ok_or_else(|| EngineError::Runtime("empty chain".into()))?;
+        let (input_ports, receivers): (Vec<usize>, Vec<_>) = tw.inputs.into_iter().unzip();
+        let n_inputs = receivers.len();
+        let inputs = (source.is_none()).then(|| InputSet::new(receivers));
+        let chain_nodes = chain
+            .nodes
+            .iter()
+            .map(|&id| (id, metrics.nodes[id].2.clone()))
+            .collect();
+        Ok(ChainTask {
+            job: graph.job.clone(),
+            subtask,
+            source,
+            members,
+            sink,
+            input_ports,
+            inputs,
+            routes: tw.routes,
+            tail,
+            combiner: WatermarkCombiner::new(n_inputs),
+            chain_nodes,
+        })
+    }
+
+    async fn run(mut self) -> Result<()> {
+        for m in &mut self.members {
+            m.op.open(&mut m.ctx)?;
+        }
+        if let Some(s) = &mut self.sink {
+            s.sink.open(&s.ctx).await?;
+        }
+        if self.source.is_some() {
+            self.run_source().await?;
+        } else {
+            self.run_inputs().await?;
+        }
+        self.end_of_input().await
+    }
+
+    async fn run_source(&mut self) -> Result<()> {
+        let Some(head) = self.source.as_mut() else {
+            return Ok(());
+        };
+        head.source.open(&head.ctx).await?;
+        let source_name = head.ctx.source.clone();
+        loop {
+            let Some(head) = self.source.as_mut() else {
+                return Ok(());
+            };
+            let poll = head.source.poll_next().await?;
+            let now = Instant::now();
+            match poll {
+                SourcePoll::Batch { split, batch } => {
+                    OperatorMetrics::add(&head.metrics.records_in, batch.num_rows() as u64);
+                    OperatorMetrics::add(&head.metrics.batches_in, 1);
+                    let (typed, dead) = match head.decoder.as_mut() {
+                        Some(d) => {
+                            let desc =
+                                format!("{source_name}: {}", head.source.split_description(split));
+                            let decoded = d.decode(&batch, &desc)?;
+                            (decoded.batch, decoded.dead_letters)
+                        }
+                        None => (batch, Vec::new()),
+                    };
+                    OperatorMetrics::add(&head.metrics.records_out, typed.num_rows() as u64);
+                    if let Some(g) = head.watermarks.as_mut() {
+                        g.observe(split, &typed, now)?;
+                    }
+                    let node = head.node;
+                    if !dead.is_empty() {
+                        OperatorMetrics::add(&head.metrics.dead_letters, dead.len() as u64);
+                        let b = dead_letters_to_batch(&dead)?;
+                        self.route(
+                            &StreamRef {
+                                node,
+                                side: Some(DEAD_LETTER_OUTPUT.to_string()),
+                            },
+                            b,
+                        )
+                        .await?;
+                    }
+                    if typed.num_rows() > 0 {
+                        self.push(0, 0, typed).await?;
+                    }
+                }
+                SourcePoll::SplitEnd(split) => {
+                    if let Some(g) = head.watermarks.as_mut() {
+                        g.split_ended(split);
+                    }
+                }
+                SourcePoll::Pending(d) => {
+                    tokio::time::sleep(d.min(Duration::from_millis(200))).await;
+                }
+                SourcePoll::Finished => return Ok(()),
+            }
+            let wm = self
+                .source
+                .as_mut()
+                .and_then(|h| h.watermarks.as_mut())
+                .and_then(|g| g.poll(Instant::now()));
+            match wm {
+                Some(Watermark::EventTime(t)) => self.advance_watermark(t).await?,
+                Some(Watermark::Idle) => {
+                    self.broadcast(Message::Watermark(Watermark::Idle)).await?
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn run_inputs(&mut self) -> Result<()> {
+        let tick_every = self
+            .members
+            .iter()
+            .filter_map(|m| m.op.tick_interval())
+            .min();
+        let mut ticker = tick_every.map(|d| {
+            let mut t = tokio::time::interval(d.max(Duration::from_millis(1)));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let n = self.input_ports.len();
+        let mut barrier_seen: Vec<Option<CheckpointBarrier>> = vec![None; n];
+        let mut finished = vec![false; n];
+        loop {
+            let Some(inputs) = self.inputs.as_mut() else {
+                return Ok(());
+            };
+            let next = match ticker.as_mut() {
+                Some(t) => {
+                    tokio::select! {
+                        m = inputs.recv() => Some(m),
+                        _ = t.tick() => None,
+                    }
+                }
+                None => Some(inputs.recv().await),
+            };
+            let Some(next) = next else {
+                self.tick().await?;
+                continue;
+            };
+            let Some((i, msg)) = next else {
+                return Ok(()); // every input finished
+            };
+            match msg {
+                None => {
+                    return Err(EngineError::Runtime(
+                        "an upstream task stopped without end of stream".into(),
+                    ))
+                }
+                Some(Message::Data(batch)) => {
+                    self.combiner.mark_active(i);
+                    let port = self.input_ports[i];
+                    self.push(0, port, batch).await?;
+                }
+                Some(Message::Watermark(wm)) => {
+                    if let Some(t) = self.combiner.update(i, wm) {
+                        self.advance_watermark(t).await?;
+                    } else if self.combiner.all_idle() && wm == Watermark::Idle {
+                        self.broadcast(Message::Watermark(Watermark::Idle)).await?;
+                    }
+                }
+                Some(Message::Barrier(b)) => {
+                    barrier_seen[i] = Some(b);
+                    if let Some(inputs) = self.inputs.as_mut() {
+                        inputs.set_blocked(i, true);
+                    }
+                    self.try_complete_alignment(&mut barrier_seen, &finished)
+                        .await?;
+                }
+                Some(Message::EndOfStream) => {
+                    finished[i] = true;
+                    if let Some(inputs) = self.inputs.as_mut() {
+                        inputs.finish(i);
+                    }
+                    if let Some(t) = self.combiner.finish(i) {
+                        self.advance_watermark(t).await?;
+                    }
+                    self.try_complete_alignment(&mut barrier_seen, &finished)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// When every open input has delivered barrier n: snapshot, forward, unblock.
+    async fn try_complete_alignment(
+        &mut self,
+        seen: &mut [Option<CheckpointBarrier>],
+        finished: &[bool],
+    ) -> Result<()> {
+        let Some(b) = seen.iter().flatten().next().copied() else {
+            return Ok(());
+        };
+        if !seen.iter().zip(finished).all(|(s, f)| *f || s.is_some()) {
+            return Ok(());
+        }
+        for m in &mut self.members {
+            m.op.handle_checkpoint(b.epoch, &mut m.ctx)?;
+        }
+        if let Some(s) = self.sink.as_mut() {
+            s.sink.pre_commit(b.epoch).await?;
+        }
+        debug!(job = %self.job, subtask = self.subtask, epoch = b.epoch, "barrier aligned");
+        self.broadcast(Message::Barrier(b)).await?;
+        for (i, s) in seen.iter_mut().enumerate() {
+            *s = None;
+            if let Some(inputs) = self.inputs.as_mut() {
+                inputs.set_blocked(i, false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for k in 0..self.members.len() {
+            let mut out = Collector::default();
+            {
+                let m = &mut self.members[k];
+                if m.op.tick_interval().is_none() {
+                    continue;
+                }
+                m.op.handle_tick(now_ms, &mut m.ctx, &mut out)?;
+            }
+            self.drain(k, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `batch` into member `k` (input `port`), and its results down the chain.
+    async fn push(&mut self, k: usize, port: usize, batch: RecordBatch) -> Result<()> {
+        let mut stack: Vec<(usize, usize, RecordBatch)> = vec![(k, port, batch)];
+        while let Some((k, port, batch)) = stack.pop() {
+            if k >= self.members.len() {
+                self.emit_tail(batch).await?;
+                continue;
+            }
+            let mut out = Collector::default();
+            {
+                let m = &mut self.members[k];
+                OperatorMetrics::add(&m.metrics.records_in, batch.num_rows() as u64);
+                OperatorMetrics::add(&m.metrics.batches_in, 1);
+                m.op.process_batch(port, batch, &mut m.ctx, &mut out)?;
+            }
+            self.route_side(k, out.take_side()).await?;
+            let main = out.take_main();
+            let rows: u64 = main.iter().map(|b| b.num_rows() as u64).sum();
+            OperatorMetrics::add(&self.members[k].metrics.records_out, rows);
+            for b in main.into_iter().rev() {
+                stack.push((k + 1, 0, b));
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes what member `k` emitted outside `process_batch` (watermark, tick, end).
+    async fn drain(&mut self, k: usize, mut out: Collector) -> Result<()> {
+        self.route_side(k, out.take_side()).await?;
+        let main = out.take_main();
+        let rows: u64 = main.iter().map(|b| b.num_rows() as u64).sum();
+        if let Some(m) = self.members.get(k) {
+            OperatorMetrics::add(&m.metrics.records_out, rows);
+        }
+        for b in main {
+            self.push(k + 1, 0, b).await?;
+        }
+        Ok(())
+    }
+
+    async fn route_side(&mut self, k: usize, side: Vec<(String, RecordBatch)>) -> Result<()> {
+        if side.is_empty() {
+            return Ok(());
+        }
+        let (node, metrics) = match self.members.get(k) {
+            Some(m) => (m.node, m.metrics.clone()),
+            None => return Ok(()),
+        };
+        for (name, b) in side {
+            if name == DEAD_LETTER_OUTPUT {
+                OperatorMetrics::add(&metrics.dead_letters, b.num_rows() as u64);
+            }
+            self.route(
+                &StreamRef {
+                    node,
+                    side: Some(name),
+                },
+                b,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn emit_tail(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Some(s) = self.sink.as_mut() {
+            OperatorMetrics::add(&s.metrics.records_in, batch.num_rows() as u64);
+            OperatorMetrics::add(&s.metrics.records_out, batch.num_rows() as u64);
+            return s.sink.write_batch(batch).await;
+        }
+        let tail = StreamRef::main(self.tail);
+        self.route(&tail, batch).await
+    }
+
+    async fn route(&mut self, stream: &StreamRef, batch: RecordBatch) -> Result<()> {
+        if let Some(routes) = self.routes.get_mut(stream) {
+            let n = routes.len();
+            for (i, r) in routes.iter_mut().enumerate() {
+                if i + 1 == n {
+                    return r.send_batch(batch).await;
+                }
+                r.send_batch(batch.clone()).await?;
+            }
+        }
+        // No consumer: e.g. a `late` side output nobody reads (still counted).
+        Ok(())
+    }
+
+    async fn broadcast(&mut self, msg: Message) -> Result<()> {
+        for routes in self.routes.values() {
+            for r in routes {
+                r.send_control(msg.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain's input watermark advanced to `t`: let each member fire what is
+    /// complete (its output flowing down the chain first), then forward `t`.
+    async fn advance_watermark(&mut self, t: EventTime) -> Result<()> {
+        for k in 0..self.members.len() {
+            let mut out = Collector::default();
+            {
+                let m = &mut self.members[k];
+                m.ctx.watermark = t;
+                m.op.handle_watermark(t, &mut m.ctx, &mut out)?;
+            }
+            self.drain(k, out).await?;
+        }
+        for (_, m) in &self.chain_nodes {
+            m.set_watermark(self.subtask, t);
+        }
+        self.broadcast(Message::Watermark(Watermark::EventTime(t)))
+            .await
+    }
+
+    async fn end_of_input(mut self) -> Result<()> {
+        if self.source.is_some() {
+            // Bounded input: a final watermark closes every window downstream.
+            self.advance_watermark(EventTime::MAX).await?;
+        }
+        for k in 0..self.members.len() {
+            let mut out = Collector::default();
+            {
+                let m = &mut self.members[k];
+                m.op.handle_end_of_input(&mut m.ctx, &mut out)?;
+            }
+            self.drain(k, out).await?;
+        }
+        if let Some(s) = self.sink.as_mut() {
+            s.sink.finish().await?;
+        }
+        self.broadcast(Message::EndOfStream).await?;
+        debug!(job = %self.job, subtask = self.subtask, "task finished");
+        Ok(())
+    }
+}

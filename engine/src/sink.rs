@@ -1,0 +1,50 @@
+//! Sinks: where a job's results leave the engine. A sink takes part in checkpoints by a
+//! two-phase commit: [`Sink::pre_commit`] at the barrier, [`Sink::commit`] once the
+//! checkpoint is complete. Without checkpoints a bounded job calls
+//! [`Sink::finish`] at the end of input.
+
+use arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+
+/// What a sink subtask knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The job's name.
+    pub job: String,
+    /// The sink's name in the job.
+    pub sink: String,
+    /// This subtask's index.
+    pub subtask: usize,
+    /// The sink's parallelism.
+    pub parallelism: usize,
+}
+
+/// A destination for records. Created per subtask by a
+/// [`SinkFactory`](crate::registry::SinkFactory).
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// Opens files or connections. Called once before the first batch.
+    async fn open(&mut self, _ctx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes (or buffers) a batch.
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Flushes what belongs to checkpoint `epoch` so that it can be committed later;
+    /// returns what recovery needs to commit it (e.g. a transaction id).
+    async fn pre_commit(&mut self, _epoch: u64) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Makes checkpoint `epoch`'s output visible. Must be idempotent.
+    async fn commit(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// End of input: flush and publish everything.
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

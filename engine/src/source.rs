@@ -1,0 +1,157 @@
+//! Sources and decoders. A [`Source`] reads from the outside world in *splits* (a file,
+//! a Kafka partition, a datagen stream) and yields batches tagged with their split, so
+//! that the runtime can generate watermarks per split. A source that reads bytes
+//! (files, Kafka) yields *raw* batches ([`raw_schema`]); a [`Decoder`] chosen by the
+//! job's `format` turns them into typed batches and dead letters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{EngineError, Result};
+
+/// What a source subtask knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The job's name.
+    pub job: String,
+    /// The source's name in the job.
+    pub source: String,
+    /// This subtask's index, `0..parallelism`.
+    pub subtask: usize,
+    /// The source's parallelism.
+    pub parallelism: usize,
+    /// Close a batch at this many rows.
+    pub batch_size: usize,
+    /// Close a non-empty batch after this long even if it is small.
+    pub linger: Duration,
+}
+
+/// What a poll of a source gives.
+#[derive(Debug)]
+pub enum SourcePoll {
+    /// A batch from one split.
+    Batch {
+        /// The split the rows come from (stable within the source subtask).
+        split: u32,
+        /// The rows (raw or typed, per [`Source::schema`]).
+        batch: RecordBatch,
+    },
+    /// A split has ended (bounded input): leave it out of the watermark.
+    SplitEnd(u32),
+    /// Nothing now; poll again after about this long (the runtime may emit idleness).
+    Pending(Duration),
+    /// Every split of this subtask has ended.
+    Finished,
+}
+
+/// A source of records. Implementations are created per subtask by a
+/// [`SourceFactory`](crate::registry::SourceFactory).
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// The schema of the batches this source yields: [`raw_schema`] for byte sources.
+    fn schema(&self) -> SchemaRef;
+
+    /// Connects and positions the source. Called once before the first poll.
+    async fn open(&mut self, _ctx: &SourceContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reads the next batch. Must not block forever: return [`SourcePoll::Pending`]
+    /// when nothing is available.
+    async fn poll_next(&mut self) -> Result<SourcePoll>;
+
+    /// A human-readable name of a split for dead letters (e.g. `logs/a.jsonl`).
+    fn split_description(&self, split: u32) -> String {
+        format!("split {split}")
+    }
+
+    /// The source's position, to be stored in a checkpoint (e.g. file offsets).
+    fn position(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Resumes from a position taken by [`Source::position`].
+    fn restore(&mut self, _position: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Column of a raw batch holding each record's bytes.
+pub const RAW_PAYLOAD: &str = "payload";
+/// Column of a raw batch holding each record's position in its split (line number for
+/// files, offset for Kafka).
+pub const RAW_OFFSET: &str = "offset";
+
+/// The schema of raw batches: `payload: Binary`, `offset: UInt64`.
+pub fn raw_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(RAW_PAYLOAD, DataType::Binary, false),
+        Field::new(RAW_OFFSET, DataType::UInt64, false),
+    ]))
+}
+
+/// A record that could not be decoded or processed, with why and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why the record was rejected, e.g. `missing field "ts"`.
+    pub reason: String,
+    /// The source (and split) it came from, e.g. `logs: data/a.jsonl`.
+    pub source: String,
+    /// Where in the split: line number or offset.
+    pub position: u64,
+    /// The raw bytes (truncated for huge records, see the reason).
+    pub payload: Vec<u8>,
+}
+
+/// The schema of the dead-letter output.
+pub fn dead_letter_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("position", DataType::UInt64, false),
+        Field::new("payload", DataType::Utf8, false),
+    ]))
+}
+
+/// Turns dead letters into a batch of [`dead_letter_schema`]. Payloads that are not
+/// UTF-8 are written lossily (the reason says so).
+pub fn dead_letters_to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
+    let reason: StringArray = letters.iter().map(|d| Some(d.reason.as_str())).collect();
+    let source: StringArray = letters.iter().map(|d| Some(d.source.as_str())).collect();
+    let position = UInt64Array::from_iter_values(letters.iter().map(|d| d.position));
+    let payload: StringArray = letters
+        .iter()
+        .map(|d| Some(String::from_utf8_lossy(&d.payload).into_owned()))
+        .collect();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(reason),
+        Arc::new(source),
+        Arc::new(position),
+        Arc::new(payload),
+    ];
+    RecordBatch::try_new(dead_letter_schema(), cols)
+        .map_err(|e| EngineError::arrow("building dead-letter batch", e))
+}
+
+/// The output of decoding one raw batch.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The records that decoded, in the decoder's output schema (may have 0 rows).
+    pub batch: RecordBatch,
+    /// The records that did not.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Turns raw batches ([`raw_schema`]) into typed batches. Created per source subtask by
+/// a [`FormatFactory`](crate::registry::FormatFactory). Must never panic on bad input:
+/// every record either decodes or becomes a dead letter.
+pub trait Decoder: Send {
+    /// The schema of decoded batches.
+    fn schema(&self) -> SchemaRef;
+    /// Decodes a raw batch; `source` names the source and split for dead letters.
+    fn decode(&mut self, raw: &RecordBatch, source: &str) -> Result<Decoded>;
+}

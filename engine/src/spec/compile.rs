@@ -1,0 +1,692 @@
+//! Turns a job's JSON value (already checked against the job schema) into a
+//! [`LogicalGraph`]: semantic checks the schema cannot express (names unique across
+//! sources, steps and sinks; every `from` names a source or step; no cycles), then the
+//! job settings and, through [`GraphBuilder`], the sources, the steps in topological
+//! order, the sinks and the dead-letter sink. Factory errors come back as
+//! [`FieldError`]s relative to the object they were given and are placed under that
+//! object's pointer. Nodes whose part of the file already has errors are skipped, and
+//! so are nodes that depend on them, so that one mistake is reported once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::fields::{duration_key, parse_event_time, parse_schema};
+use super::schema::{SINK_COMMON_KEYS, SOURCE_COMMON_KEYS};
+use super::yaml::escape;
+use super::{did_you_mean, At, JobOverrides, Problem};
+use crate::graph::{GraphBuilder, JobSettings, LogicalGraph, StreamRef, DEAD_LETTER_SINK};
+use crate::registry::{FieldError, Registry};
+use crate::time::parse_duration;
+
+/// Checkpoint settings of a job (`checkpoint: { interval, storage, retain }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Where checkpoints are kept (a directory or `file://` URL), if given.
+    pub storage: Option<String>,
+    /// How many completed checkpoints to keep, if given.
+    pub retain: Option<usize>,
+}
+
+/// Everything a job file yields: the graph and the job-level settings that are not
+/// part of it.
+#[derive(Clone)]
+pub struct CompiledJob {
+    /// The logical graph.
+    pub graph: LogicalGraph,
+    /// Checkpoint settings, when the job enables checkpoints.
+    pub checkpoint: Option<CheckpointSpec>,
+    /// The job's `description`.
+    pub description: Option<String>,
+}
+
+/// Which section a node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Source,
+    Step,
+    Sink,
+}
+
+impl Section {
+    fn word(self) -> &'static str {
+        match self {
+            Section::Source => "source",
+            Section::Step => "step",
+            Section::Sink => "sink",
+        }
+    }
+}
+
+/// A source, step or sink as written in the file.
+struct NodeSpec<'a> {
+    name: &'a str,
+    pointer: String,
+    obj: Option<&'a Map<String, Value>>,
+}
+
+/// One entry of a `from`.
+struct Input {
+    /// Pointer of the entry in the file.
+    pointer: String,
+    /// `name` or `name.side_output`.
+    reference: String,
+}
+
+impl Input {
+    fn node(&self) -> &str {
+        self.reference
+            .split_once('.')
+            .map_or(self.reference.as_str(), |(n, _)| n)
+    }
+}
+
+struct Compiler<'a> {
+    root: &'a Value,
+    registry: Arc<Registry>,
+    /// Pointers of the problems found so far (before and while compiling).
+    broken: Vec<String>,
+    problems: Vec<Problem>,
+}
+
+/// Compiles `root` into a job. `prior` are the problems already found (YAML, schema);
+/// parts of the file they touch are not compiled. Returns the job only when there are
+/// no problems at all, and the new problems.
+pub(crate) fn compile(
+    root: &Value,
+    prior: &[Problem],
+    registry: Arc<Registry>,
+    base_dir: &Path,
+    overrides: &JobOverrides,
+) -> (Option<CompiledJob>, Vec<Problem>) {
+    let mut c = Compiler {
+        root,
+        registry,
+        broken: prior.iter().map(|p| p.pointer.clone()).collect(),
+        problems: Vec::new(),
+    };
+    let job = c.run(base_dir, overrides, prior.is_empty());
+    (job, c.problems)
+}
+
+impl<'a> Compiler<'a> {
+    fn run(
+        &mut self,
+        base_dir: &Path,
+        overrides: &JobOverrides,
+        clean: bool,
+    ) -> Option<CompiledJob> {
+        let settings = self.settings(overrides);
+        let checkpoint = self.checkpoint();
+        let sources = self.section("sources");
+        let steps = self.section("steps");
+        let sinks = self.section("sinks");
+        let names = self.check_names(&sources, &steps, &sinks);
+        let mut unresolved = HashSet::new();
+        for spec in steps.iter().chain(&sinks) {
+            if !self.check_inputs(spec, &names) {
+                unresolved.insert(spec.name);
+            }
+        }
+        let order = self.step_order(&steps, &unresolved);
+
+        let name = self
+            .root
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("job");
+        let mut builder = GraphBuilder::new(name, self.registry.clone(), base_dir.to_path_buf());
+        builder.settings = settings;
+        let mut built: HashSet<&str> = HashSet::new();
+        for spec in &sources {
+            if self.add_source(&mut builder, spec) {
+                built.insert(spec.name);
+            }
+        }
+        for &i in &order {
+            let spec = &steps[i];
+            if !unresolved.contains(spec.name) && self.add_step(&mut builder, spec, &built) {
+                built.insert(spec.name);
+            }
+        }
+        for spec in &sinks {
+            if !unresolved.contains(spec.name) {
+                self.add_sink(&mut builder, spec, &built);
+            }
+        }
+        self.set_dead_letter(&mut builder);
+
+        if !clean || !self.problems.is_empty() {
+            return None;
+        }
+        match builder.build() {
+            Ok(graph) => Some(CompiledJob {
+                graph,
+                checkpoint,
+                description: self
+                    .root
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }),
+            Err(e) => {
+                self.field_error("", e);
+                None
+            }
+        }
+    }
+
+    /// Records a problem; the part of the file it is about is not compiled further.
+    fn problem(&mut self, pointer: &str, at: At, message: impl Into<String>) {
+        self.broken.push(pointer.to_string());
+        self.problems.push(Problem::new(pointer, at, message));
+    }
+
+    /// Places a factory's error, relative to the object at `base`.
+    fn field_error(&mut self, base: &str, e: FieldError) {
+        let path = if e.path.is_empty() || e.path.starts_with('/') {
+            e.path
+        } else {
+            format!("/{}", e.path)
+        };
+        self.problem(&format!("{base}{path}"), At::Auto, e.message);
+    }
+
+    /// Whether an earlier problem lies at or under `pointer`.
+    fn is_broken(&self, pointer: &str) -> bool {
+        self.broken.iter().any(|b| {
+            b.strip_prefix(pointer)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    fn section(&self, key: &str) -> Vec<NodeSpec<'a>> {
+        let Some(map) = self.root.get(key).and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|(name, v)| NodeSpec {
+                name: name.as_str(),
+                pointer: format!("/{key}/{}", escape(name)),
+                obj: v.as_object(),
+            })
+            .collect()
+    }
+
+    /// A usize at `pointer` unless that part of the file is broken.
+    fn uint(&self, pointer: &str) -> Option<usize> {
+        if self.is_broken(pointer) {
+            return None;
+        }
+        self.root
+            .pointer(pointer)
+            .and_then(Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    fn settings(&mut self, overrides: &JobOverrides) -> JobSettings {
+        let mut s = JobSettings::default();
+        if let Some(p) = self.uint("/parallelism") {
+            s.parallelism = p;
+        }
+        match overrides.parallelism {
+            Some(0) => self.problem(
+                "/parallelism",
+                At::Value,
+                "the parallelism override must be at least 1",
+            ),
+            Some(p) => s.parallelism = p,
+            None => {}
+        }
+        if let Some(m) = self.uint("/max_parallelism") {
+            match u16::try_from(m) {
+                Ok(m) => s.max_parallelism = m,
+                Err(_) => self.problem("/max_parallelism", At::Value, "must be at most 32768"),
+            }
+        }
+        if let Some(b) = self.uint("/batch_size") {
+            s.batch_size = b;
+        }
+        if let Some(c) = self.uint("/channel_capacity") {
+            s.channel_capacity_rows = c;
+        }
+        if let Some(Value::String(text)) = self.root.get("linger") {
+            if !self.is_broken("/linger") {
+                match parse_duration(text) {
+                    Ok(d) => s.linger = d,
+                    Err(m) => self.problem("/linger", At::Value, m),
+                }
+            }
+        }
+        if s.parallelism > usize::from(s.max_parallelism) {
+            let source = if overrides.parallelism.is_some() {
+                " (set on the command line)"
+            } else {
+                ""
+            };
+            self.problem(
+                "/parallelism",
+                At::Value,
+                format!(
+                    "parallelism {}{source} exceeds max_parallelism {} (the number of key groups)",
+                    s.parallelism, s.max_parallelism
+                ),
+            );
+        }
+        s
+    }
+
+    fn checkpoint(&mut self) -> Option<CheckpointSpec> {
+        let obj = self.root.get("checkpoint")?.as_object()?;
+        if self.is_broken("/checkpoint") {
+            return None;
+        }
+        let interval = match duration_key(obj, "interval") {
+            Ok(Some(d)) => d,
+            Ok(None) => return None,
+            Err(e) => {
+                self.field_error("/checkpoint", e);
+                return None;
+            }
+        };
+        if interval.is_zero() {
+            self.problem(
+                "/checkpoint/interval",
+                At::Value,
+                "the checkpoint interval must be longer than 0s",
+            );
+            return None;
+        }
+        Some(CheckpointSpec {
+            interval,
+            storage: obj
+                .get("storage")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            retain: obj
+                .get("retain")
+                .and_then(Value::as_u64)
+                .and_then(|r| usize::try_from(r).ok()),
+        })
+    }
+
+    /// Checks that names are unique across sections and not reserved; returns each
+    /// name's section (first definition wins).
+    fn check_names(
+        &mut self,
+        sources: &[NodeSpec<'a>],
+        steps: &[NodeSpec<'a>],
+        sinks: &[NodeSpec<'a>],
+    ) -> HashMap<&'a str, Section> {
+        let mut names: HashMap<&'a str, Section> = HashMap::new();
+        let sections = [
+            (Section::Source, sources),
+            (Section::Step, steps),
+            (Section::Sink, sinks),
+        ];
+        for (section, specs) in sections {
+            for spec in specs {
+                if spec.name == DEAD_LETTER_SINK {
+                    self.problem(
+                        &spec.pointer,
+                        At::Key,
+                        format!(
+                            "the name `{DEAD_LETTER_SINK}` is reserved for the job's dead-letter output"
+                        ),
+                    );
+                    continue;
+                }
+                match names.get(spec.name) {
+                    Some(first) => {
+                        let message = format!(
+                            "the name `{}` is already used by a {}; sources, steps and sinks share one namespace",
+                            spec.name,
+                            first.word()
+                        );
+                        self.problem(&spec.pointer, At::Key, message);
+                    }
+                    None => {
+                        names.insert(spec.name, section);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// The entries of a node's `from` (none when it is missing or malformed).
+    fn inputs_of(spec: &NodeSpec<'_>) -> Vec<Input> {
+        let base = format!("{}/from", spec.pointer);
+        match spec.obj.and_then(|o| o.get("from")) {
+            Some(Value::String(s)) => vec![Input {
+                pointer: base,
+                reference: s.clone(),
+            }],
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    Some(Input {
+                        pointer: format!("{base}/{i}"),
+                        reference: v.as_str()?.to_string(),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Checks that every `from` entry of `spec` names a source or step; returns
+    /// whether all do.
+    fn check_inputs(&mut self, spec: &NodeSpec<'_>, names: &HashMap<&str, Section>) -> bool {
+        let mut ok = true;
+        for input in Self::inputs_of(spec) {
+            match names.get(input.node()) {
+                Some(Section::Source | Section::Step) => {}
+                Some(Section::Sink) => {
+                    ok = false;
+                    let message = format!(
+                        "`{}` is a sink: only sources and steps can be read from",
+                        input.node()
+                    );
+                    self.problem(&input.pointer, At::Value, message);
+                }
+                None => {
+                    ok = false;
+                    let message = self.unknown_input_message(&input, names);
+                    self.problem(&input.pointer, At::Value, message);
+                }
+            }
+        }
+        ok
+    }
+
+    fn unknown_input_message(&self, input: &Input, names: &HashMap<&str, Section>) -> String {
+        let mut known: Vec<&str> = Vec::new();
+        for key in ["sources", "steps"] {
+            if let Some(m) = self.root.get(key).and_then(Value::as_object) {
+                known.extend(
+                    m.keys()
+                        .map(String::as_str)
+                        .filter(|n| names.get(n).is_some_and(|s| *s != Section::Sink)),
+                );
+            }
+        }
+        let hint = did_you_mean(input.node(), known.iter().copied())
+            .map(|m| format!(", did you mean `{m}`?"))
+            .unwrap_or_default();
+        format!(
+            "unknown source or step `{}`{hint} (known: {})",
+            input.node(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
+    /// Orders steps so that every step comes after the steps it reads, keeping the
+    /// file's order where it can; reports cycles. Steps in or behind a cycle are left
+    /// out.
+    fn step_order(&mut self, steps: &[NodeSpec<'_>], unresolved: &HashSet<&str>) -> Vec<usize> {
+        let index: HashMap<&str, usize> =
+            steps.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+        let deps: Vec<Vec<usize>> = steps
+            .iter()
+            .map(|s| {
+                Self::inputs_of(s)
+                    .iter()
+                    .filter_map(|input| index.get(input.node()).copied())
+                    .collect()
+            })
+            .collect();
+        let mut done = vec![false; steps.len()];
+        let mut order = Vec::with_capacity(steps.len());
+        loop {
+            let ready = (0..steps.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]));
+            match ready {
+                Some(i) => {
+                    done[i] = true;
+                    order.push(i);
+                }
+                None => break,
+            }
+        }
+        self.report_cycles(steps, &deps, &done, unresolved);
+        order
+    }
+
+    /// Reports each cycle among the steps left out of the order once, at the `from` of
+    /// its first step in file order.
+    fn report_cycles(
+        &mut self,
+        steps: &[NodeSpec<'_>],
+        deps: &[Vec<usize>],
+        done: &[bool],
+        unresolved: &HashSet<&str>,
+    ) {
+        let mut reported = vec![false; steps.len()];
+        for start in 0..steps.len() {
+            if done[start] || reported[start] {
+                continue;
+            }
+            // Every step left out reads at least one other step left out: walk until a
+            // step repeats.
+            let mut path = vec![start];
+            let cycle = loop {
+                let Some(&cur) = path.last() else { break None };
+                let Some(next) = deps[cur].iter().copied().find(|&d| !done[d]) else {
+                    break None;
+                };
+                if let Some(pos) = path.iter().position(|&p| p == next) {
+                    break Some(path[pos..].to_vec());
+                }
+                path.push(next);
+            };
+            let Some(mut cycle) = cycle else { continue };
+            if cycle.iter().any(|&i| reported[i]) {
+                continue;
+            }
+            cycle.iter().for_each(|&i| reported[i] = true);
+            if cycle.iter().any(|&i| unresolved.contains(steps[i].name)) {
+                continue;
+            }
+            // Start the cycle at its first step in file order, in reading direction.
+            cycle.reverse();
+            let first = cycle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &i)| i)
+                .map_or(0, |(k, _)| k);
+            cycle.rotate_left(first);
+            let mut names: Vec<&str> = cycle.iter().map(|&i| steps[i].name).collect();
+            names.push(steps[cycle[0]].name);
+            let pointer = format!("{}/from", steps[cycle[0]].pointer);
+            self.problem(
+                &pointer,
+                At::Value,
+                format!("steps form a cycle: {}", names.join(" → ")),
+            );
+        }
+    }
+
+    /// A node's own `parallelism`, checked against `max_parallelism`. `Err` when it is
+    /// too large (reported).
+    fn node_parallelism(
+        &mut self,
+        builder: &GraphBuilder,
+        spec: &NodeSpec<'_>,
+    ) -> Result<Option<usize>, ()> {
+        let pointer = format!("{}/parallelism", spec.pointer);
+        let Some(p) = self.uint(&pointer) else {
+            return Ok(None);
+        };
+        let max = usize::from(builder.settings.max_parallelism);
+        if p > max {
+            self.problem(
+                &pointer,
+                At::Value,
+                format!("parallelism {p} exceeds max_parallelism {max} (the number of key groups)"),
+            );
+            return Err(());
+        }
+        Ok(Some(p))
+    }
+
+    fn add_source(&mut self, builder: &mut GraphBuilder, spec: &NodeSpec<'_>) -> bool {
+        let Some(obj) = spec.obj else { return false };
+        if self.is_broken(&spec.pointer) {
+            return false;
+        }
+        let Some(type_name) = obj.get("type").and_then(Value::as_str) else {
+            return false;
+        };
+        let schema = match obj.get("schema") {
+            None | Some(Value::Null) => None,
+            Some(v) => match parse_schema(v) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.field_error(&format!("{}/schema", spec.pointer), e);
+                    return false;
+                }
+            },
+        };
+        let event_time = match obj.get("event_time") {
+            None | Some(Value::Null) => None,
+            Some(v) => match parse_event_time(v) {
+                Ok(et) => Some(et),
+                Err(e) => {
+                    self.field_error(&format!("{}/event_time", spec.pointer), e);
+                    return false;
+                }
+            },
+        };
+        let Ok(parallelism) = self.node_parallelism(builder, spec) else {
+            return false;
+        };
+        let options = without(obj, SOURCE_COMMON_KEYS);
+        let added = builder.add_source(
+            spec.name,
+            type_name,
+            &options,
+            obj.get("format"),
+            schema,
+            event_time,
+            parallelism,
+        );
+        match added {
+            Ok(_) => true,
+            Err(e) => {
+                self.field_error(&spec.pointer, e);
+                false
+            }
+        }
+    }
+
+    /// Resolves a node's inputs to streams. `None` when an input was not built (its
+    /// own error is reported) or does not resolve (reported here).
+    fn streams(
+        &mut self,
+        builder: &GraphBuilder,
+        spec: &NodeSpec<'_>,
+        built: &HashSet<&str>,
+    ) -> Option<Vec<StreamRef>> {
+        let inputs = Self::inputs_of(spec);
+        if inputs.is_empty() || inputs.iter().any(|i| !built.contains(i.node())) {
+            return None;
+        }
+        let mut streams = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            match builder.stream(&input.reference) {
+                Ok(s) => streams.push(s),
+                Err(e) => {
+                    self.field_error(&input.pointer, e);
+                    return None;
+                }
+            }
+        }
+        Some(streams)
+    }
+
+    fn add_step(
+        &mut self,
+        builder: &mut GraphBuilder,
+        spec: &NodeSpec<'_>,
+        built: &HashSet<&str>,
+    ) -> bool {
+        let Some(obj) = spec.obj else { return false };
+        if self.is_broken(&spec.pointer) {
+            return false;
+        }
+        let Some(streams) = self.streams(builder, spec, built) else {
+            return false;
+        };
+        let Some((kind, value)) = obj.iter().find(|(k, _)| self.registry.step(k).is_some()) else {
+            return false;
+        };
+        let Ok(parallelism) = self.node_parallelism(builder, spec) else {
+            return false;
+        };
+        match builder.add_step(spec.name, &streams, kind, value, parallelism) {
+            Ok(_) => true,
+            Err(e) => {
+                self.field_error(&spec.pointer, e);
+                false
+            }
+        }
+    }
+
+    fn add_sink(&mut self, builder: &mut GraphBuilder, spec: &NodeSpec<'_>, built: &HashSet<&str>) {
+        let Some(obj) = spec.obj else { return };
+        if self.is_broken(&spec.pointer) {
+            return;
+        }
+        let Some(type_name) = obj.get("type").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(streams) = self.streams(builder, spec, built) else {
+            return;
+        };
+        let [stream] = streams.as_slice() else {
+            return;
+        };
+        let Ok(parallelism) = self.node_parallelism(builder, spec) else {
+            return;
+        };
+        let options = without(obj, SINK_COMMON_KEYS);
+        if let Err(e) = builder.add_sink(spec.name, stream, type_name, &options, parallelism) {
+            self.field_error(&spec.pointer, e);
+        }
+    }
+
+    fn set_dead_letter(&mut self, builder: &mut GraphBuilder) {
+        let Some(obj) = self.root.get("dead_letter").and_then(Value::as_object) else {
+            return;
+        };
+        if self.is_broken("/dead_letter") {
+            return;
+        }
+        let Some(type_name) = obj.get("type").and_then(Value::as_str) else {
+            return;
+        };
+        if let Err(e) = builder.set_dead_letter(type_name, without(obj, &["type"])) {
+            self.field_error("/dead_letter", e);
+        }
+    }
+}
+
+/// `obj` without `keys`: a connector's own options.
+fn without(obj: &Map<String, Value>, keys: &[&str]) -> Value {
+    Value::Object(
+        obj.iter()
+            .filter(|(k, _)| !keys.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}

@@ -1,0 +1,510 @@
+//! Reads a YAML job file into a [`serde_json::Value`] while remembering where every key
+//! and value stands in the text, so that later errors can name a line and a column.
+//!
+//! yaml-rust2's event parser does the lexing; this module builds the value from its
+//! events. Plain scalars resolve like the YAML 1.2 core schema (null, bool, int, float,
+//! else string), quoted and block scalars are strings, duplicate keys are reported, and
+//! aliases copy the anchored value.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Number, Value};
+use yaml_rust2::parser::{Event, Parser, Tag};
+use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
+
+use super::{At, Problem};
+
+/// Deepest nesting accepted, to keep recursion bounded on hostile input.
+const MAX_DEPTH: usize = 200;
+
+/// A position in the job file, 1-based like editors show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column (in characters), from 1.
+    pub column: usize,
+}
+
+impl Pos {
+    /// The start of the file.
+    pub const START: Pos = Pos { line: 1, column: 1 };
+
+    fn from_marker(m: &Marker) -> Pos {
+        Pos {
+            line: m.line().max(1),
+            column: m.col() + 1,
+        }
+    }
+}
+
+/// Where a node stands: its key (for mapping values) and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Position of the key, for values of a mapping.
+    pub key: Option<Pos>,
+    /// Position of the value.
+    pub value: Pos,
+}
+
+/// Positions of every node, by JSON pointer.
+#[derive(Debug, Default, Clone)]
+pub struct Spans {
+    map: HashMap<String, Span>,
+}
+
+impl Spans {
+    /// The span of exactly `pointer`.
+    #[cfg(test)]
+    pub fn get(&self, pointer: &str) -> Option<&Span> {
+        self.map.get(pointer)
+    }
+
+    /// The span of `pointer` or of its nearest ancestor that has one, with the pointer
+    /// that was found.
+    pub fn nearest<'p>(&self, pointer: &'p str) -> (&'p str, Span) {
+        let mut p = pointer;
+        loop {
+            if let Some(s) = self.map.get(p) {
+                return (p, *s);
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => {
+                    return (
+                        "",
+                        Span {
+                            key: None,
+                            value: Pos::START,
+                        },
+                    )
+                }
+            }
+        }
+    }
+
+    /// Where to point for an error about `pointer` in `value`: a key or a value,
+    /// following `at`.
+    pub fn locate(&self, value: &Value, pointer: &str, at: At) -> Pos {
+        let (found, span) = self.nearest(pointer);
+        let exact = found == pointer;
+        let is_container = value
+            .pointer(found)
+            .is_some_and(|v| v.is_object() || v.is_array());
+        let want_key = match at {
+            At::Key if exact => true,
+            At::Value if exact => false,
+            _ => is_container,
+        };
+        if want_key {
+            span.key.unwrap_or(span.value)
+        } else {
+            span.value
+        }
+    }
+}
+
+/// A parsed YAML document.
+#[derive(Debug)]
+pub struct Document {
+    /// The document as JSON.
+    pub value: Value,
+    /// Where each node stands.
+    pub spans: Spans,
+    /// Non-fatal problems (duplicate keys); the first of duplicate keys is kept.
+    pub problems: Vec<Problem>,
+}
+
+/// Escapes one JSON-pointer segment.
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Undoes [`escape`].
+pub fn unescape(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
+/// Parses `text` as one YAML document. A syntax error is returned as the only problem,
+/// with its position.
+pub fn parse(text: &str) -> Result<Document, Problem> {
+    let mut reader = Reader {
+        parser: Parser::new_from_str(text),
+        spans: HashMap::new(),
+        anchors: HashMap::new(),
+        problems: Vec::new(),
+    };
+    let value = reader.document()?;
+    Ok(Document {
+        value,
+        spans: Spans { map: reader.spans },
+        problems: reader.problems,
+    })
+}
+
+struct Reader<'a> {
+    parser: Parser<std::str::Chars<'a>>,
+    spans: HashMap<String, Span>,
+    anchors: HashMap<usize, Value>,
+    problems: Vec<Problem>,
+}
+
+fn syntax_error(e: &ScanError) -> Problem {
+    Problem {
+        pointer: String::new(),
+        at: At::Exact(Pos::from_marker(e.marker())),
+        message: format!("YAML syntax error: {}", e.info()),
+    }
+}
+
+fn problem_at(mark: &Marker, message: impl Into<String>) -> Problem {
+    Problem {
+        pointer: String::new(),
+        at: At::Exact(Pos::from_marker(mark)),
+        message: message.into(),
+    }
+}
+
+impl Reader<'_> {
+    fn next(&mut self) -> Result<(Event, Marker), Problem> {
+        self.parser.next_token().map_err(|e| syntax_error(&e))
+    }
+
+    fn document(&mut self) -> Result<Value, Problem> {
+        let (ev, mark) = self.next()?;
+        if ev != Event::StreamStart {
+            return Err(problem_at(
+                &mark,
+                "YAML syntax error: expected the start of the file",
+            ));
+        }
+        let (ev, mark) = self.next()?;
+        match ev {
+            Event::StreamEnd => return Ok(Value::Null),
+            Event::DocumentStart => {}
+            _ => return Err(problem_at(&mark, "YAML syntax error: expected a document")),
+        }
+        let (ev, mark) = self.next()?;
+        let value = self.node(ev, mark, String::new(), None, true, 0)?;
+        let (ev, mark) = self.next()?;
+        if ev != Event::DocumentEnd {
+            return Err(problem_at(
+                &mark,
+                "YAML syntax error: expected the end of the document",
+            ));
+        }
+        let (ev, mark) = self.next()?;
+        match ev {
+            Event::StreamEnd => Ok(value),
+            _ => Err(problem_at(
+                &mark,
+                "a job file holds a single YAML document (found a second one)",
+            )),
+        }
+    }
+
+    /// Builds the node that starts with `ev`; records spans under `pointer` when
+    /// `record` (not for the ignored value of a duplicate key).
+    fn node(
+        &mut self,
+        ev: Event,
+        mark: Marker,
+        pointer: String,
+        key: Option<Pos>,
+        record: bool,
+        depth: usize,
+    ) -> Result<Value, Problem> {
+        if depth > MAX_DEPTH {
+            return Err(problem_at(&mark, "the document is nested too deeply"));
+        }
+        if record {
+            self.spans.insert(
+                pointer.clone(),
+                Span {
+                    key,
+                    value: Pos::from_marker(&mark),
+                },
+            );
+        }
+        let (value, anchor) = match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                (resolve_scalar(text, style, tag.as_ref()), anchor)
+            }
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some(v) => (v.clone(), 0),
+                None => return Err(problem_at(&mark, "unknown alias")),
+            },
+            Event::SequenceStart(anchor, _) => (self.sequence(&pointer, record, depth)?, anchor),
+            Event::MappingStart(anchor, _) => (self.mapping(&pointer, record, depth)?, anchor),
+            other => {
+                return Err(problem_at(
+                    &mark,
+                    format!("YAML syntax error: unexpected {other:?}"),
+                ))
+            }
+        };
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        Ok(value)
+    }
+
+    /// The parser marks a block mapping where it recognises it (at the first `:`):
+    /// start the collection at its first child instead when that comes earlier.
+    fn start_at_first_child(&mut self, pointer: &str, first: Pos, record: bool) {
+        if !record {
+            return;
+        }
+        if let Some(span) = self.spans.get_mut(pointer) {
+            span.value = span.value.min(first);
+        }
+    }
+
+    fn sequence(&mut self, pointer: &str, record: bool, depth: usize) -> Result<Value, Problem> {
+        let mut items = Vec::new();
+        loop {
+            let (ev, mark) = self.next()?;
+            if ev == Event::SequenceEnd {
+                return Ok(Value::Array(items));
+            }
+            if items.is_empty() {
+                self.start_at_first_child(pointer, Pos::from_marker(&mark), record);
+            }
+            let child = format!("{pointer}/{}", items.len());
+            items.push(self.node(ev, mark, child, None, record, depth + 1)?);
+        }
+    }
+
+    fn mapping(&mut self, pointer: &str, record: bool, depth: usize) -> Result<Value, Problem> {
+        let mut map = Map::new();
+        let mut key_positions: HashMap<String, Pos> = HashMap::new();
+        loop {
+            let (ev, mark) = self.next()?;
+            let key = match ev {
+                Event::MappingEnd => return Ok(Value::Object(map)),
+                Event::Scalar(text, ..) => text,
+                _ => {
+                    return Err(problem_at(
+                        &mark,
+                        "mapping keys must be plain names, not lists or mappings",
+                    ))
+                }
+            };
+            let key_pos = Pos::from_marker(&mark);
+            if map.is_empty() && key_positions.is_empty() {
+                self.start_at_first_child(pointer, key_pos, record);
+            }
+            let child = format!("{pointer}/{}", escape(&key));
+            let (ev, vmark) = self.next()?;
+            if let Some(first) = key_positions.get(&key) {
+                if record {
+                    self.problems.push(Problem {
+                        pointer: child.clone(),
+                        at: At::Exact(key_pos),
+                        message: format!(
+                            "duplicate key `{key}` (first defined at line {}, column {})",
+                            first.line, first.column
+                        ),
+                    });
+                }
+                self.node(ev, vmark, child, Some(key_pos), false, depth + 1)?;
+                continue;
+            }
+            let value = self.node(ev, vmark, child, Some(key_pos), record, depth + 1)?;
+            key_positions.insert(key.clone(), key_pos);
+            map.insert(key, value);
+        }
+    }
+}
+
+/// Resolves a scalar: plain scalars like the YAML 1.2 core schema, anything quoted,
+/// literal, folded or tagged `!!str` as a string.
+fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
+    let forced_string = tag.is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
+    if style != TScalarStyle::Plain || forced_string {
+        return Value::String(text);
+    }
+    resolve_plain(&text).unwrap_or(Value::String(text))
+}
+
+/// The core-schema value of a plain scalar, or `None` for a string.
+fn resolve_plain(s: &str) -> Option<Value> {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
+        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        _ => {}
+    }
+    if let Some(v) = resolve_int(s) {
+        return Some(v);
+    }
+    if is_float(s) {
+        return s
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number);
+    }
+    None
+}
+
+fn all_digits(s: &str, radix: u32) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_digit(radix))
+}
+
+fn resolve_int(s: &str) -> Option<Value> {
+    let radix_int = |digits: &str, radix: u32| {
+        if all_digits(digits, radix) {
+            u64::from_str_radix(digits, radix).ok().map(Value::from)
+        } else {
+            None
+        }
+    };
+    if let Some(hex) = s.strip_prefix("0x") {
+        return radix_int(hex, 16);
+    }
+    if let Some(oct) = s.strip_prefix("0o") {
+        return radix_int(oct, 8);
+    }
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if !all_digits(unsigned, 10) {
+        return None;
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(Value::from(i));
+    }
+    if let Ok(u) = s.trim_start_matches('+').parse::<u64>() {
+        return Some(Value::from(u));
+    }
+    s.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map(Value::Number)
+}
+
+/// `[-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
+fn is_float(s: &str) -> bool {
+    let body = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some(("", frac)) => all_digits(frac, 10),
+        Some((int, frac)) => all_digits(int, 10) && (frac.is_empty() || all_digits(frac, 10)),
+        None => all_digits(mantissa, 10),
+    };
+    let exponent_ok =
+        exponent.is_none_or(|e| all_digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
+    mantissa_ok && exponent_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(text: &str) -> Document {
+        match parse(text) {
+            Ok(d) => d,
+            Err(p) => panic!("parse failed: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn scalars_resolve_like_yaml_core() {
+        let d = doc(concat!(
+            "a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: \"true\"\nh: 10s\n",
+            "i: 0x1f\nj: .5\nk: 1e3\nl:\nm: !!str 12\nn: False\n"
+        ));
+        assert_eq!(
+            d.value,
+            json!({"a": 1, "b": -2, "c": 1.5, "d": true, "e": null, "f": "1", "g": "true",
+                   "h": "10s", "i": 31, "j": 0.5, "k": 1000.0, "l": null, "m": "12", "n": false})
+        );
+    }
+
+    #[test]
+    fn keys_keep_their_order() {
+        let d = doc("z: 1\na: 2\nm: 3\n");
+        let keys: Vec<&String> = d
+            .value
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["z", "a", "m"]);
+    }
+
+    #[test]
+    fn positions_of_keys_and_values() {
+        let d = doc("name: x\nsources:\n  logs:\n    type: file\n    tags: [a, 'b']\n");
+        let span = |p: &str| d.spans.get(p).copied();
+        assert_eq!(
+            span("/name"),
+            Some(Span {
+                key: Some(Pos { line: 1, column: 1 }),
+                value: Pos { line: 1, column: 7 }
+            })
+        );
+        assert_eq!(
+            span("/sources/logs").and_then(|s| s.key),
+            Some(Pos { line: 3, column: 3 })
+        );
+        assert_eq!(
+            span("/sources/logs/type").map(|s| s.value),
+            Some(Pos {
+                line: 4,
+                column: 11
+            })
+        );
+        assert_eq!(
+            span("/sources/logs/tags/1").map(|s| s.value),
+            Some(Pos {
+                line: 5,
+                column: 15
+            })
+        );
+        // A pointer that does not exist falls back to its nearest ancestor's key.
+        assert_eq!(
+            d.spans.locate(&d.value, "/sources/logs/path", At::Auto),
+            Pos { line: 3, column: 3 }
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_and_the_first_wins() {
+        let d = doc("a: 1\nb: 2\na: 3\n");
+        assert_eq!(d.value, json!({"a": 1, "b": 2}));
+        assert_eq!(d.problems.len(), 1);
+        assert_eq!(d.problems[0].at, At::Exact(Pos { line: 3, column: 1 }));
+        assert!(d.problems[0].message.contains("duplicate key `a`"));
+        assert_eq!(
+            d.spans.get("/a").map(|s| s.value),
+            Some(Pos { line: 1, column: 4 })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = match parse("a: 1\nb: [1, 2\nc: 3\n") {
+            Ok(d) => panic!("expected an error, got {:?}", d.value),
+            Err(e) => e,
+        };
+        assert!(
+            err.message.starts_with("YAML syntax error"),
+            "{}",
+            err.message
+        );
+        assert!(
+            matches!(err.at, At::Exact(p) if p.line >= 2),
+            "{:?}",
+            err.at
+        );
+    }
+
+    #[test]
+    fn aliases_copy_the_anchored_value() {
+        let d = doc("a: &x {k: 1}\nb: *x\n");
+        assert_eq!(d.value, json!({"a": {"k": 1}, "b": {"k": 1}}));
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs weir's whole test suite on a fresh machine: installs what the build needs, then
+# checks formatting and lints, runs every unit, integration and golden test, and the
+# doc tests. Services needed by later tests (broker, database, S3) are started here too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast --lib --bins --tests --examples
+fi
+cargo test --workspace --locked --doc

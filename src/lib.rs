@@ -1,0 +1,90 @@
+//! # weir
+//!
+//! A dataflow stream processing engine in Rust, in the family of Apache Flink and
+//! Arroyo. Pipelines are written as YAML (`weir run job.yaml`) or in Rust with
+//! [`Pipeline`]; both build the same logical graph through one [`Registry`] of
+//! connectors, formats and steps.
+//!
+//! ```no_run
+//! use weir::prelude::*;
+//!
+//! # async fn example() -> Result<(), weir::WeirError> {
+//! let p = Pipeline::new("log-filter");
+//! let logs = p.source(
+//!     "logs",
+//!     SourceSpec::new("file")
+//!         .option("path", "examples/log_filter/data/*.jsonl")
+//!         .format("json")
+//!         .schema(&[("ts", "timestamp"), ("service", "string"), ("level", "string"), ("message", "string")])
+//!         .event_time("ts", "5s"),
+//! )?;
+//! let errors = logs.filter("errors", "level = 'ERROR'")?;
+//! errors.sink("out", SinkSpec::new("file").option("path", "out/errors.jsonl"))?;
+//! let summary = weir::run(p.build()?).await?;
+//! println!("{summary}");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod pipeline;
+pub mod typed;
+
+use std::sync::Arc;
+
+pub use pipeline::{Pipeline, SinkSpec, SourceSpec, Stream};
+pub use weir_connectors as connectors;
+pub use weir_engine as engine;
+pub use weir_engine::registry::Registry;
+pub use weir_operators as operators;
+
+/// Everything a pipeline author needs.
+pub mod prelude {
+    pub use crate::pipeline::{Pipeline, SinkSpec, SourceSpec, Stream};
+    pub use crate::WeirError;
+    pub use weir_engine::operator::{Collector, Operator, OperatorContext};
+    pub use weir_engine::registry::Partitioning;
+    pub use weir_engine::runtime::JobSummary;
+}
+
+/// Errors of the facade: a bad pipeline (with the offending step and field) or a
+/// failure while running.
+#[derive(Debug, thiserror::Error)]
+pub enum WeirError {
+    /// The pipeline is invalid.
+    #[error("{0}")]
+    Pipeline(String),
+    /// The YAML job is invalid (every error, with file, line and column).
+    #[error("{0}")]
+    Spec(#[from] weir_engine::spec::SpecErrors),
+    /// The job failed while running.
+    #[error(transparent)]
+    Engine(#[from] weir_engine::EngineError),
+}
+
+/// The registry with every built-in connector, format and step.
+pub fn default_registry() -> Registry {
+    let mut r = Registry::new();
+    weir_connectors::register(&mut r);
+    weir_operators::register(&mut r);
+    r
+}
+
+/// Loads a YAML job file with the built-in registry.
+pub fn load_job(
+    path: &std::path::Path,
+    parallelism: Option<usize>,
+) -> Result<weir_engine::graph::LogicalGraph, WeirError> {
+    let overrides = weir_engine::spec::JobOverrides { parallelism };
+    Ok(weir_engine::spec::load_job_file(
+        path,
+        Arc::new(default_registry()),
+        &overrides,
+    )?)
+}
+
+/// Runs a job graph to completion on the current tokio runtime.
+pub async fn run(
+    graph: weir_engine::graph::LogicalGraph,
+) -> Result<weir_engine::runtime::JobSummary, WeirError> {
+    Ok(weir_engine::runtime::run(graph).await?)
+}

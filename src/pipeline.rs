@@ -1,0 +1,396 @@
+//! The Rust API: a typed builder over the same logical graph the YAML compiler builds.
+//! Each method goes through the same registry factory as the YAML key of the same name
+//! (`filter`, `select`, `key_by`, `union`, `parse`, and any other registered step via
+//! [`Stream::step`]), so a pipeline written either way is the same graph.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use weir_engine::graph::{GraphBuilder, LogicalGraph, StreamRef};
+use weir_engine::operator::Operator;
+use weir_engine::registry::{FieldError, Partitioning, Registry};
+
+use crate::typed::{typed_schema, FilterRows, FlatMapRows};
+use crate::WeirError;
+
+/// A pipeline under construction.
+pub struct Pipeline {
+    inner: Rc<RefCell<GraphBuilder>>,
+}
+
+/// A stream of a pipeline: the output of a source or a step.
+#[derive(Clone)]
+pub struct Stream {
+    inner: Rc<RefCell<GraphBuilder>>,
+    stream: StreamRef,
+    name: String,
+}
+
+/// A source: its registry `type`, connector options, format, schema and event time,
+/// with the same names as the YAML keys.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    type_name: String,
+    options: Map<String, Value>,
+    format: Option<Value>,
+    schema: Option<Vec<(String, String)>>,
+    event_time: Option<Value>,
+    parallelism: Option<usize>,
+}
+
+impl SourceSpec {
+    /// A source of registry type `type_name` (`file`, `datagen`, …).
+    pub fn new(type_name: &str) -> Self {
+        SourceSpec {
+            type_name: type_name.into(),
+            options: Map::new(),
+            format: None,
+            schema: None,
+            event_time: None,
+            parallelism: None,
+        }
+    }
+
+    /// Sets a connector option (the YAML key of the same name).
+    pub fn option(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.options.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the format by name (`json`, `csv`, `raw`).
+    pub fn format(mut self, name: &str) -> Self {
+        self.format = Some(Value::String(name.into()));
+        self
+    }
+
+    /// Sets the format with options, e.g. `json!({"type": "csv", "delimiter": ";"})`.
+    pub fn format_with(mut self, format: Value) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// Declares the schema: `(field, type)` pairs as in YAML (`timestamp`, `string?`).
+    pub fn schema(mut self, fields: &[(&str, &str)]) -> Self {
+        self.schema = Some(
+            fields
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Event time from `field` with bounded out-of-orderness (`"5s"`).
+    pub fn event_time(mut self, field: &str, max_out_of_orderness: &str) -> Self {
+        self.event_time = Some(json!({"field": field, "max_out_of_orderness": max_out_of_orderness}));
+        self
+    }
+
+    /// Leaves a source split out of the watermark after this long without data.
+    pub fn idle_timeout(mut self, timeout: &str) -> Self {
+        if let Some(Value::Object(m)) = self.event_time.as_mut() {
+            m.insert("idle_timeout".into(), Value::String(timeout.into()));
+        }
+        self
+    }
+
+    /// Sets the source's parallelism.
+    pub fn parallelism(mut self, p: usize) -> Self {
+        self.parallelism = Some(p);
+        self
+    }
+}
+
+/// A sink: its registry `type` and options, with the YAML names.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    type_name: String,
+    options: Map<String, Value>,
+    parallelism: Option<usize>,
+}
+
+impl SinkSpec {
+    /// A sink of registry type `type_name` (`file`, `stdout`, …).
+    pub fn new(type_name: &str) -> Self {
+        SinkSpec {
+            type_name: type_name.into(),
+            options: Map::new(),
+            parallelism: None,
+        }
+    }
+
+    /// Sets a sink option (the YAML key of the same name).
+    pub fn option(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.options.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the sink's parallelism.
+    pub fn parallelism(mut self, p: usize) -> Self {
+        self.parallelism = Some(p);
+        self
+    }
+}
+
+fn placed(what: &str, name: &str, e: FieldError) -> WeirError {
+    WeirError::Pipeline(format!("{what} `{name}`: {e}"))
+}
+
+impl Pipeline {
+    /// A new pipeline named `job`, with the built-in registry. Relative paths resolve
+    /// against the current directory.
+    pub fn new(job: &str) -> Self {
+        Self::with_registry(job, Arc::new(crate::default_registry()))
+    }
+
+    /// A new pipeline with a custom registry (your own connectors and steps).
+    pub fn with_registry(job: &str, registry: Arc<Registry>) -> Self {
+        let base = std::env::current_dir().unwrap_or_else(|_| ".".into());
+        Pipeline {
+            inner: Rc::new(RefCell::new(GraphBuilder::new(job, registry, base))),
+        }
+    }
+
+    /// Sets the default parallelism of every node added after this call.
+    pub fn parallelism(self, p: usize) -> Self {
+        self.inner.borrow_mut().settings.parallelism = p.max(1);
+        self
+    }
+
+    /// Changes runtime settings (batch size, linger, channel capacity…).
+    pub fn settings(self, f: impl FnOnce(&mut weir_engine::graph::JobSettings)) -> Self {
+        f(&mut self.inner.borrow_mut().settings);
+        self
+    }
+
+    /// Adds a source.
+    pub fn source(&self, name: &str, spec: SourceSpec) -> Result<Stream, WeirError> {
+        let schema = match &spec.schema {
+            Some(fields) => {
+                let mut m = Map::new();
+                for (k, v) in fields {
+                    m.insert(k.clone(), Value::String(v.clone()));
+                }
+                Some(
+                    weir_engine::spec::parse_schema(&Value::Object(m))
+                        .map_err(|e| placed("source", name, e.under("/schema")))?,
+                )
+            }
+            None => None,
+        };
+        let event_time = match &spec.event_time {
+            Some(v) => Some(
+                weir_engine::spec::parse_event_time(v)
+                    .map_err(|e| placed("source", name, e.under("/event_time")))?,
+            ),
+            None => None,
+        };
+        let id = self
+            .inner
+            .borrow_mut()
+            .add_source(
+                name,
+                &spec.type_name,
+                &Value::Object(spec.options.clone()),
+                spec.format.as_ref(),
+                schema,
+                event_time,
+                spec.parallelism,
+            )
+            .map_err(|e| placed("source", name, e))?;
+        Ok(Stream {
+            inner: self.inner.clone(),
+            stream: StreamRef::main(id),
+            name: name.into(),
+        })
+    }
+
+    /// Sets the job's dead-letter sink (default: `.weir/<job>/dead_letter.jsonl`).
+    pub fn dead_letter(&self, spec: SinkSpec) -> Result<(), WeirError> {
+        self.inner
+            .borrow_mut()
+            .set_dead_letter(&spec.type_name, Value::Object(spec.options))
+            .map_err(|e| placed("dead_letter", "dead_letter", e))
+    }
+
+    /// Finishes the graph. Stream handles may still be alive.
+    pub fn build(self) -> Result<LogicalGraph, WeirError> {
+        let builder = self.inner.borrow().clone();
+        builder
+            .build()
+            .map_err(|e| WeirError::Pipeline(format!("pipeline: {e}")))
+    }
+}
+
+impl Stream {
+    /// The name of the node this stream comes from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stream's schema.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.inner.borrow().schema_of(&self.stream)
+    }
+
+    /// A side output of this node, e.g. `late` or `dead_letter`.
+    pub fn side_output(&self, side: &str) -> Result<Stream, WeirError> {
+        let s = StreamRef {
+            node: self.stream.node,
+            side: Some(side.into()),
+        };
+        if self.inner.borrow().schema_of(&s).is_none() {
+            return Err(WeirError::Pipeline(format!(
+                "`{}` has no side output `{side}`",
+                self.name
+            )));
+        }
+        Ok(Stream {
+            inner: self.inner.clone(),
+            stream: s,
+            name: format!("{}.{side}", self.name),
+        })
+    }
+
+    /// Adds a registered step of kind `kind` (the YAML key) with its value.
+    pub fn step(&self, name: &str, kind: &str, value: Value) -> Result<Stream, WeirError> {
+        self.step_from(name, kind, value, &[])
+    }
+
+    fn step_from(
+        &self,
+        name: &str,
+        kind: &str,
+        value: Value,
+        others: &[&Stream],
+    ) -> Result<Stream, WeirError> {
+        let mut inputs = vec![self.stream.clone()];
+        inputs.extend(others.iter().map(|s| s.stream.clone()));
+        let id = self
+            .inner
+            .borrow_mut()
+            .add_step(name, &inputs, kind, &value, None)
+            .map_err(|e| placed("step", name, e))?;
+        Ok(Stream {
+            inner: self.inner.clone(),
+            stream: StreamRef::main(id),
+            name: name.into(),
+        })
+    }
+
+    /// Keeps rows where the SQL predicate holds (YAML `filter:`).
+    pub fn filter(&self, name: &str, predicate: &str) -> Result<Stream, WeirError> {
+        self.step(name, "filter", Value::String(predicate.into()))
+    }
+
+    /// Projects and computes columns: `(output name, SQL expression)` (YAML `select:`).
+    pub fn select(&self, name: &str, columns: &[(&str, &str)]) -> Result<Stream, WeirError> {
+        let mut m = Map::new();
+        for (k, v) in columns {
+            m.insert(k.to_string(), Value::String(v.to_string()));
+        }
+        self.step(name, "select", Value::Object(m))
+    }
+
+    /// Partitions by the hash of these columns (YAML `key_by:`).
+    pub fn key_by(&self, name: &str, keys: &[&str]) -> Result<Stream, WeirError> {
+        self.step(name, "key_by", json!(keys))
+    }
+
+    /// Merges this stream with others of the same schema (YAML `union:`).
+    pub fn union(&self, name: &str, others: &[&Stream]) -> Result<Stream, WeirError> {
+        self.step_from(name, "union", json!({}), others)
+    }
+
+    /// Adds a custom operator; `create(subtask, parallelism)` makes one per subtask.
+    pub fn process<F>(
+        &self,
+        name: &str,
+        output_schema: SchemaRef,
+        partitioning: Option<Partitioning>,
+        create: F,
+    ) -> Result<Stream, WeirError>
+    where
+        F: Fn(usize, usize) -> Box<dyn Operator> + Send + Sync + 'static,
+    {
+        let id = self
+            .inner
+            .borrow_mut()
+            .add_operator(
+                name,
+                std::slice::from_ref(&self.stream),
+                output_schema,
+                partitioning,
+                Arc::new(move |s, p| Ok(create(s, p))),
+                None,
+            )
+            .map_err(|e| placed("step", name, e))?;
+        Ok(Stream {
+            inner: self.inner.clone(),
+            stream: StreamRef::main(id),
+            name: name.into(),
+        })
+    }
+
+    /// A typed row-level map over the user's serde types.
+    pub fn map<I, O, F>(&self, name: &str, f: F) -> Result<Stream, WeirError>
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        F: Fn(I) -> O + Clone + Send + Sync + 'static,
+    {
+        self.flat_map::<I, O, _>(name, move |i| {
+            Box::new(std::iter::once(f(i))) as Box<dyn Iterator<Item = O>>
+        })
+    }
+
+    /// A typed row-level flat map: each input row gives zero or more output rows.
+    pub fn flat_map<I, O, F>(&self, name: &str, f: F) -> Result<Stream, WeirError>
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        F: Fn(I) -> Box<dyn Iterator<Item = O>> + Clone + Send + Sync + 'static,
+    {
+        let out = typed_schema::<O>().map_err(|e| placed("step", name, FieldError::here(e)))?;
+        let op_name = name.to_string();
+        let schema = out.clone();
+        self.process(name, out, None, move |_, _| {
+            Box::new(FlatMapRows::<I, O, F>::new(&op_name, schema.clone(), f.clone()))
+        })
+    }
+
+    /// A typed row-level filter: keeps rows for which `f` returns true.
+    pub fn filter_rows<I, F>(&self, name: &str, f: F) -> Result<Stream, WeirError>
+    where
+        I: DeserializeOwned + 'static,
+        F: Fn(&I) -> bool + Clone + Send + Sync + 'static,
+    {
+        let schema = self
+            .schema()
+            .ok_or_else(|| WeirError::Pipeline(format!("step `{name}`: unknown input")))?;
+        let op_name = name.to_string();
+        self.process(name, schema, None, move |_, _| {
+            Box::new(FilterRows::<I, F>::new(&op_name, f.clone()))
+        })
+    }
+
+    /// Writes the stream to a sink.
+    pub fn sink(&self, name: &str, spec: SinkSpec) -> Result<(), WeirError> {
+        self.inner
+            .borrow_mut()
+            .add_sink(
+                name,
+                &self.stream,
+                &spec.type_name,
+                &Value::Object(spec.options),
+                spec.parallelism,
+            )
+            .map_err(|e| placed("sink", name, e))?;
+        Ok(())
+    }
+}
