@@ -11,7 +11,7 @@ use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use weir_engine::graph::{GraphBuilder, LogicalGraph, StreamRef};
+use weir_engine::graph::{GraphBuilder, LogicalGraph, SourceDecl, StreamRef};
 use weir_engine::operator::Operator;
 use weir_engine::registry::{FieldError, Partitioning, Registry};
 
@@ -87,7 +87,8 @@ impl SourceSpec {
 
     /// Event time from `field` with bounded out-of-orderness (`"5s"`).
     pub fn event_time(mut self, field: &str, max_out_of_orderness: &str) -> Self {
-        self.event_time = Some(json!({"field": field, "max_out_of_orderness": max_out_of_orderness}));
+        self.event_time =
+            Some(json!({"field": field, "max_out_of_orderness": max_out_of_orderness}));
         self
     }
 
@@ -195,12 +196,14 @@ impl Pipeline {
             .borrow_mut()
             .add_source(
                 name,
-                &spec.type_name,
-                &Value::Object(spec.options.clone()),
-                spec.format.as_ref(),
-                schema,
-                event_time,
-                spec.parallelism,
+                SourceDecl {
+                    type_name: &spec.type_name,
+                    options: &Value::Object(spec.options.clone()),
+                    format: spec.format.as_ref(),
+                    schema,
+                    event_time,
+                    parallelism: spec.parallelism,
+                },
             )
             .map_err(|e| placed("source", name, e))?;
         Ok(Stream {
@@ -360,7 +363,11 @@ impl Stream {
         let op_name = name.to_string();
         let schema = out.clone();
         self.process(name, out, None, move |_, _| {
-            Box::new(FlatMapRows::<I, O, F>::new(&op_name, schema.clone(), f.clone()))
+            Box::new(FlatMapRows::<I, O, F>::new(
+                &op_name,
+                schema.clone(),
+                f.clone(),
+            ))
         })
     }
 

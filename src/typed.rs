@@ -32,9 +32,8 @@ pub fn typed_schema<T: Serialize + DeserializeOwned>() -> std::result::Result<Sc
 }
 
 fn rows_of<I: DeserializeOwned>(op: &str, batch: &RecordBatch) -> Result<Vec<I>> {
-    serde_arrow::from_record_batch::<Vec<I>>(batch).map_err(|e| {
-        EngineError::operator(op, format!("cannot read rows into the row type: {e}"))
-    })
+    serde_arrow::from_record_batch::<Vec<I>>(batch)
+        .map_err(|e| EngineError::operator(op, format!("cannot read rows into the row type: {e}")))
 }
 
 /// A typed flat map: each input row gives zero or more output rows.

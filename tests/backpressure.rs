@@ -25,7 +25,8 @@ struct SlowSink {
 impl Sink for SlowSink {
     async fn write_batch(&mut self, batch: RecordBatch) -> weir_engine::Result<()> {
         tokio::time::sleep(self.delay).await;
-        self.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        self.rows
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

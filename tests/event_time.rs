@@ -10,7 +10,7 @@ use arrow::array::{Int64Array, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use serde_json::json;
-use weir_engine::graph::{GraphBuilder, StreamRef};
+use weir_engine::graph::{GraphBuilder, SourceDecl, StreamRef};
 use weir_engine::registry::{BuildContext, FieldError, Registry, SourceBuild, SourceFactory};
 use weir_engine::source::{Source, SourcePoll};
 use weir_engine::time::EventTimeConfig;
@@ -26,7 +26,11 @@ enum Step {
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("v", DataType::Int64, false),
     ]))
 }
@@ -48,7 +52,9 @@ impl Source for Scripted {
         if let Some(until) = self.waiting_until {
             let now = tokio::time::Instant::now();
             if now < until {
-                return Ok(SourcePoll::Pending((until - now).min(Duration::from_millis(20))));
+                return Ok(SourcePoll::Pending(
+                    (until - now).min(Duration::from_millis(20)),
+                ));
             }
             self.waiting_until = None;
             self.pos += 1;
@@ -130,11 +136,7 @@ fn event_time(idle: Option<Duration>) -> EventTimeConfig {
     }
 }
 
-fn probe_after(
-    b: &mut GraphBuilder,
-    inputs: &[StreamRef],
-    seen: Arc<Mutex<Vec<i64>>>,
-) {
+fn probe_after(b: &mut GraphBuilder, inputs: &[StreamRef], seen: Arc<Mutex<Vec<i64>>>) {
     b.add_operator(
         "probe",
         inputs,
@@ -161,7 +163,17 @@ fn run_idle_case(idle: Option<Duration>) -> Vec<i64> {
     });
     let mut b = GraphBuilder::new("idle", Arc::new(reg), ".".into());
     let src = b
-        .add_source("src", "scripted", &json!({"script": 0}), None, None, Some(event_time(idle)), Some(1))
+        .add_source(
+            "src",
+            SourceDecl {
+                type_name: "scripted",
+                options: &json!({"script": 0}),
+                format: None,
+                schema: None,
+                event_time: Some(event_time(idle)),
+                parallelism: Some(1),
+            },
+        )
         .expect("source");
     let seen = Arc::new(Mutex::new(Vec::new()));
     probe_after(&mut b, &[StreamRef::main(src)], seen.clone());
@@ -186,7 +198,10 @@ fn idle_split_is_left_out_of_the_watermark() {
         max >= 10_000,
         "watermark did not advance past the idle split: {moving:?}"
     );
-    assert!(moving.windows(2).all(|w| w[0] <= w[1]), "watermark went back: {moving:?}");
+    assert!(
+        moving.windows(2).all(|w| w[0] <= w[1]),
+        "watermark went back: {moving:?}"
+    );
 }
 
 #[test]
@@ -204,10 +219,30 @@ fn two_input_operator_takes_the_minimum_watermark() {
     });
     let mut b = GraphBuilder::new("two-inputs", Arc::new(reg), ".".into());
     let a = b
-        .add_source("fast", "scripted", &json!({"script": 0}), None, None, Some(event_time(None)), Some(1))
+        .add_source(
+            "fast",
+            SourceDecl {
+                type_name: "scripted",
+                options: &json!({"script": 0}),
+                format: None,
+                schema: None,
+                event_time: Some(event_time(None)),
+                parallelism: Some(1),
+            },
+        )
         .expect("fast");
     let s = b
-        .add_source("slow", "scripted", &json!({"script": 1}), None, None, Some(event_time(None)), Some(1))
+        .add_source(
+            "slow",
+            SourceDecl {
+                type_name: "scripted",
+                options: &json!({"script": 1}),
+                format: None,
+                schema: None,
+                event_time: Some(event_time(None)),
+                parallelism: Some(1),
+            },
+        )
         .expect("slow");
     // Record, with each watermark, whether the slow input had finished at that moment.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -220,7 +255,9 @@ fn two_input_operator_takes_the_minimum_watermark() {
         None,
         Arc::new(move |_, _| {
             Ok(Box::new(FlaggingProbe {
-                inner: WatermarkProbe { seen: seen2.clone() },
+                inner: WatermarkProbe {
+                    seen: seen2.clone(),
+                },
                 flags: flags2.clone(),
                 done: done2.clone(),
             }))
@@ -243,8 +280,15 @@ fn two_input_operator_takes_the_minimum_watermark() {
             );
         }
     }
-    assert!(while_slow_open > 0, "no watermark seen while the slow input was open");
-    assert_eq!(seen.last(), Some(&i64::MAX), "final watermark closes everything");
+    assert!(
+        while_slow_open > 0,
+        "no watermark seen while the slow input was open"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&i64::MAX),
+        "final watermark closes everything"
+    );
 }
 
 struct FlaggingProbe {

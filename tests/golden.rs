@@ -89,9 +89,8 @@ fn run_case(case: &Path) -> Result<(), String> {
     // Outputs may name input files (dead letters carry their source): make them
     // relative to the case folder.
     let prefix = format!("{}/", work.display());
-    let read_actual = |rel: &Path| {
-        fs::read_to_string(work.join(rel)).map(|t| t.replace(&prefix, ""))
-    };
+    let read_actual =
+        |rel: &Path| fs::read_to_string(work.join(rel)).map(|t| t.replace(&prefix, ""));
     if update {
         for f in files_under(&expected_dir) {
             let rel = f.strip_prefix(&expected_dir).map_err(|e| e.to_string())?;
@@ -105,8 +104,7 @@ fn run_case(case: &Path) -> Result<(), String> {
     }
     for f in expected_files {
         let rel = f.strip_prefix(&expected_dir).map_err(|e| e.to_string())?;
-        let actual =
-            read_actual(rel).map_err(|e| format!("{} not written: {e}", rel.display()))?;
+        let actual = read_actual(rel).map_err(|e| format!("{} not written: {e}", rel.display()))?;
         let expected = fs::read_to_string(&f).map_err(|e| e.to_string())?;
         let (mut a, mut b): (Vec<&str>, Vec<&str>) =
             (actual.lines().collect(), expected.lines().collect());

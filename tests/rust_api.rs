@@ -30,7 +30,11 @@ fn fingerprint(g: &LogicalGraph) -> Vec<String> {
         v.push(format!(
             "{}{} -> {} #{} {}",
             g.nodes[e.from.node].name,
-            e.from.side.as_ref().map(|s| format!(".{s}")).unwrap_or_default(),
+            e.from
+                .side
+                .as_ref()
+                .map(|s| format!(".{s}"))
+                .unwrap_or_default(),
             g.nodes[e.to].name,
             e.input,
             e.partitioning
@@ -141,11 +145,16 @@ fn typed_map_filter_flat_map_over_serde_rows() {
             "gen",
             SourceSpec::new("datagen")
                 .option("rows", 100)
-                .option("fields", serde_json::json!({"id": {"sequence": {"start": 0, "end": 99}}}))
+                .option(
+                    "fields",
+                    serde_json::json!({"id": {"sequence": {"start": 0, "end": 99}}}),
+                )
                 .schema(&[("id", "int")]),
         )
         .expect("source");
-    let even = s.filter_rows("even", |r: &In| r.id % 2 == 0).expect("filter");
+    let even = s
+        .filter_rows("even", |r: &In| r.id % 2 == 0)
+        .expect("filter");
     let twice = even
         .flat_map("twice", |r: In| {
             Box::new((0..2).map(move |k| In { id: r.id * 10 + k })) as Box<dyn Iterator<Item = In>>

@@ -35,11 +35,7 @@ use crate::options::{parse_options, schema_for};
 /// Default longest record: 1 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// Key of a raw batch's schema metadata that lists the rows whose payload was
-/// truncated (their line was longer than `max_record_bytes`): row indexes in the batch,
-/// comma-separated, e.g. `"0,17"`. Absent when no row of the batch was truncated, so
-/// ordinary batches have exactly [`raw_schema`].
-pub const TRUNCATED_ROWS_METADATA: &str = "weir.truncated_rows";
+pub use weir_engine::source::{truncated_rows, TRUNCATED_ROWS_METADATA};
 
 /// A batch is also closed once its payloads reach this many bytes, so that a batch of
 /// long lines stays small.
@@ -47,20 +43,6 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Read buffer per open file.
 const READ_BUFFER: usize = 64 << 10;
-
-/// The rows of a raw batch whose payload was truncated, per [`TRUNCATED_ROWS_METADATA`].
-pub fn truncated_rows(batch: &RecordBatch) -> Vec<usize> {
-    batch
-        .schema()
-        .metadata()
-        .get(TRUNCATED_ROWS_METADATA)
-        .map(|s| {
-            s.split(',')
-                .filter_map(|x| x.trim().parse::<usize>().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Options of `type: file` sources.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

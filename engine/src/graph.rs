@@ -175,6 +175,25 @@ impl LogicalGraph {
     }
 }
 
+/// A source as declared in a job: its registry type, connector options, optional
+/// format (a name or an object with `type`), declared schema, event-time strategy and
+/// parallelism.
+#[derive(Debug, Clone)]
+pub struct SourceDecl<'a> {
+    /// Registry type name (`file`, `datagen`, …).
+    pub type_name: &'a str,
+    /// The connector's own keys.
+    pub options: &'a serde_json::Value,
+    /// `format:` for byte sources.
+    pub format: Option<&'a serde_json::Value>,
+    /// `schema:`, parsed.
+    pub schema: Option<SchemaRef>,
+    /// `event_time:`, parsed.
+    pub event_time: Option<EventTimeConfig>,
+    /// `parallelism:`.
+    pub parallelism: Option<usize>,
+}
+
 /// Builds a [`LogicalGraph`] through the registry's factories. Errors are
 /// [`FieldError`]s relative to the object given, so the YAML compiler can place them.
 #[derive(Clone)]
@@ -291,16 +310,15 @@ impl GraphBuilder {
     /// Adds a source of registry type `type_name` with its connector options, an
     /// optional format (a name or an object with `type`), a declared schema and an
     /// event-time strategy.
-    pub fn add_source(
-        &mut self,
-        name: &str,
-        type_name: &str,
-        options: &serde_json::Value,
-        format: Option<&serde_json::Value>,
-        schema: Option<SchemaRef>,
-        event_time: Option<EventTimeConfig>,
-        parallelism: Option<usize>,
-    ) -> Result<NodeId, FieldError> {
+    pub fn add_source(&mut self, name: &str, decl: SourceDecl<'_>) -> Result<NodeId, FieldError> {
+        let SourceDecl {
+            type_name,
+            options,
+            format,
+            schema,
+            event_time,
+            parallelism,
+        } = decl;
         self.claim_name(name)?;
         let factory = self.registry.source(type_name).cloned().ok_or_else(|| {
             FieldError::at(

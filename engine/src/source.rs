@@ -86,6 +86,27 @@ pub const RAW_PAYLOAD: &str = "payload";
 /// files, offset for Kafka).
 pub const RAW_OFFSET: &str = "offset";
 
+/// Key of a raw batch's schema metadata that lists the rows whose payload the source
+/// truncated (the record was longer than the source's `max_record_bytes`): row indexes
+/// in the batch, comma-separated, e.g. `"0,17"`. Absent when no row was truncated, so
+/// ordinary batches have exactly [`raw_schema`]. Decoders turn these rows into dead
+/// letters without trying to decode them.
+pub const TRUNCATED_ROWS_METADATA: &str = "weir.truncated_rows";
+
+/// The rows of a raw batch whose payload was truncated, per [`TRUNCATED_ROWS_METADATA`].
+pub fn truncated_rows(batch: &RecordBatch) -> Vec<usize> {
+    batch
+        .schema()
+        .metadata()
+        .get(TRUNCATED_ROWS_METADATA)
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse::<usize>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The schema of raw batches: `payload: Binary`, `offset: UInt64`.
 pub fn raw_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -266,9 +266,7 @@ impl WatermarkCombiner {
 
     /// Input `i` sent `wm`; returns the new combined watermark if it advanced.
     pub fn update(&mut self, i: usize, wm: Watermark) -> Option<EventTime> {
-        let Some(slot) = self.inputs.get_mut(i) else {
-            return None;
-        };
+        let slot = self.inputs.get_mut(i)?;
         let prev = match *slot {
             InputWm::At(t) | InputWm::Idle(t) => t,
             InputWm::Done => return None,

@@ -18,7 +18,9 @@ use super::fields::{duration_key, parse_event_time, parse_schema};
 use super::schema::{SINK_COMMON_KEYS, SOURCE_COMMON_KEYS};
 use super::yaml::escape;
 use super::{did_you_mean, At, JobOverrides, Problem};
-use crate::graph::{GraphBuilder, JobSettings, LogicalGraph, StreamRef, DEAD_LETTER_SINK};
+use crate::graph::{
+    GraphBuilder, JobSettings, LogicalGraph, SourceDecl, StreamRef, DEAD_LETTER_SINK,
+};
 use crate::registry::{FieldError, Registry};
 use crate::time::parse_duration;
 
@@ -573,12 +575,14 @@ impl<'a> Compiler<'a> {
         let options = without(obj, SOURCE_COMMON_KEYS);
         let added = builder.add_source(
             spec.name,
-            type_name,
-            &options,
-            obj.get("format"),
-            schema,
-            event_time,
-            parallelism,
+            SourceDecl {
+                type_name,
+                options: &options,
+                format: obj.get("format"),
+                schema,
+                event_time,
+                parallelism,
+            },
         );
         match added {
             Ok(_) => true,

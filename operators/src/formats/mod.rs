@@ -36,11 +36,11 @@ mod typed;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BinaryArray, RecordBatch, UInt64Array};
+use arrow::array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow::datatypes::SchemaRef;
 use serde_json::{json, Value};
 use weir_engine::registry::{DecoderBuild, FieldError, FormatFactory};
-use weir_engine::source::{DeadLetter, Decoded, Decoder, RAW_OFFSET, RAW_PAYLOAD};
+use weir_engine::source::{truncated_rows, DeadLetter, Decoded, Decoder, RAW_OFFSET, RAW_PAYLOAD};
 use weir_engine::{EngineError, Result};
 
 use crate::options::{kind, Options};
@@ -287,6 +287,10 @@ impl Decoder for FormatDecoder {
             ),
             None => None,
         };
+        let truncated = truncated_rows(raw);
+        if !truncated.is_empty() {
+            return self.decode_with_truncated(raw, &truncated, source, values, offsets);
+        }
         let decoded = self.format.decoder.decode_values(values)?;
         let dead_letters = self
             .format
@@ -298,6 +302,57 @@ impl Decoder for FormatDecoder {
             batch: decoded.batch,
             dead_letters,
         })
+    }
+}
+
+impl FormatDecoder {
+    /// Rows the source truncated become dead letters as they are; the others decode.
+    fn decode_with_truncated(
+        &mut self,
+        raw: &RecordBatch,
+        truncated: &[usize],
+        source: &str,
+        values: &BinaryArray,
+        offsets: Option<&UInt64Array>,
+    ) -> Result<Decoded> {
+        let mut keep = vec![true; raw.num_rows()];
+        let mut letters = Vec::new();
+        for &row in truncated {
+            if row >= keep.len() || !keep[row] {
+                continue;
+            }
+            keep[row] = false;
+            let bytes = if values.is_valid(row) {
+                values.value(row)
+            } else {
+                &[]
+            };
+            let preview = &bytes[..PREVIEW_BYTES.min(bytes.len())];
+            letters.push(DeadLetter {
+                reason: format!(
+                    "record longer than the source's max_record_bytes ({} bytes kept); payload truncated to its first {} bytes",
+                    bytes.len(),
+                    preview.len()
+                ),
+                source: source.to_string(),
+                position: match offsets {
+                    Some(o) if o.is_valid(row) => o.value(row),
+                    _ => row as u64,
+                },
+                payload: preview.to_vec(),
+            });
+        }
+        let rest = arrow::compute::filter_record_batch(raw, &BooleanArray::from(keep))
+            .map_err(|e| EngineError::arrow("dropping truncated records", e))?;
+        // Same columns without the truncation metadata.
+        let plain = Arc::new(arrow::datatypes::Schema::new(
+            rest.schema().fields().clone(),
+        ));
+        let rest = RecordBatch::try_new(plain, rest.columns().to_vec())
+            .map_err(|e| EngineError::arrow("dropping truncated records", e))?;
+        let mut decoded = self.decode(&rest, source)?;
+        decoded.dead_letters.extend(letters);
+        Ok(decoded)
     }
 }
 
