@@ -6,4 +6,5 @@ mod backpressure;
 mod common;
 mod event_time;
 mod golden;
+mod partitioning;
 mod rust_api;
