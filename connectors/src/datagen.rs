@@ -1000,6 +1000,7 @@ mod tests {
 
     fn build(options: Value, schema: Option<SchemaRef>) -> Result<SourceBuild, FieldError> {
         let bctx = BuildContext {
+            aggregates: Default::default(),
             job: "job".into(),
             base_dir: ".".into(),
         };

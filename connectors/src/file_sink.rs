@@ -406,6 +406,7 @@ mod tests {
 
     fn build(dir: &Path, options: serde_json::Value) -> Result<SinkBuild, FieldError> {
         let bctx = BuildContext {
+            aggregates: Default::default(),
             job: "j".into(),
             base_dir: dir.to_path_buf(),
         };

@@ -539,6 +539,7 @@ mod tests {
 
     fn build(dir: &Path, options: serde_json::Value) -> Result<SourceBuild, FieldError> {
         let bctx = BuildContext {
+            aggregates: Default::default(),
             job: "job".into(),
             base_dir: dir.to_path_buf(),
         };

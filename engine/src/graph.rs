@@ -13,7 +13,7 @@ use crate::registry::{
     SourceBuild, StepBuild,
 };
 use crate::source::dead_letter_schema;
-use crate::time::EventTimeConfig;
+use crate::time::{mark_event_time, EventTimeConfig};
 
 /// Index of a node in [`LogicalGraph::nodes`].
 pub type NodeId = usize;
@@ -216,11 +216,13 @@ pub const DEAD_LETTER_SINK: &str = "dead_letter";
 impl GraphBuilder {
     /// A builder for job `job`; relative paths resolve against `base_dir`.
     pub fn new(job: &str, registry: Arc<Registry>, base_dir: std::path::PathBuf) -> Self {
+        let aggregates = Arc::new(registry.aggregates().clone());
         GraphBuilder {
             registry,
             ctx: BuildContext {
                 job: job.to_string(),
                 base_dir,
+                aggregates,
             },
             nodes: Vec::new(),
             edges: Vec::new(),
@@ -372,13 +374,14 @@ impl GraphBuilder {
             }
             None
         };
-        let out_schema = decoder
+        let mut out_schema = decoder
             .as_ref()
             .map(|d| d.schema.clone())
             .unwrap_or_else(|| source.schema.clone());
         if let Some(et) = &event_time {
             et.check(&out_schema)
                 .map_err(|m| FieldError::at("/event_time/field", m))?;
+            out_schema = mark_event_time(&out_schema, &et.field);
         }
         let mut p = parallelism.unwrap_or(self.settings.parallelism).max(1);
         if let Some(maxp) = source.max_parallelism {

@@ -13,6 +13,7 @@
 //! assert!(m.is_control());
 //! ```
 
+pub mod aggregate;
 pub mod batch;
 pub mod channel;
 pub mod error;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
+use crate::aggregate::{AggregateFunction, AggregateTable};
 use crate::error::Result;
 use crate::operator::Operator;
 use crate::sink::{Sink, SinkContext};
@@ -155,6 +156,8 @@ pub struct BuildContext {
     pub job: String,
     /// Directory of the job file (relative paths in the job resolve against it).
     pub base_dir: std::path::PathBuf,
+    /// Aggregate functions by name (built-in and user-defined).
+    pub aggregates: Arc<AggregateTable>,
 }
 
 /// Resolves `type: NAME` of a source.
@@ -232,6 +235,7 @@ pub struct Registry {
     formats: BTreeMap<&'static str, Arc<dyn FormatFactory>>,
     sinks: BTreeMap<&'static str, Arc<dyn SinkFactory>>,
     steps: BTreeMap<&'static str, Arc<dyn StepFactory>>,
+    aggregates: AggregateTable,
 }
 
 impl Registry {
@@ -262,6 +266,17 @@ impl Registry {
     pub fn add_step(&mut self, f: impl StepFactory + 'static) -> &mut Self {
         self.steps.insert(f.name(), Arc::new(f));
         self
+    }
+
+    /// Adds an aggregate function (usable in window `aggregate:` expressions).
+    pub fn add_aggregate(&mut self, f: impl AggregateFunction + 'static) -> &mut Self {
+        self.aggregates.add(Arc::new(f));
+        self
+    }
+
+    /// The aggregate functions.
+    pub fn aggregates(&self) -> &AggregateTable {
+        &self.aggregates
     }
 
     /// A source type by name.

@@ -24,6 +24,49 @@ pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// Field metadata key marking a stream's event-time column (Flink's "rowtime
+/// attribute"). Sources with `event_time` mark their field; steps that pass a column
+/// through keep its metadata; windows mark `window_end`. Time-based steps use the marked
+/// column unless told otherwise.
+pub const EVENT_TIME_METADATA: &str = "weir.event_time";
+
+/// `schema` with `field` marked as the event-time column (and no other).
+pub fn mark_event_time(schema: &Schema, field: &str) -> arrow::datatypes::SchemaRef {
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut meta = f.metadata().clone();
+            if f.name() == field {
+                meta.insert(EVENT_TIME_METADATA.to_string(), "true".to_string());
+            } else {
+                meta.remove(EVENT_TIME_METADATA);
+            }
+            f.as_ref().clone().with_metadata(meta)
+        })
+        .collect();
+    std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// The index of the event-time column of `schema`: the field marked with
+/// [`EVENT_TIME_METADATA`], else the only timestamp field, else `None`.
+pub fn event_time_column(schema: &Schema) -> Option<usize> {
+    let marked = schema
+        .fields()
+        .iter()
+        .position(|f| f.metadata().contains_key(EVENT_TIME_METADATA));
+    marked.or_else(|| {
+        let ts: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f.data_type(), DataType::Timestamp(_, _)))
+            .map(|(i, _)| i)
+            .collect();
+        (ts.len() == 1).then(|| ts[0])
+    })
+}
+
 /// Which column carries event time and how far records may be out of order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTimeConfig {

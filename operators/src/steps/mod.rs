@@ -77,6 +77,7 @@ pub(crate) mod test_util {
     /// A build context for tests.
     pub fn ctx() -> BuildContext {
         BuildContext {
+            aggregates: Default::default(),
             job: "test".into(),
             base_dir: std::path::PathBuf::from("."),
         }
