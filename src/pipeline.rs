@@ -138,6 +138,82 @@ impl SinkSpec {
     }
 }
 
+/// A window step, with the YAML names: `WindowSpec::tumbling("1m").key(&["service"])
+/// .aggregate("errors", "count(*)")` is `window: { tumbling: 1m, key: [service],
+/// aggregate: { errors: "count(*)" } }`. See docs/WINDOWS.md for the semantics.
+#[derive(Debug, Clone)]
+pub struct WindowSpec {
+    value: Map<String, Value>,
+    aggregate: Map<String, Value>,
+}
+
+impl WindowSpec {
+    fn with(kind: &str, v: Value) -> Self {
+        let mut value = Map::new();
+        value.insert(kind.into(), v);
+        WindowSpec {
+            value,
+            aggregate: Map::new(),
+        }
+    }
+
+    /// Tumbling windows of `size` (`"1m"`).
+    pub fn tumbling(size: &str) -> Self {
+        Self::with("tumbling", Value::String(size.into()))
+    }
+
+    /// Sliding (hopping) windows of `size` every `slide`.
+    pub fn sliding(size: &str, slide: &str) -> Self {
+        Self::with("sliding", json!({"size": size, "slide": slide}))
+    }
+
+    /// Session windows closed after `gap` without a record.
+    pub fn session(gap: &str) -> Self {
+        Self::with("session", json!({ "gap": gap }))
+    }
+
+    /// Groups by these columns.
+    pub fn key(mut self, columns: &[&str]) -> Self {
+        self.value.insert("key".into(), json!(columns));
+        self
+    }
+
+    /// Adds an output column `name` computed by `call`, e.g. `"sum(amount)"`.
+    pub fn aggregate(mut self, name: &str, call: &str) -> Self {
+        self.aggregate
+            .insert(name.into(), Value::String(call.into()));
+        self
+    }
+
+    /// Accepts records this long after their window closed (and re-fires).
+    pub fn allowed_lateness(mut self, lateness: &str) -> Self {
+        self.value
+            .insert("allowed_lateness".into(), Value::String(lateness.into()));
+        self
+    }
+
+    /// Uses this column as event time instead of the input's event-time column.
+    pub fn event_time(mut self, column: &str) -> Self {
+        self.value
+            .insert("event_time".into(), Value::String(column.into()));
+        self
+    }
+
+    /// Windows on processing time (wall clock) instead of event time.
+    pub fn processing_time(mut self) -> Self {
+        self.value
+            .insert("time".into(), Value::String("processing".into()));
+        self
+    }
+
+    /// The YAML value of the step.
+    pub fn to_value(&self) -> Value {
+        let mut v = self.value.clone();
+        v.insert("aggregate".into(), Value::Object(self.aggregate.clone()));
+        Value::Object(v)
+    }
+}
+
 fn placed(what: &str, name: &str, e: FieldError) -> WeirError {
     WeirError::Pipeline(format!("{what} `{name}`: {e}"))
 }
@@ -303,6 +379,11 @@ impl Stream {
     /// Partitions by the hash of these columns (YAML `key_by:`).
     pub fn key_by(&self, name: &str, keys: &[&str]) -> Result<Stream, WeirError> {
         self.step(name, "key_by", json!(keys))
+    }
+
+    /// Aggregates per key and window (YAML `window:`); see [`WindowSpec`].
+    pub fn window(&self, name: &str, spec: WindowSpec) -> Result<Stream, WeirError> {
+        self.step(name, "window", spec.to_value())
     }
 
     /// Merges this stream with others of the same schema (YAML `union:`).

@@ -3,6 +3,7 @@
 //! and the Rust API building the same graph as YAML.
 
 mod backpressure;
+mod cli;
 mod common;
 mod event_time;
 mod golden;

@@ -582,7 +582,20 @@ impl ChainTask {
         };
         head.source.open(&head.ctx).await?;
         let source_name = head.ctx.source.clone();
+        // Operators chained to the source get their ticks between polls.
+        let tick_every = self
+            .members
+            .iter()
+            .filter_map(|m| m.op.tick_interval())
+            .min();
+        let mut last_tick = Instant::now();
         loop {
+            if let Some(every) = tick_every {
+                if last_tick.elapsed() >= every {
+                    last_tick = Instant::now();
+                    self.tick().await?;
+                }
+            }
             let Some(head) = self.source.as_mut() else {
                 return Ok(());
             };
