@@ -59,6 +59,9 @@ pub enum WeirError {
     /// The job failed while running.
     #[error(transparent)]
     Engine(#[from] weir_engine::EngineError),
+    /// The user interrupted the job (Ctrl-C); sinks did not publish their output.
+    #[error("interrupted: the job was stopped before the end of its input; file sinks left only their in-progress files")]
+    Interrupted,
 }
 
 /// The registry with every built-in connector, format and step.

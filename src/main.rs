@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                 WeirError::Spec(_) | WeirError::Pipeline(_) => 2,
                 WeirError::Engine(weir_engine::EngineError::Config(_)) => 2,
                 WeirError::Engine(_) => 1,
+                WeirError::Interrupted => 130,
             };
             eprintln!("error: {e}");
             ExitCode::from(code)
@@ -151,7 +152,7 @@ async fn run_with_progress(
             }
             _ = &mut ctrl_c => {
                 if let Some(b) = &bar { b.finish_and_clear(); }
-                return Err(WeirError::Pipeline("interrupted".into()));
+                return Err(WeirError::Interrupted);
             }
         }
     }

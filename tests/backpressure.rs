@@ -156,6 +156,13 @@ fn slow_sink_blocks_source_with_flat_memory_and_no_loss() {
     let (early, late) = (at(0.2), at(0.95));
     assert!(early > 0 && late > 0, "too few samples: {samples:?}");
     let growth = late.saturating_sub(early);
+    eprintln!(
+        "backpressure: {ROWS} rows, channel capacity {CAPACITY} rows, peak queued {} rows, \
+         source blocked {source_blocked:?}, RSS at 20% {} MiB, at 95% {} MiB",
+        summary.peak_channel_rows,
+        early >> 20,
+        late >> 20
+    );
     assert!(
         growth < 24 * 1024 * 1024,
         "RSS grew by {} MiB while the sink caught up (early {} MiB, late {} MiB)",

@@ -9,3 +9,4 @@ mod event_time;
 mod golden;
 mod partitioning;
 mod rust_api;
+mod windows_oracle;

@@ -245,7 +245,7 @@ impl SourceFactory for DatagenFactory {
         let schema = schema.ok_or_else(|| {
             FieldError::at(
                 "/schema",
-                "a datagen source needs a `schema` (e.g. `schema: { id: int64, ts: timestamp }`)",
+                "a datagen source needs a `schema` (e.g. `schema: { id: int, ts: timestamp }`)",
             )
         })?;
         if schema.fields().is_empty() {

@@ -117,7 +117,7 @@ pub fn job_json_schema(registry: &Registry) -> Value {
                 "type": "string"
             },
             "parallelism": with_text(def_ref(defs::PARALLELISM), "Parallelism",
-                "Default number of parallel subtasks of every source, step and sink (default 1)."),
+                "Default number of parallel subtasks of every source and step (default 1); a sink defaults to its input's parallelism, a file source is capped at its number of files, stdout runs at 1."),
             "max_parallelism": {
                 "title": "Max parallelism",
                 "description": "Number of key groups: the largest parallelism keyed state can be rescaled to (default 128).",

@@ -6,8 +6,9 @@
 //! empty value reads as null. A quoted value may hold the delimiter and doubled quotes;
 //! a record cannot span several lines (each record of the source is one record).
 //!
-//! `header: true` tells the *source* that the first line of each file is a header, which
-//! the file source skips; the decoder decodes every record it is given.
+//! A header line is skipped by the file source (`header: true` on the source), not here:
+//! the decoder decodes every record it is given, and `header` on the format is an error
+//! that says where it belongs.
 
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ use crate::options::Options;
 ///
 /// ```yaml
 /// format: csv
-/// format: { type: csv, delimiter: ";", quote: "'", escape: "\\", header: true }
+/// format: { type: csv, delimiter: ";", quote: "'", escape: "\\" }
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CsvFormat;
@@ -47,7 +48,7 @@ pub(crate) fn options_schema() -> Value {
             "delimiter": one_char("Column delimiter (default \",\")."),
             "quote": one_char("Quote character (default '\"'); a doubled quote inside quotes is a quote."),
             "escape": one_char("Escape character inside quotes (default: none)."),
-            "header": {"type": "boolean", "description": "The source's files start with a header line, which the source skips (default false)."},
+            "header": {"type": "boolean", "description": "Not here: put `header: true` on the file source, which skips the first line of each file."},
             "max_record_bytes": max_record_bytes_schema()
         },
         "additionalProperties": false
@@ -60,8 +61,12 @@ pub(crate) fn build(options: &Value, schema: Option<SchemaRef>) -> Result<TextFo
     let delimiter = opts.ascii_char("delimiter")?.unwrap_or(b',');
     let quote = opts.ascii_char("quote")?.unwrap_or(b'"');
     let escape = opts.ascii_char("escape")?;
-    // Handled by the source (it skips the first line of a file); accepted here.
-    let _header = opts.boolean("header")?.unwrap_or(false);
+    if opts.boolean("header")?.is_some() {
+        return Err(FieldError::at(
+            "/header",
+            "`header` belongs on the file source (`header: true` there skips the first line of each file), not on the csv format",
+        ));
+    }
     let max = max_record_bytes(&mut opts)?;
     opts.finish()?;
     if delimiter == quote {
@@ -255,7 +260,7 @@ mod tests {
         let s = schema(&[("a", DataType::Utf8, true), ("b", DataType::Float64, true)]);
         let d = decode(
             "csv",
-            json!({"type": "csv", "delimiter": ";", "quote": "'", "header": true}),
+            json!({"type": "csv", "delimiter": ";", "quote": "'"}),
             Some(s.clone()),
             &[b"x;1.5", b"'y;z';2", b"w;"],
         );

@@ -7,7 +7,7 @@
 //!     parse:
 //!       field: body                 # a Utf8 (or Binary) column of the input
 //!       format: json                # json | csv | regex | raw, or {type: csv, delimiter: ";"}
-//!       schema: { ts: timestamp, user: string, amount: int64 }
+//!       schema: { ts: timestamp, user: string, amount: int }
 //!       keep: [key]                 # optional: input columns carried over, first
 //! ```
 //!
