@@ -74,8 +74,36 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs the measurement in a child process of this test binary, so that the RSS it
+/// reads is not shared with tests running in parallel threads (under `cargo test`;
+/// nextest already gives each test its own process).
 #[test]
 fn slow_sink_blocks_source_with_flat_memory_and_no_loss() {
+    const CHILD: &str = "WEIR_BACKPRESSURE_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return measure();
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "backpressure::slow_sink_blocks_source_with_flat_memory_and_no_loss",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
+fn measure() {
     const ROWS: u64 = 600_000;
     const CAPACITY: usize = 8 * 1024;
     let written = Arc::new(AtomicU64::new(0));

@@ -48,61 +48,33 @@ fn fingerprint(g: &LogicalGraph) -> Vec<String> {
     v
 }
 
-fn rust_log_filter() -> LogicalGraph {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/log_filter");
-    let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
-    let p = Pipeline::new("log-filter").parallelism(2);
-    let logs = p
-        .source(
-            "logs",
-            SourceSpec::new("file")
-                .option("path", path("data/*.jsonl"))
-                .format("json")
-                .schema(&[
-                    ("ts", "timestamp"),
-                    ("service", "string"),
-                    ("level", "string"),
-                    ("message", "string"),
-                    ("latency_ms", "int"),
-                ])
-                .event_time("ts", "5s")
-                .idle_timeout("30s"),
-        )
-        .expect("source");
-    let problems = logs
-        .filter("problems", "level IN ('WARN', 'ERROR')")
-        .expect("filter");
-    let flagged = problems
-        .select(
-            "flagged",
-            &[
-                ("ts", "ts"),
-                ("service", "service"),
-                ("level", "level"),
-                ("message", "message"),
-                ("slow", "latency_ms > 1000"),
-            ],
-        )
-        .expect("select");
-    flagged
-        .sink(
-            "out",
-            SinkSpec::new("file")
-                .option("path", path("out/problems.jsonl"))
-                .option("format", "jsonl")
-                .parallelism(1),
-        )
-        .expect("sink");
-    p.dead_letter(SinkSpec::new("file").option("path", path("out/dead_letter.jsonl")))
-        .expect("dead letter");
-    p.build().expect("graph")
-}
+#[path = "../examples/log_filter/main.rs"]
+#[allow(dead_code)]
+mod log_filter_example;
+
+#[path = "../examples/error_spike/main.rs"]
+#[allow(dead_code)]
+mod error_spike_example;
+
+#[path = "../examples/sessionization/main.rs"]
+#[allow(dead_code)]
+mod sessionization_example;
 
 #[test]
-fn rust_builder_and_yaml_build_the_same_graph() {
+fn every_rust_example_builds_the_same_graph_as_its_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let yaml = weir::load_job(&root.join("examples/log_filter/job.yaml"), None).expect("yaml");
-    assert_eq!(fingerprint(&yaml), fingerprint(&rust_log_filter()));
+    type Build = fn(&Path) -> Result<Pipeline, WeirError>;
+    let examples: [(&str, Build); 3] = [
+        ("log_filter", log_filter_example::build),
+        ("error_spike", error_spike_example::build),
+        ("sessionization", sessionization_example::build),
+    ];
+    for (name, build) in examples {
+        let dir = root.join("examples").join(name);
+        let yaml = weir::load_job(&dir.join("job.yaml"), None).expect("yaml");
+        let rust = build(&dir).expect("rust").build().expect("graph");
+        assert_eq!(fingerprint(&yaml), fingerprint(&rust), "example {name}");
+    }
 }
 
 #[test]

@@ -1032,10 +1032,15 @@ fn session() -> impl Strategy<Value = Kind> {
     prop_oneof![Just(5i64), Just(15), Just(40)].prop_map(|gap| Kind::Session { gap })
 }
 
+/// 256 cases per property (about a second each in a debug build); `WINDOWS_ORACLE_CASES=5000` for a longer hunt.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("WINDOWS_ORACLE_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 32,
-        max_shrink_iters: 300,
+        cases,
+        max_shrink_iters: 500,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -1227,6 +1232,154 @@ fn generators_cover_updates_and_late_records() {
 // State stays bounded on a long stream
 // ---------------------------------------------------------------------------------------
 
+/// The real `WindowOperator`, wrapped to sample its live window count after every call
+/// (its late side output is counted here, since a custom node declares no side outputs).
+struct LiveProbe {
+    inner: weir_operators::WindowOperator,
+    subtask: usize,
+    /// Per subtask: (largest live count seen, live count at the end, late rows).
+    stats: Arc<Mutex<BTreeMap<usize, (usize, usize, usize)>>>,
+}
+
+impl LiveProbe {
+    fn pass(
+        &mut self,
+        mut inner: weir_engine::operator::Collector,
+        out: &mut weir_engine::operator::Collector,
+    ) {
+        for b in inner.take_main() {
+            out.emit(b);
+        }
+        let late: usize = inner.take_side().iter().map(|(_, b)| b.num_rows()).sum();
+        let live = self.inner.live_windows();
+        let mut st = self.stats.lock().expect("stats lock");
+        let e = st.entry(self.subtask).or_default();
+        e.0 = e.0.max(live);
+        e.1 = live;
+        e.2 += late;
+    }
+}
+
+impl weir_engine::operator::Operator for LiveProbe {
+    fn open(
+        &mut self,
+        ctx: &mut weir_engine::operator::OperatorContext,
+    ) -> weir_engine::Result<()> {
+        self.inner.open(ctx)
+    }
+
+    fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        ctx: &mut weir_engine::operator::OperatorContext,
+        out: &mut weir_engine::operator::Collector,
+    ) -> weir_engine::Result<()> {
+        let mut inner = weir_engine::operator::Collector::default();
+        self.inner.process_batch(input, batch, ctx, &mut inner)?;
+        self.pass(inner, out);
+        Ok(())
+    }
+
+    fn handle_watermark(
+        &mut self,
+        watermark: i64,
+        ctx: &mut weir_engine::operator::OperatorContext,
+        out: &mut weir_engine::operator::Collector,
+    ) -> weir_engine::Result<()> {
+        let mut inner = weir_engine::operator::Collector::default();
+        self.inner.handle_watermark(watermark, ctx, &mut inner)?;
+        self.pass(inner, out);
+        Ok(())
+    }
+
+    fn handle_end_of_input(
+        &mut self,
+        ctx: &mut weir_engine::operator::OperatorContext,
+        out: &mut weir_engine::operator::Collector,
+    ) -> weir_engine::Result<()> {
+        let mut inner = weir_engine::operator::Collector::default();
+        self.inner.handle_end_of_input(ctx, &mut inner)?;
+        self.pass(inner, out);
+        Ok(())
+    }
+}
+
+/// Runs `case` through `LiveProbe(WindowOperator)` at parallelism 4 (hash by `k`):
+/// the main rows and, per subtask, (max live windows, live at the end, late rows).
+#[allow(clippy::type_complexity)]
+fn run_live_probe(case: &Case) -> (Vec<Row>, BTreeMap<usize, (usize, usize, usize)>) {
+    let collected: Collected = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut reg = weir::default_registry();
+    reg.add_source(ScriptedBatchesFactory {
+        batches: case.batches.iter().map(|b| to_batch(b)).collect(),
+    });
+    reg.add_sink(CollectFactory {
+        into: collected.clone(),
+    });
+    let ctx = BuildContext {
+        job: "windows-oracle-live".into(),
+        base_dir: ".".into(),
+        aggregates: Arc::new(reg.aggregates().clone()),
+    };
+    let mut b = GraphBuilder::new("windows-oracle-live", Arc::new(reg), ".".into());
+    let src = b
+        .add_source(
+            "src",
+            SourceDecl {
+                type_name: "scripted_batches",
+                options: &json!({}),
+                format: None,
+                schema: None,
+                event_time: Some(EventTimeConfig {
+                    field: "ts".into(),
+                    max_out_of_orderness: Duration::from_millis(case.ooo as u64),
+                    idle_timeout: None,
+                }),
+                parallelism: Some(1),
+            },
+        )
+        .expect("source");
+    let input = b.schema_of(&StreamRef::main(src)).expect("source schema");
+    let plan = Arc::new(
+        weir_operators::WindowStep::plan(&ctx, &window_value(case), &input).expect("plan"),
+    );
+    let stats = Arc::new(Mutex::new(BTreeMap::new()));
+    let (plan2, stats2) = (plan.clone(), stats.clone());
+    let w = b
+        .add_operator(
+            "counts",
+            &[StreamRef::main(src)],
+            plan.output.clone(),
+            Some(weir_engine::registry::Partitioning::Hash(vec!["k".into()])),
+            Arc::new(move |subtask, _| {
+                Ok(Box::new(LiveProbe {
+                    inner: weir_operators::WindowOperator::new(plan2.clone()),
+                    subtask,
+                    stats: stats2.clone(),
+                }))
+            }),
+            Some(4),
+        )
+        .expect("window");
+    b.add_sink(
+        "out",
+        &StreamRef::main(w),
+        "collect",
+        &json!({"slot": "main"}),
+        Some(1),
+    )
+    .expect("sink");
+    block_on(weir_engine::runtime::run(b.build().expect("graph"))).expect("job");
+    let main = collected
+        .lock()
+        .expect("collect lock")
+        .remove("main")
+        .unwrap_or_default();
+    let stats = stats.lock().expect("stats lock").clone();
+    (rows_of(&main, case.keyed), stats)
+}
+
 /// 20 000 records over 2 000 windows of 4 keys, every 50th record 1 s behind: the
 /// oracle's live windows stay few, and the runtime emits exactly the oracle's rows and
 /// late records.
@@ -1238,9 +1391,11 @@ fn long_stream_keeps_state_bounded() {
         let mut batch = Vec::new();
         for i in 0..20i64 {
             n += 1;
-            let t = b * 20 + i;
+            let t = 10_000 + b * 20 + i;
             let ts = if n % 50 == 0 {
                 t - 1_000
+            } else if b == 0 {
+                t
             } else {
                 t - (n * 7) % 5
             };
@@ -1282,6 +1437,31 @@ fn long_stream_keeps_state_bounded() {
             );
         }
     }
+    // The operator's own count of live windows stays as small as the oracle's, and
+    // everything is purged at the end.
+    let (rows, stats) = run_live_probe(&case);
+    if let Some(d) = diff_rows(&exp.main, &rows) {
+        panic!(
+            "live probe: {}",
+            d.lines().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+    eprintln!(
+        "long stream: oracle at most {} live windows; per subtask (max live, live at end, \
+         late rows): {stats:?}",
+        exp.max_live
+    );
+    assert_eq!(stats.len(), 4, "every subtask saw the stream: {stats:?}");
+    for (subtask, (max_live, end_live, _)) in &stats {
+        assert!(
+            *max_live <= exp.max_live,
+            "subtask {subtask} held {max_live} live windows; the oracle never more than {}",
+            exp.max_live
+        );
+        assert_eq!(*end_live, 0, "subtask {subtask} kept windows after the end");
+    }
+    let late: usize = stats.values().map(|s| s.2).sum();
+    assert_eq!(late, exp.late.len(), "late rows over the subtasks");
 }
 
 // ---------------------------------------------------------------------------------------

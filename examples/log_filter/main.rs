@@ -6,12 +6,21 @@ use std::path::Path;
 use weir::prelude::*;
 
 #[tokio::main]
+#[allow(dead_code)] // the integration tests include this file for `build` only
 async fn main() -> Result<(), WeirError> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/log_filter");
+    let p = build(&dir)?;
+    let summary = weir::run(p.build()?).await?;
+    eprint!("{summary}");
+    Ok(())
+}
+
+/// The job, with its files under `dir` (the example's folder).
+pub fn build(dir: &Path) -> Result<Pipeline, WeirError> {
     let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
 
     let p = Pipeline::new("log-filter").parallelism(2);
@@ -49,7 +58,5 @@ async fn main() -> Result<(), WeirError> {
             .parallelism(1),
     )?;
     p.dead_letter(SinkSpec::new("file").option("path", path("out/dead_letter.jsonl")))?;
-    let summary = weir::run(p.build()?).await?;
-    eprint!("{summary}");
-    Ok(())
+    Ok(p)
 }

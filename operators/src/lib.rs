@@ -11,6 +11,10 @@
 //! - **steps** ([`steps`]): `filter` and `select` evaluate SQL expressions
 //!   ([`weir_engine::expr::SqlExpr`]) on whole batches, `key_by` hash-partitions the
 //!   stream, `union` merges inputs, `parse` decodes a string column.
+//! - **windows** ([`window`]): the `window` step (tumbling, sliding and session windows
+//!   with allowed lateness, update rows and a `late` side output), with the built-in
+//!   aggregate functions of [`aggregates`] (`count`, `sum`, `min`, `max`, `avg`,
+//!   `first`, `last`, `count(distinct …)`).
 //!
 //! ```
 //! let mut registry = weir_engine::registry::Registry::new();
@@ -19,18 +23,27 @@
 //! assert!(registry.step("filter").is_some());
 //! ```
 
+pub mod aggregates;
 pub mod formats;
 mod options;
 pub mod steps;
+pub mod window;
 
 use weir_engine::registry::Registry;
 
+pub use aggregates::BuiltinAggregate;
 pub use formats::{CsvFormat, FormatDecoder, JsonFormat, RawFormat, RegexFormat};
 pub use steps::{FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep};
+pub use window::{WindowOperator, WindowStep};
 
-/// Adds the formats (`json`, `csv`, `regex`, `raw`) and steps (`filter`, `select`,
-/// `key_by`, `union`, `parse`) of this crate to `registry`.
+/// Adds the formats (`json`, `csv`, `regex`, `raw`), steps (`filter`, `select`,
+/// `key_by`, `union`, `parse`, `window`) and aggregate functions (`count`,
+/// `count_distinct`, `sum`, `min`, `max`, `avg`, `first`, `last`) of this crate to
+/// `registry`.
 pub fn register(registry: &mut Registry) {
+    for f in BuiltinAggregate::ALL {
+        registry.add_aggregate(f);
+    }
     registry
         .add_format(JsonFormat)
         .add_format(CsvFormat)
@@ -40,7 +53,8 @@ pub fn register(registry: &mut Registry) {
         .add_step(SelectStep)
         .add_step(KeyByStep)
         .add_step(UnionStep)
-        .add_step(ParseStep);
+        .add_step(ParseStep)
+        .add_step(WindowStep);
 }
 
 #[cfg(test)]
@@ -60,6 +74,22 @@ mod tests {
             assert_eq!(s["properties"]["type"]["const"], f.name());
         }
         let steps: Vec<&str> = r.steps().map(|s| s.name()).collect();
-        assert_eq!(steps, vec!["filter", "key_by", "parse", "select", "union"]);
+        assert_eq!(
+            steps,
+            vec!["filter", "key_by", "parse", "select", "union", "window"]
+        );
+        assert_eq!(
+            r.aggregates().names(),
+            vec![
+                "avg",
+                "count",
+                "count_distinct",
+                "first",
+                "last",
+                "max",
+                "min",
+                "sum"
+            ]
+        );
     }
 }

@@ -1,0 +1,822 @@
+//! The window operator: assigns records to (key, window), keeps one accumulator per
+//! aggregate per window in memory, fires on the watermark (or the wall clock), emits
+//! update rows for late changes, sends late records to the `late` side output, purges
+//! state once the allowed lateness has passed, and writes its windows to keyed state at
+//! checkpoints (read back in `open`).
+//!
+//! Hot path, per batch: the key bytes of every row ([`KeyCodec::encode`], once), the
+//! event times (once), every aggregate argument (one [`SqlExpr`] evaluation each), then
+//! the rows grouped per (key, window) and one [`Accumulator::update`] call per group and
+//! aggregate. Keyed state is touched only at checkpoints and in `open`.
+//!
+//! [`SqlExpr`]: weir_engine::expr::SqlExpr
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use serde::{Deserialize, Serialize};
+use weir_engine::aggregate::Accumulator;
+use weir_engine::message::EventTime;
+use weir_engine::metrics::OperatorMetrics;
+use weir_engine::operator::{Collector, Operator, OperatorContext};
+use weir_engine::state::{
+    decode_namespace_window, hash_key, key_group_for_hash, namespace_window, Clock,
+    StateDescriptor, StateKey, SystemClock, VOID_NAMESPACE,
+};
+use weir_engine::time::event_times_ms;
+use weir_engine::{EngineError, Result};
+
+use super::plan::{TimeMode, WindowKind, WindowPlan, LATE_OUTPUT};
+
+/// Name of the keyed state holding the windows: (key group, key bytes,
+/// `namespace_window(start, end)`) → the window's fired flag and the
+/// [`Accumulator::state`] of each aggregate (postcard).
+pub const WINDOW_STATE: &str = "window";
+/// Name of the keyed state holding the operator's watermark (one entry per owned key
+/// group, empty key), so that a restored operator judges lateness as before.
+pub const WATERMARK_STATE: &str = "window-watermark";
+
+/// How often processing-time windows are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A window as written at checkpoints.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredWindow {
+    /// Whether it has emitted its first result.
+    fired: bool,
+    /// [`Accumulator::state`] of each aggregate, in output order.
+    accumulators: Vec<Vec<u8>>,
+}
+
+/// One live window of one key.
+struct Window {
+    end: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+    fired: bool,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+    /// Written to keyed state at a checkpoint (must be deleted there when dropped).
+    persisted: bool,
+}
+
+/// The live windows of one key, by start.
+struct KeyWindows {
+    key: Arc<[u8]>,
+    key_group: u16,
+    windows: BTreeMap<i64, Window>,
+}
+
+/// `(end or time, key, start)`: an entry of the fire and purge queues.
+type QueueEntry = (i64, Arc<[u8]>, i64);
+
+/// A session being built while a batch is processed.
+struct Work {
+    end: i64,
+    /// Starts of the live sessions it absorbs.
+    existing: Vec<i64>,
+    /// New rows, in any order (sorted before the update).
+    rows: Vec<u32>,
+    fired: bool,
+}
+
+/// The `window` step's operator. Create it with [`WindowOperator::new`] from a
+/// [`WindowPlan`] (what the `window` step factory does for every subtask).
+pub struct WindowOperator {
+    plan: Arc<WindowPlan>,
+    keys: HashMap<Arc<[u8]>, KeyWindows, ahash::RandomState>,
+    /// Windows that have not fired, by (end, key, start): the firing order.
+    to_fire: BTreeSet<QueueEntry>,
+    /// Every live window by (purge time, key, start).
+    to_purge: BTreeSet<QueueEntry>,
+    /// Persisted windows dropped since the last checkpoint: (key group, key, start, end).
+    removed: Vec<(u16, Arc<[u8]>, i64, i64)>,
+    /// Number of live windows.
+    live: usize,
+    /// The highest watermark seen (or restored).
+    watermark: EventTime,
+    clock: Arc<dyn Clock>,
+    window_state: StateDescriptor,
+    watermark_state: StateDescriptor,
+}
+
+impl std::fmt::Debug for WindowOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowOperator")
+            .field("plan", &self.plan)
+            .field("live_windows", &self.live)
+            .field("watermark", &self.watermark)
+            .finish()
+    }
+}
+
+fn op_error(message: impl Into<String>) -> EngineError {
+    EngineError::operator("window", message)
+}
+
+impl WindowOperator {
+    /// An operator for `plan`, with the system clock for processing time.
+    pub fn new(plan: Arc<WindowPlan>) -> Self {
+        WindowOperator {
+            plan,
+            keys: HashMap::default(),
+            to_fire: BTreeSet::new(),
+            to_purge: BTreeSet::new(),
+            removed: Vec::new(),
+            live: 0,
+            watermark: EventTime::MIN,
+            clock: Arc::new(SystemClock),
+            window_state: StateDescriptor::new(WINDOW_STATE),
+            watermark_state: StateDescriptor::new(WATERMARK_STATE),
+        }
+    }
+
+    /// The same operator reading processing time from `clock` (for tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Number of windows held in memory (fired or not, not yet purged).
+    pub fn live_windows(&self) -> usize {
+        self.live
+    }
+
+    fn processing(&self) -> bool {
+        self.plan.options.time == TimeMode::Processing
+    }
+
+    /// Allowed lateness in ms (processing time: none, windows purge when they fire).
+    fn lateness(&self) -> i64 {
+        if self.processing() {
+            0
+        } else {
+            self.plan.options.allowed_lateness
+        }
+    }
+
+    /// When the window ending at `end` is dropped: `end - 1 + L`.
+    fn purge_time(&self, end: i64) -> i64 {
+        end.saturating_sub(1).saturating_add(self.lateness())
+    }
+
+    /// Whether a window ending at `end` is late at watermark `w`.
+    fn is_late(&self, end: i64, w: EventTime) -> bool {
+        !self.processing() && self.purge_time(end) <= w
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.plan
+            .aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator(a.argument_type.as_ref()))
+            .collect()
+    }
+
+    /// Inserts a new window (fresh accumulators unless given) and queues it.
+    fn insert_window(
+        &mut self,
+        key: &[u8],
+        max_parallelism: u16,
+        start: i64,
+        window: Window,
+    ) -> Arc<[u8]> {
+        let end = window.end;
+        let fired = window.fired;
+        let kw = match self.keys.get_mut(key) {
+            Some(kw) => kw,
+            None => {
+                let arc: Arc<[u8]> = Arc::from(key);
+                let key_group = key_group_for_hash(hash_key(key), max_parallelism);
+                self.keys.entry(arc.clone()).or_insert(KeyWindows {
+                    key: arc,
+                    key_group,
+                    windows: BTreeMap::new(),
+                })
+            }
+        };
+        let arc = kw.key.clone();
+        if kw.windows.insert(start, window).is_none() {
+            self.live += 1;
+        }
+        if !fired {
+            self.to_fire.insert((end, arc.clone(), start));
+        }
+        let purge = self.purge_time(end);
+        self.to_purge.insert((purge, arc.clone(), start));
+        arc
+    }
+
+    /// Removes a window and its queue entries; remembers it for deletion from keyed
+    /// state if it was written there.
+    fn remove_window(&mut self, key: &Arc<[u8]>, start: i64) -> Option<Window> {
+        let kw = self.keys.get_mut(key)?;
+        let w = kw.windows.remove(&start)?;
+        let key_group = kw.key_group;
+        if kw.windows.is_empty() {
+            self.keys.remove(key);
+        }
+        self.live -= 1;
+        self.to_fire.remove(&(w.end, key.clone(), start));
+        let purge = self.purge_time(w.end);
+        self.to_purge.remove(&(purge, key.clone(), start));
+        if w.persisted {
+            self.removed.push((key_group, key.clone(), start, w.end));
+        }
+        Some(w)
+    }
+
+    /// The watermark lateness is judged against.
+    fn current_watermark(&self, ctx: &OperatorContext) -> EventTime {
+        if self.processing() {
+            EventTime::MIN
+        } else {
+            self.watermark.max(ctx.watermark)
+        }
+    }
+
+    /// Tumbling and sliding windows: group rows by (key, window), one update per group.
+    #[allow(clippy::too_many_arguments)]
+    fn process_fixed(
+        &mut self,
+        keys: &weir_engine::state::EncodedKeys,
+        times: &[Option<i64>],
+        args: &[Option<ArrayRef>],
+        w: EventTime,
+        max_parallelism: u16,
+        late: &mut Vec<u32>,
+        updated: &mut Vec<QueueEntry>,
+    ) -> Result<()> {
+        let (size, slide) = match self.plan.options.kind {
+            WindowKind::Tumbling { size } => (size, size),
+            WindowKind::Sliding { size, slide } => (size, slide),
+            WindowKind::Session { .. } => return Err(op_error("not a fixed window")),
+        };
+        let (row_key, uniq) = key_ids(keys);
+        let mut group_of: HashMap<(u32, i64), usize, ahash::RandomState> = HashMap::default();
+        let mut groups: Vec<(u32, i64, Vec<u32>)> = Vec::new();
+        let mut last: Option<(u32, i64, usize)> = None;
+        for (row, t) in times.iter().enumerate() {
+            let row32 = row as u32;
+            let Some(t) = *t else {
+                late.push(row32);
+                continue;
+            };
+            let kid = row_key[row];
+            let newest = t - t.rem_euclid(slide);
+            let mut any = false;
+            let mut s = newest;
+            loop {
+                // Windows `[s, s + size)` with `s > t - size`.
+                if s <= t.saturating_sub(size) {
+                    break;
+                }
+                let end = s.saturating_add(size);
+                if !self.is_late(end, w) {
+                    any = true;
+                    let g = match last {
+                        Some((k, st, g)) if k == kid && st == s => g,
+                        _ => {
+                            let g = *group_of.entry((kid, s)).or_insert_with(|| {
+                                groups.push((kid, s, Vec::new()));
+                                groups.len() - 1
+                            });
+                            last = Some((kid, s, g));
+                            g
+                        }
+                    };
+                    groups[g].2.push(row32);
+                }
+                match s.checked_sub(slide) {
+                    Some(next) => s = next,
+                    None => break,
+                }
+            }
+            if !any {
+                late.push(row32);
+            }
+        }
+        let mut event_times: Vec<i64> = Vec::new();
+        for (kid, start, rows) in groups {
+            let key = uniq[kid as usize];
+            let end = start.saturating_add(size);
+            event_times.clear();
+            event_times.extend(rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
+            let exists = self
+                .keys
+                .get(key)
+                .is_some_and(|kw| kw.windows.contains_key(&start));
+            if !exists {
+                let window = Window {
+                    end,
+                    accumulators: self.new_accumulators()?,
+                    fired: false,
+                    dirty: true,
+                    persisted: false,
+                };
+                self.insert_window(key, max_parallelism, start, window);
+            }
+            let kw = self
+                .keys
+                .get_mut(key)
+                .ok_or_else(|| op_error("window vanished"))?;
+            let win = kw
+                .windows
+                .get_mut(&start)
+                .ok_or_else(|| op_error("window vanished"))?;
+            for (acc, arg) in win.accumulators.iter_mut().zip(args) {
+                acc.update(arg.as_ref(), &rows, &event_times)?;
+            }
+            win.dirty = true;
+            if win.fired {
+                updated.push((end, kw.key.clone(), start));
+            }
+        }
+        Ok(())
+    }
+
+    /// Session windows: rows of one key are taken in arrival order, merging with the
+    /// live sessions they overlap; then each changed session gets its merged
+    /// accumulators and one update per aggregate.
+    #[allow(clippy::too_many_arguments)]
+    fn process_sessions(
+        &mut self,
+        keys: &weir_engine::state::EncodedKeys,
+        times: &[Option<i64>],
+        args: &[Option<ArrayRef>],
+        w: EventTime,
+        max_parallelism: u16,
+        late: &mut Vec<u32>,
+        updated: &mut Vec<QueueEntry>,
+    ) -> Result<()> {
+        let WindowKind::Session { gap } = self.plan.options.kind else {
+            return Err(op_error("not a session window"));
+        };
+        let (row_key, uniq) = key_ids(keys);
+        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); uniq.len()];
+        for (row, &kid) in row_key.iter().enumerate() {
+            rows_of[kid as usize].push(row as u32);
+        }
+        let mut event_times: Vec<i64> = Vec::new();
+        for (kid, rows) in rows_of.into_iter().enumerate() {
+            let key = uniq[kid];
+            // The working set starts as the key's live sessions.
+            let mut work: BTreeMap<i64, Work> = BTreeMap::new();
+            if let Some(kw) = self.keys.get(key) {
+                for (&start, win) in &kw.windows {
+                    work.insert(
+                        start,
+                        Work {
+                            end: win.end,
+                            existing: vec![start],
+                            rows: Vec::new(),
+                            fired: win.fired,
+                        },
+                    );
+                }
+            }
+            for row in rows {
+                let Some(t) = times[row as usize] else {
+                    late.push(row);
+                    continue;
+                };
+                let (lo, hi) = (t, t.saturating_add(gap));
+                // Sessions are disjoint and sorted, so the overlapping ones are the
+                // last ones starting before `hi` whose end is after `lo`.
+                let overlapping: Vec<i64> = work
+                    .range(..hi)
+                    .rev()
+                    .take_while(|(_, s)| s.end > lo)
+                    .map(|(&start, _)| start)
+                    .collect();
+                let mut start = lo;
+                let mut end = hi;
+                for s in &overlapping {
+                    if let Some(ws) = work.get(s) {
+                        start = start.min(*s);
+                        end = end.max(ws.end);
+                    }
+                }
+                if self.is_late(end, w) {
+                    late.push(row);
+                    continue;
+                }
+                let mut merged = Work {
+                    end,
+                    existing: Vec::new(),
+                    rows: vec![row],
+                    fired: false,
+                };
+                for s in overlapping {
+                    if let Some(ws) = work.remove(&s) {
+                        merged.existing.extend(ws.existing);
+                        merged.rows.extend(ws.rows);
+                        merged.fired |= ws.fired;
+                    }
+                }
+                work.insert(start, merged);
+            }
+            // Apply the changed sessions.
+            for (start, mut ws) in work {
+                if ws.rows.is_empty() {
+                    continue; // an untouched live session
+                }
+                let arc_key: Option<Arc<[u8]>> = self.keys.get(key).map(|kw| kw.key.clone());
+                ws.existing.sort_unstable();
+                let mut base: Option<Window> = None;
+                if let Some(arc_key) = &arc_key {
+                    for old_start in &ws.existing {
+                        let Some(old) = self.remove_window(arc_key, *old_start) else {
+                            continue;
+                        };
+                        match base.as_mut() {
+                            None => base = Some(old),
+                            Some(b) => {
+                                for (acc, other) in b.accumulators.iter_mut().zip(&old.accumulators)
+                                {
+                                    acc.merge_state(&other.state()?)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                let mut window = match base {
+                    Some(b) => b,
+                    None => Window {
+                        end: ws.end,
+                        accumulators: self.new_accumulators()?,
+                        fired: false,
+                        dirty: true,
+                        persisted: false,
+                    },
+                };
+                ws.rows.sort_unstable();
+                event_times.clear();
+                event_times.extend(ws.rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
+                for (acc, arg) in window.accumulators.iter_mut().zip(args) {
+                    acc.update(arg.as_ref(), &ws.rows, &event_times)?;
+                }
+                window.end = ws.end;
+                window.fired = ws.fired;
+                window.dirty = true;
+                // A new address in keyed state (the old ones are in `removed`).
+                window.persisted = false;
+                let end = window.end;
+                let arc = self.insert_window(key, max_parallelism, start, window);
+                if ws.fired {
+                    updated.push((end, arc, start));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds output rows for `windows` (end, key, start), evaluating their aggregates.
+    fn rows(&self, windows: &[QueueEntry], is_update: bool) -> Result<Option<RecordBatch>> {
+        if windows.is_empty() {
+            return Ok(None);
+        }
+        let plan = &self.plan;
+        let mut found: Vec<&Window> = Vec::with_capacity(windows.len());
+        for (_, key, start) in windows {
+            let w = self
+                .keys
+                .get(key)
+                .and_then(|kw| kw.windows.get(start))
+                .ok_or_else(|| op_error("a window to emit is missing"))?;
+            found.push(w);
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.output.fields().len());
+        let key_arrays = plan
+            .codec
+            .decode(windows.iter().map(|(_, k, _)| k.as_ref()))?;
+        for (array, &col) in key_arrays.into_iter().zip(&plan.key_columns) {
+            let want = plan.input.field(col).data_type();
+            if array.data_type() == want {
+                columns.push(array);
+            } else {
+                columns.push(
+                    arrow::compute::cast(&array, want)
+                        .map_err(|e| EngineError::arrow("window key column", e))?,
+                );
+            }
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+            windows.iter().map(|(_, _, s)| *s),
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+            found.iter().map(|w| w.end),
+        )));
+        for (i, agg) in plan.aggregates.iter().enumerate() {
+            let values = found
+                .iter()
+                .map(|w| match w.accumulators.get(i) {
+                    Some(a) => a.evaluate(),
+                    None => Err(op_error("accumulator missing")),
+                })
+                .collect::<Result<Vec<ScalarValue>>>()?;
+            let array = ScalarValue::iter_to_array(values).map_err(|e| {
+                op_error(format!(
+                    "aggregate {}: {}",
+                    agg.output,
+                    e.find_root().strip_backtrace()
+                ))
+            })?;
+            let array = if array.data_type() == &agg.return_type {
+                array
+            } else {
+                arrow::compute::cast(&array, &agg.return_type)
+                    .map_err(|e| EngineError::arrow("window aggregate result", e))?
+            };
+            columns.push(array);
+        }
+        columns.push(Arc::new(BooleanArray::from(vec![is_update; windows.len()])));
+        let batch = RecordBatch::try_new(plan.output.clone(), columns)
+            .map_err(|e| EngineError::arrow("window output", e))?;
+        Ok(Some(batch))
+    }
+
+    /// Fires every window with `end - 1 <= time` (in order of end, then key), then
+    /// drops every window with `end - 1 + L <= time`.
+    fn fire_and_purge(&mut self, time: i64, out: &mut Collector) -> Result<()> {
+        let mut fired: Vec<QueueEntry> = Vec::new();
+        while let Some(first) = self.to_fire.first() {
+            if first.0.saturating_sub(1) > time {
+                break;
+            }
+            let Some(entry) = self.to_fire.pop_first() else {
+                break;
+            };
+            if let Some(w) = self
+                .keys
+                .get_mut(&entry.1)
+                .and_then(|kw| kw.windows.get_mut(&entry.2))
+            {
+                w.fired = true;
+                w.dirty = true;
+                fired.push(entry);
+            }
+        }
+        if let Some(batch) = self.rows(&fired, false)? {
+            out.emit(batch);
+        }
+        while let Some(first) = self.to_purge.first() {
+            if first.0 > time {
+                break;
+            }
+            let Some((_, key, start)) = self.to_purge.pop_first() else {
+                break;
+            };
+            self.remove_window(&key, start);
+        }
+        Ok(())
+    }
+}
+
+/// Dense ids for the distinct keys of a batch: the id of every row, and the keys.
+fn key_ids(keys: &weir_engine::state::EncodedKeys) -> (Vec<u32>, Vec<&[u8]>) {
+    let mut ids: HashMap<&[u8], u32, ahash::RandomState> = HashMap::default();
+    let mut uniq: Vec<&[u8]> = Vec::new();
+    let mut out = Vec::with_capacity(keys.len());
+    let mut last: Option<(&[u8], u32)> = None;
+    for k in keys.iter() {
+        let id = match last {
+            Some((lk, id)) if lk == k => id,
+            _ => {
+                let id = *ids.entry(k).or_insert_with(|| {
+                    uniq.push(k);
+                    (uniq.len() - 1) as u32
+                });
+                last = Some((k, id));
+                id
+            }
+        };
+        out.push(id);
+    }
+    (out, uniq)
+}
+
+impl Operator for WindowOperator {
+    fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let addresses: Vec<StateKey> = ctx
+            .state
+            .keys(&self.window_state)?
+            .collect::<Result<Vec<_>>>()?;
+        for a in addresses {
+            if !ctx.key_groups.contains(a.key_group) {
+                continue;
+            }
+            let (start, end) = decode_namespace_window(&a.namespace)
+                .ok_or_else(|| op_error("corrupt window namespace in keyed state"))?;
+            let bytes = ctx
+                .state
+                .value_get(&self.window_state, a.key_group, &a.key, &a.namespace)?
+                .ok_or_else(|| op_error("window state vanished while restoring"))?;
+            let stored: StoredWindow = postcard::from_bytes(&bytes)
+                .map_err(|e| op_error(format!("corrupt window state: {e}")))?;
+            let mut accumulators = self.new_accumulators()?;
+            if stored.accumulators.len() != accumulators.len() {
+                return Err(op_error(format!(
+                    "the checkpoint holds {} aggregates per window, the job has {}",
+                    stored.accumulators.len(),
+                    accumulators.len()
+                )));
+            }
+            for (acc, s) in accumulators.iter_mut().zip(&stored.accumulators) {
+                acc.merge_state(s)?;
+            }
+            let window = Window {
+                end,
+                accumulators,
+                fired: stored.fired,
+                dirty: false,
+                persisted: true,
+            };
+            self.insert_window(&a.key, ctx.max_parallelism, start, window);
+            if let Some(kw) = self.keys.get_mut(a.key.as_slice()) {
+                kw.key_group = a.key_group;
+            }
+        }
+        let mut restored: Option<EventTime> = None;
+        for kg in ctx.key_groups.iter() {
+            if let Some(b) = ctx
+                .state
+                .value_get(&self.watermark_state, kg, &[], VOID_NAMESPACE)?
+            {
+                let w: EventTime = postcard::from_bytes(&b)
+                    .map_err(|e| op_error(format!("corrupt watermark state: {e}")))?;
+                restored = Some(restored.map_or(w, |r: EventTime| r.min(w)));
+            }
+        }
+        if let Some(w) = restored {
+            self.watermark = self.watermark.max(w);
+        }
+        Ok(())
+    }
+
+    fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        if n > u32::MAX as usize {
+            return Err(op_error("batch too large"));
+        }
+        let plan = self.plan.clone();
+        let times: Vec<Option<i64>> = match &plan.event_time {
+            Some(field) => event_times_ms(&batch, field)?,
+            None => vec![Some(self.clock.now_ms()); n],
+        };
+        let keys = plan.codec.encode(&batch)?;
+        let args: Vec<Option<ArrayRef>> = plan
+            .aggregates
+            .iter()
+            .map(|a| a.argument.as_ref().map(|e| e.evaluate(&batch)).transpose())
+            .collect::<Result<_>>()?;
+        let w = self.current_watermark(ctx);
+        let mut late: Vec<u32> = Vec::new();
+        let mut updated: Vec<QueueEntry> = Vec::new();
+        let maxp = ctx.max_parallelism;
+        match plan.options.kind {
+            WindowKind::Session { .. } => {
+                self.process_sessions(&keys, &times, &args, w, maxp, &mut late, &mut updated)?
+            }
+            _ => self.process_fixed(&keys, &times, &args, w, maxp, &mut late, &mut updated)?,
+        }
+        if !late.is_empty() {
+            late.sort_unstable();
+            OperatorMetrics::add(&ctx.metrics.late_records, late.len() as u64);
+            let idx = UInt32Array::from(late);
+            let rows = arrow::compute::take_record_batch(&batch, &idx)
+                .map_err(|e| EngineError::arrow("window late records", e))?;
+            out.emit_side(LATE_OUTPUT, rows);
+        }
+        if !updated.is_empty() {
+            updated.sort();
+            updated.dedup();
+            if let Some(rows) = self.rows(&updated, true)? {
+                out.emit(rows);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_watermark(
+        &mut self,
+        watermark: EventTime,
+        ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if self.processing() {
+            return Ok(());
+        }
+        self.watermark = self.watermark.max(watermark).max(ctx.watermark);
+        // Timers registered at checkpoints mirror the queues; drop the due ones.
+        let _ = ctx.timers.advance_watermark(self.watermark);
+        self.fire_and_purge(self.watermark, out)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        self.processing().then_some(TICK)
+    }
+
+    fn handle_tick(
+        &mut self,
+        now_ms: i64,
+        ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if !self.processing() {
+            return Ok(());
+        }
+        let now = now_ms.max(self.clock.now_ms());
+        let _ = ctx.timers.advance_processing_time(now);
+        self.fire_and_purge(now, out)
+    }
+
+    fn handle_checkpoint(&mut self, _epoch: u64, ctx: &mut OperatorContext) -> Result<()> {
+        let processing = self.processing();
+        // Deletions first: a merged session may reuse an address it replaced.
+        for (kg, key, start, end) in std::mem::take(&mut self.removed) {
+            let ns = namespace_window(start, end);
+            ctx.state.value_delete(&self.window_state, kg, &key, &ns)?;
+            let fire = end.saturating_sub(1);
+            let purge = self.purge_time(end);
+            if processing {
+                ctx.timers.delete_processing_timer(fire, kg, &key, &ns);
+            } else {
+                ctx.timers.delete_event_timer(fire, kg, &key, &ns);
+                ctx.timers.delete_event_timer(purge, kg, &key, &ns);
+            }
+        }
+        let lateness = self.lateness();
+        for kw in self.keys.values_mut() {
+            for (&start, w) in kw.windows.iter_mut() {
+                if !w.dirty {
+                    continue;
+                }
+                let stored = StoredWindow {
+                    fired: w.fired,
+                    accumulators: w
+                        .accumulators
+                        .iter()
+                        .map(|a| a.state())
+                        .collect::<Result<_>>()?,
+                };
+                let bytes = postcard::to_allocvec(&stored)
+                    .map_err(|e| op_error(format!("serialising a window: {e}")))?;
+                let ns = namespace_window(start, w.end);
+                ctx.state
+                    .value_put(&self.window_state, kw.key_group, &kw.key, &ns, &bytes)?;
+                let fire = w.end.saturating_sub(1);
+                if processing {
+                    ctx.timers
+                        .register_processing_timer(fire, kw.key_group, &kw.key, &ns);
+                } else {
+                    if !w.fired {
+                        ctx.timers
+                            .register_event_timer(fire, kw.key_group, &kw.key, &ns);
+                    }
+                    ctx.timers.register_event_timer(
+                        fire.saturating_add(lateness),
+                        kw.key_group,
+                        &kw.key,
+                        &ns,
+                    );
+                }
+                w.dirty = false;
+                w.persisted = true;
+            }
+        }
+        let wm = postcard::to_allocvec(&self.watermark)
+            .map_err(|e| op_error(format!("serialising the watermark: {e}")))?;
+        for kg in ctx.key_groups.iter() {
+            ctx.state
+                .value_put(&self.watermark_state, kg, &[], VOID_NAMESPACE, &wm)?;
+        }
+        Ok(())
+    }
+
+    fn handle_end_of_input(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        // The final watermark normally did this already; processing-time windows and
+        // inputs that never sent it close here.
+        self.fire_and_purge(i64::MAX, out)
+    }
+
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        vec![(LATE_OUTPUT.to_string(), self.plan.input.clone())]
+    }
+}
