@@ -161,3 +161,118 @@ fn typed_map_filter_flat_map_over_serde_rows() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// A user-defined aggregate: the sum of squares of an Int64 column.
+struct SumOfSquares;
+
+struct SumOfSquaresAcc(i64);
+
+impl weir_engine::aggregate::AggregateFunction for SumOfSquares {
+    fn name(&self) -> &str {
+        "sum_sq"
+    }
+    fn return_type(
+        &self,
+        arg: Option<&arrow::datatypes::DataType>,
+    ) -> Result<arrow::datatypes::DataType, String> {
+        match arg {
+            Some(arrow::datatypes::DataType::Int64) => Ok(arrow::datatypes::DataType::Int64),
+            other => Err(format!("sum_sq takes an int64, not {other:?}")),
+        }
+    }
+    fn create_accumulator(
+        &self,
+        _arg: Option<&arrow::datatypes::DataType>,
+    ) -> weir_engine::Result<Box<dyn weir_engine::aggregate::Accumulator>> {
+        Ok(Box::new(SumOfSquaresAcc(0)))
+    }
+}
+
+impl weir_engine::aggregate::Accumulator for SumOfSquaresAcc {
+    fn update(
+        &mut self,
+        values: Option<&arrow::array::ArrayRef>,
+        rows: &[u32],
+        _event_times: &[i64],
+    ) -> weir_engine::Result<()> {
+        use arrow::array::{Array, AsArray};
+        let Some(values) = values else { return Ok(()) };
+        let v = values.as_primitive::<arrow::datatypes::Int64Type>();
+        for &r in rows {
+            if v.is_valid(r as usize) {
+                let x = v.value(r as usize);
+                self.0 = self.0.wrapping_add(x.wrapping_mul(x));
+            }
+        }
+        Ok(())
+    }
+    fn evaluate(&self) -> weir_engine::Result<weir_engine::aggregate::ScalarValue> {
+        Ok(weir_engine::aggregate::ScalarValue::Int64(Some(self.0)))
+    }
+    fn state(&self) -> weir_engine::Result<Vec<u8>> {
+        Ok(self.0.to_le_bytes().to_vec())
+    }
+    fn merge_state(&mut self, state: &[u8]) -> weir_engine::Result<()> {
+        let bytes: [u8; 8] = state
+            .try_into()
+            .map_err(|_| weir_engine::EngineError::operator("sum_sq", "bad state"))?;
+        self.0 = self.0.wrapping_add(i64::from_le_bytes(bytes));
+        Ok(())
+    }
+}
+
+#[test]
+fn user_defined_aggregate_runs_in_a_window() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("out.jsonl");
+    let mut registry = weir::default_registry();
+    registry.add_aggregate(SumOfSquares);
+    let p = Pipeline::with_registry("udaf", std::sync::Arc::new(registry)).parallelism(2);
+    let s = p
+        .source(
+            "gen",
+            SourceSpec::new("datagen")
+                .option("rows", 1000)
+                .option(
+                    "fields",
+                    serde_json::json!({
+                        "id": {"sequence": {"start": 0, "end": 999}},
+                        "ts": {"start": 0, "step": "1s"}
+                    }),
+                )
+                .schema(&[("id", "int"), ("ts", "timestamp")])
+                .event_time("ts", "0s"),
+        )
+        .expect("source");
+    let w = s
+        .window(
+            "w",
+            WindowSpec::tumbling("100s")
+                .aggregate("n", "count(*)")
+                .aggregate("sq", "sum_sq(id)"),
+        )
+        .expect("window with a UDAF");
+    w.sink(
+        "out",
+        SinkSpec::new("file")
+            .option("path", out.to_string_lossy().into_owned())
+            .parallelism(1),
+    )
+    .expect("sink");
+    block_on(weir::run(p.build().expect("graph"))).expect("job");
+    let text = std::fs::read_to_string(&out).expect("output");
+    let mut got: Vec<(i64, i64)> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (v["n"].as_i64().expect("n"), v["sq"].as_i64().expect("sq"))
+        })
+        .collect();
+    got.sort();
+    // Row i has id i and ts i seconds: window k holds ids 100k..100k+99.
+    let mut want: Vec<(i64, i64)> = (0..10)
+        .map(|k| (100, (100 * k..100 * k + 100).map(|i: i64| i * i).sum()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -913,6 +913,9 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
 // Generators
 // ---------------------------------------------------------------------------------------
 
+/// The generated keys: four that hash to four different subtasks at parallelism 4.
+const KEYS: [&str; 4] = ["a", "b", "f", "g"];
+
 /// One generated record before the disorder is applied.
 #[derive(Clone, Debug)]
 struct Gen {
@@ -953,7 +956,6 @@ fn gen_record() -> impl Strategy<Value = Gen> {
 /// record behind, some records are far behind or repeated, positions are shuffled
 /// within a few places, and batches end where `brk` says.
 fn build_batches(origin: i64, gens: &[Gen]) -> Vec<Vec<Rec>> {
-    const KEYS: [&str; 4] = ["a", "b", "c", "d"];
     let mut base = origin;
     // (record, a batch ends after it, shuffle distance)
     let mut seq: Vec<(Rec, bool, usize)> = Vec::new();
@@ -1185,6 +1187,59 @@ proptest! {
     }
 }
 
+/// "Integer sums wrap on overflow": every column but `avg` as the oracle says (the page
+/// does not say what `avg` is when the sum overflows, so it is only printed).
+#[test]
+fn integer_sum_wraps_on_overflow() {
+    let case = Case {
+        kind: Kind::Tumbling { size: 10 },
+        lateness: 0,
+        ooo: 0,
+        keyed: true,
+        batches: vec![vec![
+            rec("a", 1, Some(i64::MAX)),
+            rec("a", 2, Some(1)),
+            rec("a", 3, Some(i64::MAX)),
+            rec("b", 4, Some(i64::MIN)),
+            rec("b", 5, Some(-1)),
+        ]],
+    };
+    let exp = oracle(&case);
+    assert_eq!(
+        exp.main.iter().map(|r| r.exact.sum).collect::<Vec<_>>(),
+        vec![Some(-1), Some(i64::MAX)]
+    );
+    for p in [1, 4] {
+        let act = run_engine(&case, p).expect("job");
+        let mut got: Vec<Exact> = act.main.iter().map(|r| r.exact.clone()).collect();
+        let mut want: Vec<Exact> = exp.main.iter().map(|r| r.exact.clone()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "parallelism {p}");
+        for r in &act.main {
+            eprintln!("overflow: {r}");
+        }
+    }
+}
+
+/// The window subtask (of 4) that each key goes to over the hash edge.
+fn subtasks_of(keys: &[&str]) -> Vec<usize> {
+    let batch = to_batch(&keys.iter().map(|k| rec(k, 0, None)).collect::<Vec<_>>());
+    weir_engine::state::key_groups_for_batch(&batch, &[0], 128)
+        .expect("key groups")
+        .into_iter()
+        .map(|g| weir_engine::state::subtask_for_key_group(g, 128, 4))
+        .collect()
+}
+
+#[test]
+fn generated_keys_reach_every_window_subtask() {
+    let mut seen = subtasks_of(&KEYS);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, vec![0, 1, 2, 3], "keys {KEYS:?} at parallelism 4");
+}
+
 /// The generators reach the interesting paths: over 200 sampled cases of each kind, the
 /// oracle sees updates, late records, all-null aggregates, and (with lateness) windows
 /// first created behind the watermark.
@@ -1399,7 +1454,7 @@ fn long_stream_keeps_state_bounded() {
             } else {
                 t - (n * 7) % 5
             };
-            let key = ["a", "b", "c", "d"][(n % 4) as usize];
+            let key = KEYS[(n % 4) as usize];
             batch.push(rec(key, ts, Some(n % 13)));
         }
         batches.push(batch);

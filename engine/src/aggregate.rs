@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
+/// The value type an accumulator evaluates to (DataFusion's), re-exported for UDAFs.
+pub use datafusion::common::ScalarValue;
 
 use crate::error::Result;
 
