@@ -1287,13 +1287,16 @@ fn generators_cover_updates_and_late_records() {
 // State stays bounded on a long stream
 // ---------------------------------------------------------------------------------------
 
+/// Per window subtask: (largest live window count seen, live count at the end, late
+/// rows).
+type LiveStats = BTreeMap<usize, (usize, usize, usize)>;
+
 /// The real `WindowOperator`, wrapped to sample its live window count after every call
 /// (its late side output is counted here, since a custom node declares no side outputs).
 struct LiveProbe {
     inner: weir_operators::WindowOperator,
     subtask: usize,
-    /// Per subtask: (largest live count seen, live count at the end, late rows).
-    stats: Arc<Mutex<BTreeMap<usize, (usize, usize, usize)>>>,
+    stats: Arc<Mutex<LiveStats>>,
 }
 
 impl LiveProbe {
@@ -1362,8 +1365,7 @@ impl weir_engine::operator::Operator for LiveProbe {
 
 /// Runs `case` through `LiveProbe(WindowOperator)` at parallelism 4 (hash by `k`):
 /// the main rows and, per subtask, (max live windows, live at the end, late rows).
-#[allow(clippy::type_complexity)]
-fn run_live_probe(case: &Case) -> (Vec<Row>, BTreeMap<usize, (usize, usize, usize)>) {
+fn run_live_probe(case: &Case) -> (Vec<Row>, LiveStats) {
     let collected: Collected = Arc::new(Mutex::new(BTreeMap::new()));
     let mut reg = weir::default_registry();
     reg.add_source(ScriptedBatchesFactory {
