@@ -78,11 +78,14 @@ pub fn load_job(
     parallelism: Option<usize>,
 ) -> Result<weir_engine::graph::LogicalGraph, WeirError> {
     let overrides = weir_engine::spec::JobOverrides { parallelism };
-    Ok(weir_engine::spec::load_job_file(
-        path,
-        Arc::new(default_registry()),
-        &overrides,
-    )?)
+    let job = weir_engine::spec::compile_job_file(path, Arc::new(default_registry()), &overrides)?;
+    if job.checkpoint.is_some() {
+        tracing::warn!(
+            job = %job.graph.job,
+            "`checkpoint:` is accepted but checkpoints are not implemented yet: this run takes none"
+        );
+    }
+    Ok(job.graph)
 }
 
 /// Runs a job graph to completion on the current tokio runtime.

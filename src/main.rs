@@ -135,8 +135,8 @@ async fn run_with_progress(
     let metrics = handle.metrics.clone();
     let mut last = (std::time::Instant::now(), 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut stopping = false;
+    let control = handle.control();
     let mut done = Box::pin(handle.wait());
     loop {
         tokio::select! {
@@ -150,9 +150,15 @@ async fn run_with_progress(
                     b.tick();
                 }
             }
-            _ = &mut ctrl_c => {
-                if let Some(b) = &bar { b.finish_and_clear(); }
-                return Err(WeirError::Interrupted);
+            _ = tokio::signal::ctrl_c() => {
+                if stopping {
+                    control.abort();
+                    if let Some(b) = &bar { b.finish_and_clear(); }
+                    return Err(WeirError::Interrupted);
+                }
+                stopping = true;
+                control.stop();
+                eprintln!("stopping: sources end their input and sinks publish what they have (Ctrl-C again to abort)");
             }
         }
     }

@@ -63,6 +63,7 @@ impl SinkFactory for SlowSinkFactory {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -78,6 +79,7 @@ fn rss_bytes() -> u64 {
 /// reads is not shared with tests running in parallel threads (under `cargo test`;
 /// nextest already gives each test its own process).
 #[test]
+#[cfg(target_os = "linux")] // reads the process's RSS from /proc
 fn slow_sink_blocks_source_with_flat_memory_and_no_loss() {
     const CHILD: &str = "WEIR_BACKPRESSURE_CHILD";
     if std::env::var_os(CHILD).is_some() {
@@ -103,6 +105,7 @@ fn slow_sink_blocks_source_with_flat_memory_and_no_loss() {
     assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
 }
 
+#[cfg(target_os = "linux")]
 fn measure() {
     const ROWS: u64 = 600_000;
     const CAPACITY: usize = 8 * 1024;

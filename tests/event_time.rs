@@ -187,6 +187,7 @@ fn run_idle_case(idle: Option<Duration>) -> Vec<i64> {
 fn idle_split_is_left_out_of_the_watermark() {
     // Without an idle timeout the quiet split pins the watermark at its one record.
     let stuck = run_idle_case(None);
+    assert!(!stuck.is_empty(), "no watermark reached the probe");
     assert!(
         stuck.iter().all(|w| *w <= 999),
         "watermark passed the quiet split without idleness: {stuck:?}"

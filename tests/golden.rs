@@ -97,6 +97,17 @@ fn run_case(case: &Path) -> Result<(), String> {
             fs::write(&f, read_actual(rel).unwrap_or_default()).map_err(|e| e.to_string())?;
         }
     }
+    // Every file the job wrote under out/ must be expected: unexpected output (e.g.
+    // dead letters nobody listed) fails the case.
+    for written in files_under(&work.join("out")) {
+        let rel = written.strip_prefix(&work).map_err(|e| e.to_string())?;
+        if !expected_dir.join(rel).exists() {
+            return Err(format!(
+                "{} was written but is not in expected/ (add it, empty if it should be)",
+                rel.display()
+            ));
+        }
+    }
     let ordered = case.join("ordered").exists();
     let expected_files = files_under(&expected_dir);
     if expected_files.is_empty() {

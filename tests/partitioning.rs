@@ -137,3 +137,47 @@ fn broadcast_gives_every_subtask_every_row() {
         assert_eq!(seen.iter().filter(|(s, _)| *s == subtask).count(), 500);
     }
 }
+
+#[test]
+fn a_window_after_key_by_on_the_same_keys_does_not_shuffle_again() {
+    let p = Pipeline::new("keyed").parallelism(2);
+    let gen = p
+        .source(
+            "gen",
+            SourceSpec::new("datagen")
+                .option("rows", 10)
+                .schema(&[("k", "string"), ("ts", "timestamp")])
+                .event_time("ts", "1s"),
+        )
+        .expect("source");
+    let keyed = gen.key_by("keyed", &["k"]).expect("key_by");
+    let w = keyed
+        .window(
+            "w",
+            WindowSpec::tumbling("1m")
+                .key(&["k"])
+                .aggregate("n", "count(*)"),
+        )
+        .expect("window");
+    let other = keyed
+        .window(
+            "w2",
+            WindowSpec::tumbling("1m")
+                .key(&["ts"])
+                .aggregate("n", "count(*)"),
+        )
+        .expect("window on other keys");
+    drop((w, other));
+    let g = p.build().expect("graph");
+    let part = |to: &str| {
+        let id = g.node_by_name(to).expect("node").id;
+        g.inputs_of(id)[0].partitioning.to_string()
+    };
+    assert_eq!(part("keyed"), "hash(k)");
+    assert_eq!(
+        part("w"),
+        "forward",
+        "same keys, same parallelism: no second shuffle"
+    );
+    assert_eq!(part("w2"), "hash(ts)", "other keys: shuffle");
+}

@@ -17,8 +17,14 @@ fn fingerprint(g: &LogicalGraph) -> Vec<String> {
             .iter()
             .map(|f| format!("{}:{}:{}", f.name(), f.data_type(), f.is_nullable()))
             .collect();
+        // Steps' descriptions carry their predicate, projection or window; sources and
+        // sinks' carry paths, which differ (relative in YAML, absolute in Rust).
+        let describe = match n.kind_name() {
+            "step" => n.describe(),
+            _ => String::new(),
+        };
         v.push(format!(
-            "{} {} p{} [{}] side {:?}",
+            "{} {} p{} [{}] side {:?} {describe}",
             n.kind_name(),
             n.name,
             n.parallelism,

@@ -827,7 +827,9 @@ impl DatagenSource {
     /// When (after the clock's start) row `r` is due.
     fn due(&self, r: u64, base: u64, rate: f64) -> Duration {
         let secs = r.saturating_sub(base) as f64 / rate;
-        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+        // Capped so that `Instant + due` cannot overflow for absurdly small rates.
+        const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        Duration::try_from_secs_f64(secs).unwrap_or(CAP).min(CAP)
     }
 
     /// How many of the next `want` rows are due `elapsed` after the clock's start.

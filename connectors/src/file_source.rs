@@ -352,6 +352,14 @@ impl Source for FileSource {
         raw_schema()
     }
 
+    fn pending_splits(&self) -> Vec<u32> {
+        self.assigned
+            .iter()
+            .skip(self.cursor)
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect()
+    }
+
     async fn poll_next(&mut self) -> Result<SourcePoll> {
         let Some(&split_idx) = self.assigned.get(self.cursor) else {
             return Ok(SourcePoll::Finished);

@@ -497,9 +497,14 @@ impl GraphBuilder {
         };
         let id = self.push(node);
         for (i, s) in inputs.iter().enumerate() {
-            let partitioning = part
-                .clone()
-                .unwrap_or_else(|| self.default_partitioning(s, p));
+            let partitioning = match part.clone() {
+                // Already partitioned by these keys (a `key_by` right before): no shuffle.
+                Some(Partitioning::Hash(keys)) if self.keyed_by(s, &keys, p) => {
+                    Partitioning::Forward
+                }
+                Some(x) => x,
+                None => self.default_partitioning(s, p),
+            };
             self.edges.push(Edge {
                 from: s.clone(),
                 to: id,
@@ -508,6 +513,15 @@ impl GraphBuilder {
             });
         }
         id
+    }
+
+    /// Whether `from` is the main output of a step that partitions by exactly `keys`
+    /// at `parallelism` subtasks.
+    fn keyed_by(&self, from: &StreamRef, keys: &[String], parallelism: usize) -> bool {
+        let up = &self.nodes[from.node];
+        from.side.is_none()
+            && up.parallelism == parallelism
+            && matches!(&up.kind, NodeKind::Step(StepBuild { keyed_by: Some(k), .. }) if k == keys)
     }
 
     fn default_partitioning(&self, from: &StreamRef, parallelism: usize) -> Partitioning {

@@ -7,6 +7,7 @@
 //! ends when every sink has seen end of stream; the first error stops every task.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,7 @@ pub struct JobHandle {
     /// Live counters (for progress display).
     pub metrics: Arc<JobMetrics>,
     done: tokio::task::JoinHandle<Result<JobSummary>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl JobHandle {
@@ -144,9 +146,43 @@ impl JobHandle {
         self.done.is_finished()
     }
 
-    /// Stops the job (its tasks are cancelled).
+    /// Stops the job (its tasks are cancelled; sinks publish nothing more).
     pub fn abort(&self) {
         self.done.abort();
+    }
+
+    /// Drains the job: see [`JobControl::stop`].
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that can stop or abort the job while another task waits for it.
+    pub fn control(&self) -> JobControl {
+        JobControl {
+            stop: self.stop.clone(),
+            abort: self.done.abort_handle(),
+        }
+    }
+}
+
+/// Stops or aborts a running job from anywhere (e.g. a signal handler).
+#[derive(Clone)]
+pub struct JobControl {
+    stop: Arc<AtomicBool>,
+    abort: tokio::task::AbortHandle,
+}
+
+impl JobControl {
+    /// Drains the job: every source stops reading and ends its input as if it were
+    /// bounded (a final watermark fires every window), so that every sink flushes and
+    /// publishes what it has. [`JobHandle::wait`] then returns the summary.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Cancels every task at once; sinks publish nothing more.
+    pub fn abort(&self) {
+        self.abort.abort();
     }
 }
 
@@ -173,8 +209,13 @@ pub fn start(graph: LogicalGraph) -> Result<JobHandle> {
     });
     let wiring = wire(&graph, &plan, &metrics)?;
     let m2 = metrics.clone();
-    let done = tokio::spawn(supervise(graph, plan, wiring, m2));
-    Ok(JobHandle { metrics, done })
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = tokio::spawn(supervise(graph, plan, wiring, m2, stop.clone()));
+    Ok(JobHandle {
+        metrics,
+        done,
+        stop,
+    })
 }
 
 /// One output edge of a task, as seen from one upstream subtask.
@@ -191,12 +232,8 @@ impl Route {
     async fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
         let n = self.senders.len();
         match &self.partitioning {
-            Partitioning::Forward => {
-                for s in self.senders.iter().flatten() {
-                    s.send(Message::Data(batch.clone())).await.map_err(closed)?;
-                }
-            }
-            Partitioning::Broadcast => {
+            // Forward routes hold exactly one sender; broadcast routes hold them all.
+            Partitioning::Forward | Partitioning::Broadcast => {
                 for s in self.senders.iter().flatten() {
                     s.send(Message::Data(batch.clone())).await.map_err(closed)?;
                 }
@@ -337,6 +374,7 @@ async fn supervise(
     plan: PhysicalPlan,
     wiring: Wiring,
     metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
 ) -> Result<JobSummary> {
     let started = Instant::now();
     let graph = Arc::new(graph);
@@ -344,7 +382,8 @@ async fn supervise(
     let channel_stats = wiring.channel_stats;
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
-            let task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics)?;
+            let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics)?;
+            task.stop = stop.clone();
             let name = format!(
                 "{}[{st}]",
                 plan.chains[ci]
@@ -386,7 +425,7 @@ async fn supervise(
         let blocked: u64 = channel_stats
             .iter()
             .filter(|(n, _)| *n == i)
-            .map(|(_, s)| s.blocked_nanos.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|(_, s)| s.blocked_nanos.load(Ordering::Relaxed))
             .sum();
         nodes.push(NodeSummary {
             name: name.clone(),
@@ -401,7 +440,7 @@ async fn supervise(
     }
     let peak_channel_rows = channel_stats
         .iter()
-        .map(|(_, s)| s.peak_rows.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|(_, s)| s.peak_rows.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
     let summary = JobSummary {
@@ -451,6 +490,8 @@ struct ChainTask {
     tail: NodeId,
     combiner: WatermarkCombiner,
     chain_nodes: Vec<(NodeId, Arc<OperatorMetrics>)>,
+    /// Set by [`JobHandle::stop`]: a source task ends its input.
+    stop: Arc<AtomicBool>,
 }
 
 impl ChainTask {
@@ -558,6 +599,7 @@ impl ChainTask {
             tail,
             combiner: WatermarkCombiner::new(n_inputs),
             chain_nodes,
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -581,6 +623,12 @@ impl ChainTask {
             return Ok(());
         };
         head.source.open(&head.ctx).await?;
+        if let Some(g) = head.watermarks.as_mut() {
+            let now = Instant::now();
+            for split in head.source.pending_splits() {
+                g.register_pending(split, now);
+            }
+        }
         let source_name = head.ctx.source.clone();
         // Operators chained to the source get their ticks between polls.
         let tick_every = self
@@ -590,6 +638,10 @@ impl ChainTask {
             .min();
         let mut last_tick = Instant::now();
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                info!(job = %self.job, source = %source_name, subtask = self.subtask, "stopping: ending input");
+                return Ok(());
+            }
             if let Some(every) = tick_every {
                 if last_tick.elapsed() >= every {
                     last_tick = Instant::now();

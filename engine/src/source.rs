@@ -64,6 +64,14 @@ pub trait Source: Send {
     /// when nothing is available.
     async fn poll_next(&mut self) -> Result<SourcePoll>;
 
+    /// The splits this subtask will read that have not ended, known up front (e.g. the
+    /// files assigned to it). The runtime holds the watermark back for a split it has
+    /// not read yet, so that records of a file read later are not late because an
+    /// earlier file ran ahead in event time. Empty: splits appear as they yield data.
+    fn pending_splits(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
     /// A human-readable name of a split for dead letters (e.g. `logs/a.jsonl`).
     fn split_description(&self, split: u32) -> String {
         format!("split {split}")

@@ -159,6 +159,8 @@ pub fn max_event_time(batch: &RecordBatch, field: &str) -> Result<Option<EventTi
 struct SplitState {
     max_ts: Option<EventTime>,
     last_active: Instant,
+    /// Assigned but not read yet: holds the watermark back and is never idle.
+    pending: bool,
 }
 
 /// Generates a source subtask's watermark from its splits: each split's watermark is
@@ -195,13 +197,25 @@ impl WatermarkGenerator {
         Ok(())
     }
 
+    /// Registers a split that will be read later: until it yields data it holds the
+    /// watermark back (at the start of time) and is not subject to the idle timeout.
+    pub fn register_pending(&mut self, split: u32, now: Instant) {
+        self.splits.entry(split).or_insert(SplitState {
+            max_ts: None,
+            last_active: now,
+            pending: true,
+        });
+    }
+
     /// Records the largest event time seen in `split` (None: data without time).
     pub fn observe_max(&mut self, split: u32, max: Option<EventTime>, now: Instant) {
         let st = self.splits.entry(split).or_insert(SplitState {
             max_ts: None,
             last_active: now,
+            pending: false,
         });
         st.last_active = now;
+        st.pending = false;
         if let Some(m) = max {
             st.max_ts = Some(st.max_ts.map_or(m, |x| x.max(m)));
         }
@@ -215,14 +229,15 @@ impl WatermarkGenerator {
     /// The watermark to emit now, if it changed since the last call. Watermarks never go
     /// back.
     pub fn poll(&mut self, now: Instant) -> Option<Watermark> {
-        let ooo = self.config.max_out_of_orderness.as_millis() as i64;
+        let ooo = i64::try_from(self.config.max_out_of_orderness.as_millis()).unwrap_or(i64::MAX);
         let mut min: Option<EventTime> = None;
         let mut any_active = false;
         for st in self.splits.values() {
-            let idle = self
-                .config
-                .idle_timeout
-                .is_some_and(|t| now.duration_since(st.last_active) >= t);
+            let idle = !st.pending
+                && self
+                    .config
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(st.last_active) >= t);
             if idle {
                 continue;
             }
@@ -411,6 +426,41 @@ mod tests {
         // Split 1 wakes up behind: the watermark does not go back.
         g.observe(1, &batch(&[3_000]), t2).expect("observe");
         assert_eq!(g.poll(t2), Some(Watermark::EventTime(19_899)));
+    }
+
+    #[test]
+    fn a_split_not_read_yet_holds_the_watermark_and_never_idles() {
+        let mut g = WatermarkGenerator::new(cfg(Some(10)));
+        let t0 = Instant::now();
+        g.register_pending(0, t0);
+        g.register_pending(1, t0);
+        // File 0 runs far ahead while file 1 waits its turn.
+        g.observe(0, &batch(&[50_000]), t0).expect("observe");
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(
+            g.poll(later),
+            None,
+            "pending split 1 must hold the watermark"
+        );
+        g.split_ended(0);
+        g.observe(1, &batch(&[1_000]), later).expect("observe");
+        assert_eq!(g.poll(later), Some(Watermark::EventTime(899)));
+    }
+
+    #[test]
+    fn huge_out_of_orderness_does_not_wrap() {
+        let mut g = WatermarkGenerator::new(EventTimeConfig {
+            field: "ts".into(),
+            max_out_of_orderness: Duration::from_secs(u64::MAX / 2),
+            idle_timeout: None,
+        });
+        let now = Instant::now();
+        g.observe(0, &batch(&[1_000]), now).expect("observe");
+        assert_eq!(
+            g.poll(now),
+            None,
+            "the watermark stays at the start of time"
+        );
     }
 
     #[test]

@@ -17,6 +17,27 @@ use super::{At, Problem};
 /// Deepest nesting accepted, to keep recursion bounded on hostile input.
 const MAX_DEPTH: usize = 200;
 
+/// How many nodes aliases may expand to in one document: a job file is small, and this
+/// stops "billion laughs" alias bombs from exhausting memory.
+const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Nodes in `v`, counting stops once past `limit`.
+fn count_nodes(v: &Value, limit: usize) -> usize {
+    let mut n = 1;
+    let children: Box<dyn Iterator<Item = &Value>> = match v {
+        Value::Array(a) => Box::new(a.iter()),
+        Value::Object(o) => Box::new(o.values()),
+        _ => return 1,
+    };
+    for c in children {
+        if n > limit {
+            break;
+        }
+        n += count_nodes(c, limit - n);
+    }
+    n
+}
+
 /// A position in the job file, 1-based like editors show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pos {
@@ -132,6 +153,7 @@ pub fn parse(text: &str) -> Result<Document, Problem> {
         parser: Parser::new_from_str(text),
         spans: HashMap::new(),
         anchors: HashMap::new(),
+        alias_nodes: 0,
         problems: Vec::new(),
     };
     let value = reader.document()?;
@@ -146,6 +168,8 @@ struct Reader<'a> {
     parser: Parser<std::str::Chars<'a>>,
     spans: HashMap<String, Span>,
     anchors: HashMap<usize, Value>,
+    /// Nodes materialised by aliases so far (bounded by [`MAX_ALIAS_NODES`]).
+    alias_nodes: usize,
     problems: Vec<Problem>,
 }
 
@@ -231,7 +255,17 @@ impl Reader<'_> {
                 (resolve_scalar(text, style, tag.as_ref()), anchor)
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(v) => (v.clone(), 0),
+                Some(v) => {
+                    let left = MAX_ALIAS_NODES.saturating_sub(self.alias_nodes);
+                    self.alias_nodes += count_nodes(v, left);
+                    if self.alias_nodes > MAX_ALIAS_NODES {
+                        return Err(problem_at(
+                            &mark,
+                            format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                        ));
+                    }
+                    (v.clone(), 0)
+                }
                 None => return Err(problem_at(&mark, "unknown alias")),
             },
             Event::SequenceStart(anchor, _) => (self.sequence(&pointer, record, depth)?, anchor),
@@ -409,6 +443,25 @@ mod tests {
             Ok(d) => d,
             Err(p) => panic!("parse failed: {p:?}"),
         }
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = (b'a' + i - 1) as char;
+            let cur = (b'a' + i) as char;
+            text.push_str(&format!(
+                "{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        match parse(&text) {
+            Ok(_) => panic!("a 10^9-node alias bomb must be refused"),
+            Err(p) => assert!(format!("{p:?}").contains("aliases expand"), "{p:?}"),
+        }
+        // Ordinary aliases still work.
+        let d = doc("base: &b { x: 1 }\nother: *b\n");
+        assert_eq!(d.value, json!({"base": {"x": 1}, "other": {"x": 1}}));
     }
 
     #[test]

@@ -265,13 +265,21 @@ impl WindowOperator {
                 late.push(row32);
                 continue;
             };
+            // A record whose windows cannot all be represented (a start below
+            // `i64::MIN` or an end above `i64::MAX`: event times within about one
+            // window size of the limits) is treated as late: it goes to the `late`
+            // side output and changes no window (docs/WINDOWS.md, "Edge cases").
+            let Some(newest) = fixed_windows_fit(t, size, slide) else {
+                late.push(row32);
+                continue;
+            };
             let kid = row_key[row];
-            let newest = t - t.rem_euclid(slide);
             let mut any = false;
             let mut s = newest;
             loop {
-                // Windows `[s, s + size)` with `s > t - size`.
-                if s <= t.saturating_sub(size) {
+                // Windows `[s, s + size)` with `s > t - size` (all representable, see
+                // `fixed_windows_fit`; `t - size` itself may not be).
+                if t.checked_sub(size).is_some_and(|lowest| s <= lowest) {
                     break;
                 }
                 let end = s.saturating_add(size);
@@ -383,7 +391,13 @@ impl WindowOperator {
                     late.push(row);
                     continue;
                 };
-                let (lo, hi) = (t, t.saturating_add(gap));
+                // A session whose end `t + gap` cannot be represented: the record is
+                // late (docs/WINDOWS.md, "Edge cases").
+                let Some(hi) = t.checked_add(gap) else {
+                    late.push(row);
+                    continue;
+                };
+                let lo = t;
                 // Sessions are disjoint and sorted, so the overlapping ones are the
                 // last ones starting before `hi` whose end is after `lo`.
                 let overlapping: Vec<i64> = work
@@ -573,6 +587,28 @@ impl WindowOperator {
             self.remove_window(&key, start);
         }
         Ok(())
+    }
+}
+
+/// The newest window start of a record at `t` in fixed windows of `size` every `slide`
+/// ms, or `None` when one of its windows `[s, s + size)` (`s = newest - k·slide > t -
+/// size`) has a start below `i64::MIN` or an end above `i64::MAX`: such a record is
+/// treated as late. Computed in `i128`, so no input overflows.
+fn fixed_windows_fit(t: i64, size: i64, slide: i64) -> Option<i64> {
+    if size <= 0 || slide <= 0 {
+        return None;
+    }
+    let (t, size, slide) = (i128::from(t), i128::from(size), i128::from(slide));
+    let newest = t - t.rem_euclid(slide);
+    // Number of windows: the `k >= 0` with `newest - k·slide > t - size`.
+    let span = newest - (t - size);
+    let count = (span + slide - 1) / slide;
+    let oldest = newest - (count - 1).max(0) * slide;
+    let fits = oldest >= i128::from(i64::MIN) && newest + size <= i128::from(i64::MAX);
+    if fits {
+        i64::try_from(newest).ok()
+    } else {
+        None
     }
 }
 

@@ -566,6 +566,90 @@ fn null_event_times_are_late() {
     assert_eq!(h.take(), vec!["a 0 10 1 2 false"]);
 }
 
+/// Event times at the limits of `i64`: no input panics, and a record whose window
+/// bounds cannot be represented goes to `late` (docs/WINDOWS.md, "Edge cases").
+#[test]
+fn event_times_at_the_i64_limits_never_panic() {
+    const MIN: i64 = i64::MIN;
+    const MAX: i64 = i64::MAX;
+    let extremes = [
+        r("a", MIN, 1),
+        r("a", MIN + 1, 2),
+        r("a", MAX - 1, 3),
+        r("a", MAX, 4),
+    ];
+    let late_of = |rows: &[(i64, i64)]| -> Vec<String> {
+        rows.iter().map(|(t, v)| format!("a {t} {v}")).collect()
+    };
+
+    // Tumbling 8ms: 8 divides 2^63, so [MIN, MIN + 8) exists; the window of MAX - 1 and
+    // MAX would end at 2^63.
+    let mut h = H::new(count_sum(json!({"tumbling": "8ms"}), 0));
+    h.push(&extremes);
+    assert_eq!(h.take_late(), late_of(&[(MAX - 1, 3), (MAX, 4)]));
+    h.end();
+    assert_eq!(h.take(), vec![format!("a {MIN} {} 2 3 false", MIN + 8)]);
+    assert_eq!(h.late_metric(), 2);
+    assert_eq!(h.op.live_windows(), 0);
+
+    // Tumbling 10ms: no window of these times fits (MIN is 2 past a multiple of 10).
+    let mut h = H::new(count_sum(json!({"tumbling": "10ms"}), 0));
+    h.push(&extremes);
+    assert_eq!(
+        h.take_late(),
+        late_of(&[(MIN, 1), (MIN + 1, 2), (MAX - 1, 3), (MAX, 4)])
+    );
+    h.end();
+    assert!(h.take().is_empty());
+
+    // Sliding 8ms every 4ms: MIN and MIN + 1 would also be in [MIN - 4, MIN + 4), so they
+    // are late as a whole; MIN + 4 and MAX - 8 have both their windows.
+    let mut h = H::new(count_sum(
+        json!({"sliding": {"size": "8ms", "slide": "4ms"}}),
+        0,
+    ));
+    let mut rows = extremes.to_vec();
+    rows.extend([r("a", MIN + 4, 10), r("a", MAX - 8, 20)]);
+    h.push(&rows);
+    assert_eq!(
+        h.take_late(),
+        late_of(&[(MIN, 1), (MIN + 1, 2), (MAX - 1, 3), (MAX, 4)])
+    );
+    h.end();
+    let top = MAX - 15; // 2^63 - 16
+    assert_eq!(
+        h.take(),
+        vec![
+            format!("a {MIN} {} 1 10 false", MIN + 8),
+            format!("a {} {} 1 10 false", MIN + 4, MIN + 12),
+            format!("a {top} {} 1 20 false", top + 8),
+            format!("a {} {} 1 20 false", top + 4, top + 12),
+        ]
+    );
+    assert_eq!(h.op.live_windows(), 0);
+
+    // Sessions, gap 10ms, lateness 5ms: [MIN, MIN + 11) from two records; MAX - 10
+    // forms [MAX - 10, MAX), the last representable end; MAX - 1 and MAX would end past
+    // MAX.
+    let mut h = H::new(count_sum(json!({"session": {"gap": "10ms"}}), 5));
+    let mut rows = extremes.to_vec();
+    rows.push(r("a", MAX - 10, 30));
+    h.push(&rows);
+    assert_eq!(h.take_late(), late_of(&[(MAX - 1, 3), (MAX, 4)]));
+    h.wm(MAX - 2);
+    assert_eq!(h.take(), vec![format!("a {MIN} {} 2 3 false", MIN + 11)]);
+    // MAX - 5 would overlap [MAX - 10, MAX), but its own session ends past MAX: late.
+    // MAX - 10 again fits and joins it.
+    h.push(&[r("a", MAX - 5, 40), r("a", MAX - 10, 50)]);
+    assert!(h.take().is_empty(), "[MAX - 10, MAX) has not fired");
+    assert_eq!(h.take_late(), late_of(&[(MAX - 5, 40)]));
+    h.end();
+    assert_eq!(h.take(), vec![format!("a {} {MAX} 2 80 false", MAX - 10)]);
+    assert!(h.take_late().is_empty());
+    assert_eq!(h.late_metric(), 3);
+    assert_eq!(h.op.live_windows(), 0);
+}
+
 #[test]
 fn state_stays_bounded_on_an_endless_stream() {
     for kind in [
