@@ -6,7 +6,10 @@
 //! ```
 //!
 //! The predicate is compiled once for the input schema and must be boolean; a null
-//! result drops the row. The output schema is the input schema.
+//! result drops the row. The output schema is the input schema. A row on which the
+//! predicate fails at run time (e.g. `v / 0` on integers) goes to the `dead_letter` side
+//! output with the error; the other rows are filtered as usual (see
+//! [`row_errors`](super::row_errors)).
 
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -15,6 +18,7 @@ use weir_engine::expr::{filter_batch, SqlExpr};
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, StepBuild, StepFactory};
 
+use super::row_errors::{self, RowErrors};
 use super::{clone_per_subtask, simple_build};
 use crate::options::kind;
 
@@ -26,13 +30,17 @@ pub struct FilterStep;
 #[derive(Debug, Clone)]
 pub struct FilterOperator {
     predicate: SqlExpr,
+    rows: RowErrors,
 }
 
 impl FilterOperator {
     /// A filter on a compiled predicate; fails unless it is boolean.
     pub fn new(predicate: SqlExpr) -> Result<Self, String> {
         match predicate.data_type() {
-            DataType::Boolean => Ok(FilterOperator { predicate }),
+            DataType::Boolean => Ok(FilterOperator {
+                predicate,
+                rows: RowErrors::default(),
+            }),
             other => Err(format!(
                 "expression `{}`: a filter must be a boolean condition, this yields {other}",
                 predicate.sql()
@@ -51,11 +59,22 @@ impl Operator for FilterOperator {
         &mut self,
         _input: usize,
         batch: RecordBatch,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Collector,
     ) -> weir_engine::Result<()> {
-        out.emit(filter_batch(&batch, &self.predicate)?);
-        Ok(())
+        let predicate = &self.predicate;
+        self.rows.process(
+            &ctx.operator,
+            &batch,
+            predicate.input_schema().fields().len(),
+            &batch.schema(),
+            out,
+            |b| filter_batch(b, predicate),
+        )
+    }
+
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        row_errors::side_outputs()
     }
 }
 
@@ -89,11 +108,13 @@ impl StepFactory for FilterStep {
             .first()
             .ok_or_else(|| FieldError::here("filter needs one input"))?;
         let op = FilterOperator::compile(sql, input).map_err(FieldError::here)?;
-        Ok(simple_build(
+        let mut step = simple_build(
             input.clone(),
             format!("filter {sql}"),
             clone_per_subtask(op),
-        ))
+        );
+        step.side_outputs = row_errors::side_outputs();
+        Ok(step)
     }
 }
 

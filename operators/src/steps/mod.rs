@@ -9,10 +9,13 @@
 //! | `parse: {field: body, format: json, schema: {...}, keep: [key]}` | decodes a string column with a format; bad values go to the `dead_letter` side output |
 //!
 //! Expressions are compiled once when the job is built and evaluated on whole batches.
+//! A row on which a `filter` or `select` expression fails at run time (division by zero,
+//! a bad cast) goes to the step's `dead_letter` side output; the other rows go on.
 
 mod filter;
 mod key_by;
 mod parse;
+mod row_errors;
 mod select;
 mod union;
 

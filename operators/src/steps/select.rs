@@ -15,7 +15,9 @@
 //! Each expression is compiled once for the input schema. A plain column keeps its
 //! type, nullability and metadata under its new name; computed string columns are `Utf8`.
 //! The map form relies on the job file's key order being kept; the list form
-//! (`[col, {name: expr}]`) states the order explicitly.
+//! (`[col, {name: expr}]`) states the order explicitly. A row on which an expression
+//! fails at run time (e.g. `CAST('x' AS INT)`) goes to the `dead_letter` side output with
+//! the error; the other rows are projected as usual (see [`row_errors`](super::row_errors)).
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, StepBuild, StepFactory};
 use weir_engine::EngineError;
 
+use super::row_errors::{self, RowErrors};
 use super::{clone_per_subtask, simple_build};
 use crate::options::{kind, pointer, pointer_segment, unknown_column};
 
@@ -39,6 +42,9 @@ pub struct SelectStep;
 pub struct SelectOperator {
     exprs: Vec<SqlExpr>,
     schema: SchemaRef,
+    /// The input's number of columns.
+    input_columns: usize,
+    rows: RowErrors,
 }
 
 impl SelectOperator {
@@ -68,6 +74,8 @@ impl SelectOperator {
         Ok(SelectOperator {
             exprs,
             schema: Arc::new(Schema::new(fields)),
+            input_columns: input.fields().len(),
+            rows: RowErrors::default(),
         })
     }
 
@@ -82,20 +90,38 @@ impl Operator for SelectOperator {
         &mut self,
         _input: usize,
         batch: RecordBatch,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Collector,
     ) -> weir_engine::Result<()> {
-        let columns = self
-            .exprs
-            .iter()
-            .map(|e| e.evaluate(&batch))
-            .collect::<weir_engine::Result<Vec<_>>>()?;
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        let projected = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
-            .map_err(|e| EngineError::arrow("building the selected columns", e))?;
-        out.emit(projected);
-        Ok(())
+        let (exprs, schema) = (&self.exprs, &self.schema);
+        self.rows.process(
+            &ctx.operator,
+            &batch,
+            self.input_columns,
+            schema,
+            out,
+            |b| project(exprs, schema, b),
+        )
     }
+
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        row_errors::side_outputs()
+    }
+}
+
+/// Evaluates `exprs` on `batch` into a batch of `schema`.
+fn project(
+    exprs: &[SqlExpr],
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> weir_engine::Result<RecordBatch> {
+    let columns = exprs
+        .iter()
+        .map(|e| e.evaluate(batch))
+        .collect::<weir_engine::Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+        .map_err(|e| EngineError::arrow("building the selected columns", e))
 }
 
 /// An expression given as a YAML scalar: a string, or a number/boolean literal.
@@ -215,11 +241,13 @@ impl StepFactory for SelectStep {
             FieldError::at(path, message)
         })?;
         let names: Vec<&str> = columns.iter().map(|(n, _, _)| n.as_str()).collect();
-        Ok(simple_build(
+        let mut step = simple_build(
             op.schema().clone(),
             format!("select {}", names.join(", ")),
             clone_per_subtask(op),
-        ))
+        );
+        step.side_outputs = row_errors::side_outputs();
+        Ok(step)
     }
 }
 
