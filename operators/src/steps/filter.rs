@@ -158,6 +158,102 @@ mod tests {
         assert_eq!(column_strings(&main[0], "amount"), vec!["20"]);
     }
 
+    /// Two columns `v`, `d` (Int64).
+    fn division_input(rows: &[(i64, i64)]) -> RecordBatch {
+        let s = schema(&[("v", DataType::Int64, false), ("d", DataType::Int64, false)]);
+        RecordBatch::try_new(
+            s,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// The dead letters of `side` as (reason, source, position, payload).
+    fn letters(side: &[(String, RecordBatch)]) -> Vec<(String, String, String, String)> {
+        let mut out = Vec::new();
+        for (name, b) in side {
+            assert_eq!(name, weir_engine::graph::DEAD_LETTER_OUTPUT);
+            assert_eq!(b.schema(), weir_engine::source::dead_letter_schema());
+            let reason = column_strings(b, "reason");
+            let source = column_strings(b, "source");
+            let position = column_strings(b, "position");
+            let payload = column_strings(b, "payload");
+            for (((r, s), p), j) in reason.into_iter().zip(source).zip(position).zip(payload) {
+                out.push((r, s, p, j));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rows_failing_at_run_time_become_dead_letters() {
+        let good = division_input(&[(10, 2), (3, 3), (9, 1)]);
+        let mixed = division_input(&[(10, 2), (5, 0), (3, 3), (8, 0), (9, 1), (4, 2)]);
+        let step = build(&FilterStep, json!("v / d > 1"), &[mixed.schema()]).expect("builds");
+        assert_eq!(
+            step.side_outputs,
+            vec![(
+                weir_engine::graph::DEAD_LETTER_OUTPUT.to_string(),
+                weir_engine::source::dead_letter_schema()
+            )]
+        );
+        let (main, side) = run(&step, vec![(0, good), (0, mixed.clone()), (0, mixed)]);
+        // The good rows, in order: one batch per input batch.
+        assert_eq!(main.len(), 3);
+        assert_eq!(column_strings(&main[0], "v"), vec!["10", "9"]);
+        for b in &main[1..] {
+            assert_eq!(b.schema(), step.schema);
+            assert_eq!(column_strings(b, "v"), vec!["10", "9", "4"]);
+        }
+        // One dead letter per bad row; positions count the subtask's rows (3 + 6).
+        let letters = letters(&side);
+        let positions: Vec<&str> = letters.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(positions, vec!["4", "6", "10", "12"]);
+        let payloads: Vec<&str> = letters.iter().map(|l| l.3.as_str()).collect();
+        assert_eq!(
+            payloads,
+            vec![
+                r#"{"v":5,"d":0}"#,
+                r#"{"v":8,"d":0}"#,
+                r#"{"v":5,"d":0}"#,
+                r#"{"v":8,"d":0}"#
+            ]
+        );
+        for (reason, source, _, _) in &letters {
+            assert_eq!(source, "step step");
+            assert!(reason.starts_with("step `step`: "), "{reason}");
+            assert!(reason.contains("`v / d > 1`"), "{reason}");
+            assert!(reason.to_lowercase().contains("divide by zero"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn isolation_keeps_order_in_a_large_batch() {
+        let rows: Vec<(i64, i64)> = (0..1000)
+            .map(|i| (i, if i % 97 == 13 || i == 999 { 0 } else { 1 }))
+            .collect();
+        let b = division_input(&rows);
+        let step = build(&FilterStep, json!("v / d > 1"), &[b.schema()]).expect("builds");
+        let (main, side) = run(&step, vec![(0, b)]);
+        let kept: Vec<String> = main.iter().flat_map(|b| column_strings(b, "v")).collect();
+        let expected: Vec<String> = rows
+            .iter()
+            .filter(|(v, d)| *d != 0 && v / d > 1)
+            .map(|(v, _)| v.to_string())
+            .collect();
+        assert_eq!(kept, expected);
+        let positions: Vec<String> = letters(&side).into_iter().map(|l| l.2).collect();
+        let bad: Vec<String> = rows
+            .iter()
+            .filter(|(_, d)| *d == 0)
+            .map(|(v, _)| v.to_string())
+            .collect();
+        assert_eq!(positions, bad);
+    }
+
     #[test]
     fn build_errors() {
         let s = input().schema();

@@ -35,7 +35,7 @@ use crate::formats::{build_text_format, format_name, TextFormat, FORMAT_NAMES};
 use crate::options::{kind, unknown_column, Options};
 
 /// The side output a `parse` step sends undecodable values to.
-pub const DEAD_LETTER_OUTPUT: &str = "dead_letter";
+pub use weir_engine::graph::DEAD_LETTER_OUTPUT;
 
 /// Factory of the `parse` step.
 #[derive(Debug, Clone, Copy, Default)]

@@ -57,8 +57,7 @@ impl RowErrors {
             }
             Err(e) => e,
         };
-        if !isolatable(&first) || batch.num_rows() == 0 || batch.num_columns() != expected_columns
-        {
+        if !isolatable(&first) || batch.num_rows() == 0 || batch.num_columns() != expected_columns {
             return Err(first);
         }
         let mut good = Vec::new();
@@ -127,7 +126,13 @@ fn bisect(
 /// The dead letter of row `row` of `batch`: the error naming the step and expression,
 /// source `step STEP`, position `base + row` (the subtask's running row counter), and
 /// the row as one JSON object (nulls written out).
-fn dead_letter(step: &str, batch: &RecordBatch, row: usize, base: u64, e: &EngineError) -> DeadLetter {
+fn dead_letter(
+    step: &str,
+    batch: &RecordBatch,
+    row: usize,
+    base: u64,
+    e: &EngineError,
+) -> DeadLetter {
     let mut reason = format!("step `{step}`: {e}");
     let payload = match row_json(&batch.slice(row, 1)) {
         Ok(json) => json,

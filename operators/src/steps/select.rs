@@ -328,6 +328,57 @@ mod tests {
     }
 
     #[test]
+    fn rows_failing_at_run_time_become_dead_letters() {
+        let s = schema(&[("id", DataType::Int64, false), ("s", DataType::Utf8, true)]);
+        let b = RecordBatch::try_new(
+            s.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(StringArray::from(vec![
+                    Some("1"),
+                    Some("x"),
+                    Some("3"),
+                    None,
+                    Some("y"),
+                ])),
+            ],
+        )
+        .expect("batch");
+        let step = build(
+            &SelectStep,
+            json!(["id", {"n": "CAST(s AS INT)"}]),
+            std::slice::from_ref(&s),
+        )
+        .expect("builds");
+        assert_eq!(
+            step.side_outputs,
+            vec![(
+                weir_engine::graph::DEAD_LETTER_OUTPUT.to_string(),
+                weir_engine::source::dead_letter_schema()
+            )]
+        );
+        let (main, side) = run(&step, vec![(0, b)]);
+        assert_eq!(main.len(), 1);
+        assert_eq!(main[0].schema(), step.schema);
+        assert_eq!(column_strings(&main[0], "id"), vec!["1", "3", "4"]);
+        assert_eq!(column_strings(&main[0], "n"), vec!["1", "3", "null"]);
+        assert_eq!(side.len(), 1);
+        let (name, dl) = &side[0];
+        assert_eq!(name, "dead_letter");
+        assert_eq!(column_strings(dl, "source"), vec!["step step"; 2]);
+        assert_eq!(column_strings(dl, "position"), vec!["1", "4"]);
+        assert_eq!(
+            column_strings(dl, "payload"),
+            vec![r#"{"id":2,"s":"x"}"#, r#"{"id":5,"s":"y"}"#]
+        );
+        for reason in column_strings(dl, "reason") {
+            assert!(reason.starts_with("step `step`: "), "{reason}");
+            assert!(reason.contains("`CAST(s AS INT)`"), "{reason}");
+            assert!(reason.contains('x') || reason.contains('y'), "{reason}");
+        }
+    }
+
+    #[test]
     fn errors_point_at_the_column() {
         let s = input().schema();
         let err = build(
