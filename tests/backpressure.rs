@@ -7,61 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use serde_json::json;
 use weir::prelude::*;
-use weir_engine::registry::{BuildContext, FieldError, SinkBuild, SinkFactory};
-use weir_engine::sink::Sink;
 
-use crate::common::block_on;
-
-/// A sink that sleeps per batch and counts rows.
-struct SlowSink {
-    rows: Arc<AtomicU64>,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl Sink for SlowSink {
-    async fn write_batch(&mut self, batch: RecordBatch) -> weir_engine::Result<()> {
-        tokio::time::sleep(self.delay).await;
-        self.rows
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-struct SlowSinkFactory {
-    rows: Arc<AtomicU64>,
-}
-
-impl SinkFactory for SlowSinkFactory {
-    fn name(&self) -> &'static str {
-        "slow"
-    }
-    fn options_schema(&self) -> serde_json::Value {
-        json!({"type": "object", "properties": {}})
-    }
-    fn build(
-        &self,
-        _ctx: &BuildContext,
-        _name: &str,
-        _options: &serde_json::Value,
-        _input: arrow::datatypes::SchemaRef,
-    ) -> Result<SinkBuild, FieldError> {
-        let rows = self.rows.clone();
-        Ok(SinkBuild {
-            describe: "slow test sink".into(),
-            max_parallelism: Some(1),
-            create: Arc::new(move |_| {
-                Ok(Box::new(SlowSink {
-                    rows: rows.clone(),
-                    delay: Duration::from_millis(3),
-                }))
-            }),
-        })
-    }
-}
+use crate::common::{block_on, CollectFactory};
 
 #[cfg(target_os = "linux")]
 fn rss_bytes() -> u64 {
@@ -111,9 +60,10 @@ fn measure() {
     const CAPACITY: usize = 8 * 1024;
     let written = Arc::new(AtomicU64::new(0));
     let mut registry = weir::default_registry();
-    registry.add_sink(SlowSinkFactory {
-        rows: written.clone(),
-    });
+    registry.add_sink(CollectFactory::slow(
+        written.clone(),
+        Duration::from_millis(3),
+    ));
     let p = Pipeline::with_registry("backpressure", Arc::new(registry)).settings(|s| {
         s.batch_size = 1024;
         s.channel_capacity_rows = CAPACITY;
@@ -133,7 +83,7 @@ fn measure() {
     let wide = gen
         .select("wide", &[("id", "id"), ("payload", "payload")])
         .expect("select");
-    wide.sink("slow", SinkSpec::new("slow").parallelism(1))
+    wide.sink("slow", SinkSpec::new("collect").parallelism(1))
         .expect("sink");
     let graph = p.build().expect("graph");
 

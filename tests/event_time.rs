@@ -10,19 +10,11 @@ use arrow::array::{Int64Array, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use serde_json::json;
-use weir_engine::graph::{GraphBuilder, SourceDecl, StreamRef};
-use weir_engine::registry::{BuildContext, FieldError, Registry, SourceBuild, SourceFactory};
-use weir_engine::source::{Source, SourcePoll};
+use weir_engine::graph::{GraphBuilder, NodeId, SourceDecl, StreamRef};
+use weir_engine::registry::Registry;
 use weir_engine::time::EventTimeConfig;
 
-use crate::common::{block_on, WatermarkProbe};
-
-/// One step of a scripted source: emit rows with these event times on a split, or wait.
-#[derive(Clone, Debug)]
-enum Step {
-    Emit(u32, Vec<i64>),
-    Wait(Duration),
-}
+use crate::common::{block_on, ScriptedFactory, Step, WatermarkProbe};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -35,97 +27,18 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-struct Scripted {
-    steps: Vec<Step>,
-    pos: usize,
-    waiting_until: Option<tokio::time::Instant>,
-    done: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl Source for Scripted {
-    fn schema(&self) -> SchemaRef {
-        schema()
-    }
-
-    async fn poll_next(&mut self) -> weir_engine::Result<SourcePoll> {
-        if let Some(until) = self.waiting_until {
-            let now = tokio::time::Instant::now();
-            if now < until {
-                return Ok(SourcePoll::Pending(
-                    (until - now).min(Duration::from_millis(20)),
-                ));
-            }
-            self.waiting_until = None;
-            self.pos += 1;
-        }
-        match self.steps.get(self.pos).cloned() {
-            None => {
-                self.done.store(true, Ordering::SeqCst);
-                Ok(SourcePoll::Finished)
-            }
-            Some(Step::Wait(d)) => {
-                self.waiting_until = Some(tokio::time::Instant::now() + d);
-                Ok(SourcePoll::Pending(Duration::from_millis(1)))
-            }
-            Some(Step::Emit(split, ts)) => {
-                self.pos += 1;
-                let n = ts.len() as i64;
-                let batch = RecordBatch::try_new(
-                    schema(),
-                    vec![
-                        Arc::new(TimestampMillisecondArray::from(ts)),
-                        Arc::new(Int64Array::from_iter_values(0..n)),
-                    ],
-                )
-                .map_err(|e| weir_engine::EngineError::arrow("test batch", e))?;
-                Ok(SourcePoll::Batch { split, batch })
-            }
-        }
-    }
-}
-
-/// `type: scripted`; the option `script` picks one of the registered scripts.
-struct ScriptedFactory {
-    scripts: Vec<(Vec<Step>, Arc<AtomicBool>)>,
-}
-
-impl SourceFactory for ScriptedFactory {
-    fn name(&self) -> &'static str {
-        "scripted"
-    }
-    fn options_schema(&self) -> serde_json::Value {
-        json!({"type": "object", "properties": {"script": {"type": "integer"}}})
-    }
-    fn build(
-        &self,
-        _ctx: &BuildContext,
-        _name: &str,
-        options: &serde_json::Value,
-        _schema: Option<SchemaRef>,
-    ) -> Result<SourceBuild, FieldError> {
-        let i = options["script"].as_u64().unwrap_or(0) as usize;
-        let (steps, done) = self
-            .scripts
-            .get(i)
-            .cloned()
-            .ok_or_else(|| FieldError::at("/script", "no such script"))?;
-        Ok(SourceBuild {
-            schema: schema(),
-            needs_format: false,
-            bounded: true,
-            describe: format!("scripted #{i}"),
-            max_parallelism: Some(1),
-            create: Arc::new(move |_| {
-                Ok(Box::new(Scripted {
-                    steps: steps.clone(),
-                    pos: 0,
-                    waiting_until: None,
-                    done: done.clone(),
-                }))
-            }),
-        })
-    }
+/// Emits rows with these event times on `split`.
+fn emit(split: u32, ts: Vec<i64>) -> Step {
+    let n = ts.len() as i64;
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(ts)),
+            Arc::new(Int64Array::from_iter_values(0..n)),
+        ],
+    )
+    .expect("test batch");
+    Step::Emit(split, batch)
 }
 
 fn event_time(idle: Option<Duration>) -> EventTimeConfig {
@@ -134,6 +47,22 @@ fn event_time(idle: Option<Duration>) -> EventTimeConfig {
         max_out_of_orderness: Duration::ZERO,
         idle_timeout: idle,
     }
+}
+
+/// Adds source `name` replaying script number `script` with event time on `ts`.
+fn add_scripted(b: &mut GraphBuilder, name: &str, script: u64, idle: Option<Duration>) -> NodeId {
+    b.add_source(
+        name,
+        SourceDecl {
+            type_name: "scripted",
+            options: &json!({ "script": script }),
+            format: None,
+            schema: None,
+            event_time: Some(event_time(idle)),
+            parallelism: Some(1),
+        },
+    )
+    .expect(name)
 }
 
 fn probe_after(b: &mut GraphBuilder, inputs: &[StreamRef], seen: Arc<Mutex<Vec<i64>>>) {
@@ -152,29 +81,18 @@ fn probe_after(b: &mut GraphBuilder, inputs: &[StreamRef], seen: Arc<Mutex<Vec<i
 /// (not finished). Returns the watermarks the probe saw before the end of input.
 fn run_idle_case(idle: Option<Duration>) -> Vec<i64> {
     let done = Arc::new(AtomicBool::new(false));
-    let mut script = vec![Step::Emit(1, vec![1_000]), Step::Emit(0, vec![1_000])];
+    let mut script = vec![emit(1, vec![1_000]), emit(0, vec![1_000])];
     for i in 1..=20 {
-        script.push(Step::Emit(0, vec![1_000 + i * 1_000]));
+        script.push(emit(0, vec![1_000 + i * 1_000]));
         script.push(Step::Wait(Duration::from_millis(25)));
     }
     let mut reg = Registry::new();
     reg.add_source(ScriptedFactory {
+        schema: schema(),
         scripts: vec![(script, done)],
     });
     let mut b = GraphBuilder::new("idle", Arc::new(reg), ".".into());
-    let src = b
-        .add_source(
-            "src",
-            SourceDecl {
-                type_name: "scripted",
-                options: &json!({"script": 0}),
-                format: None,
-                schema: None,
-                event_time: Some(event_time(idle)),
-                parallelism: Some(1),
-            },
-        )
-        .expect("source");
+    let src = add_scripted(&mut b, "src", 0, idle);
     let seen = Arc::new(Mutex::new(Vec::new()));
     probe_after(&mut b, &[StreamRef::main(src)], seen.clone());
     let graph = b.build().expect("graph");
@@ -208,43 +126,20 @@ fn idle_split_is_left_out_of_the_watermark() {
 #[test]
 fn two_input_operator_takes_the_minimum_watermark() {
     let slow_done = Arc::new(AtomicBool::new(false));
-    let fast: Vec<Step> = (1..=50).map(|i| Step::Emit(0, vec![i * 10_000])).collect();
-    let mut slow = vec![Step::Emit(0, vec![2_000])];
+    let fast: Vec<Step> = (1..=50).map(|i| emit(0, vec![i * 10_000])).collect();
+    let mut slow = vec![emit(0, vec![2_000])];
     slow.push(Step::Wait(Duration::from_millis(400)));
     let mut reg = Registry::new();
     reg.add_source(ScriptedFactory {
+        schema: schema(),
         scripts: vec![
             (fast, Arc::new(AtomicBool::new(false))),
             (slow, slow_done.clone()),
         ],
     });
     let mut b = GraphBuilder::new("two-inputs", Arc::new(reg), ".".into());
-    let a = b
-        .add_source(
-            "fast",
-            SourceDecl {
-                type_name: "scripted",
-                options: &json!({"script": 0}),
-                format: None,
-                schema: None,
-                event_time: Some(event_time(None)),
-                parallelism: Some(1),
-            },
-        )
-        .expect("fast");
-    let s = b
-        .add_source(
-            "slow",
-            SourceDecl {
-                type_name: "scripted",
-                options: &json!({"script": 1}),
-                format: None,
-                schema: None,
-                event_time: Some(event_time(None)),
-                parallelism: Some(1),
-            },
-        )
-        .expect("slow");
+    let a = add_scripted(&mut b, "fast", 0, None);
+    let s = add_scripted(&mut b, "slow", 1, None);
     // Record, with each watermark, whether the slow input had finished at that moment.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let flags = Arc::new(Mutex::new(Vec::new()));

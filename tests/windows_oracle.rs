@@ -24,15 +24,11 @@ use arrow::record_batch::RecordBatch;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::json;
-use weir_engine::graph::{GraphBuilder, SourceDecl, StreamRef};
-use weir_engine::registry::{
-    BuildContext, FieldError, SinkBuild, SinkFactory, SourceBuild, SourceFactory,
-};
-use weir_engine::sink::Sink;
-use weir_engine::source::{Source, SourcePoll};
+use weir_engine::graph::{GraphBuilder, NodeId, SourceDecl, StreamRef};
+use weir_engine::registry::{BuildContext, Registry};
 use weir_engine::time::EventTimeConfig;
 
-use crate::common::block_on;
+use crate::common::{block_on, CollectFactory, Collected, ScriptedFactory};
 
 // ---------------------------------------------------------------------------------------
 // Cases
@@ -520,114 +516,60 @@ fn to_batch(recs: &[Rec]) -> RecordBatch {
     .expect("input batch")
 }
 
-/// Emits its batches in order on split 0, then finishes.
-struct ScriptedBatches {
-    batches: Vec<RecordBatch>,
-    pos: usize,
+/// Registers the scripted source replaying `case`'s batches in `reg`, and returns a
+/// graph `job` over it with that source, `src`, at parallelism 1 and event time on `ts`.
+fn scripted_graph(
+    job: &str,
+    mut reg: Registry,
+    case: &Case,
+) -> Result<(GraphBuilder, NodeId), String> {
+    reg.add_source(ScriptedFactory::batches(
+        input_schema(),
+        case.batches.iter().map(|b| to_batch(b)),
+    ));
+    let mut b = GraphBuilder::new(job, Arc::new(reg), ".".into());
+    let src = b
+        .add_source(
+            "src",
+            SourceDecl {
+                type_name: "scripted",
+                options: &json!({}),
+                format: None,
+                schema: None,
+                event_time: Some(EventTimeConfig {
+                    field: "ts".into(),
+                    max_out_of_orderness: Duration::from_millis(case.ooo as u64),
+                    idle_timeout: None,
+                }),
+                parallelism: Some(1),
+            },
+        )
+        .map_err(|e| format!("source: {e:?}"))?;
+    Ok((b, src))
 }
 
-#[async_trait::async_trait]
-impl Source for ScriptedBatches {
-    fn schema(&self) -> SchemaRef {
-        input_schema()
-    }
-
-    async fn poll_next(&mut self) -> weir_engine::Result<SourcePoll> {
-        let Some(batch) = self.batches.get(self.pos).cloned() else {
-            return Ok(SourcePoll::Finished);
-        };
-        self.pos += 1;
-        Ok(SourcePoll::Batch { split: 0, batch })
-    }
+/// The default registry with a collecting sink (`type: collect`) into the returned map.
+fn collecting_registry() -> (Registry, Collected) {
+    let collected: Collected = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut reg = weir::default_registry();
+    reg.add_sink(CollectFactory::into(collected.clone()));
+    (reg, collected)
 }
 
-struct ScriptedBatchesFactory {
-    batches: Vec<RecordBatch>,
+/// Adds the sink `name` collecting `stream` into `slot`.
+fn collect(b: &mut GraphBuilder, name: &str, stream: &StreamRef, slot: &str) -> Result<(), String> {
+    b.add_sink(name, stream, "collect", &json!({ "slot": slot }), Some(1))
+        .map(|_| ())
+        .map_err(|e| format!("{name} sink: {e:?}"))
 }
 
-impl SourceFactory for ScriptedBatchesFactory {
-    fn name(&self) -> &'static str {
-        "scripted_batches"
-    }
-    fn options_schema(&self) -> serde_json::Value {
-        json!({"type": "object", "properties": {}})
-    }
-    fn build(
-        &self,
-        _ctx: &BuildContext,
-        _name: &str,
-        _options: &serde_json::Value,
-        _schema: Option<SchemaRef>,
-    ) -> Result<SourceBuild, FieldError> {
-        let batches = self.batches.clone();
-        Ok(SourceBuild {
-            schema: input_schema(),
-            needs_format: false,
-            bounded: true,
-            describe: "scripted batches".into(),
-            max_parallelism: Some(1),
-            create: Arc::new(move |_| {
-                Ok(Box::new(ScriptedBatches {
-                    batches: batches.clone(),
-                    pos: 0,
-                }))
-            }),
-        })
-    }
-}
-
-type Collected = Arc<Mutex<BTreeMap<String, Vec<RecordBatch>>>>;
-
-/// Appends every batch to the slot named by the option `slot`.
-struct CollectSink {
-    slot: String,
-    into: Collected,
-}
-
-#[async_trait::async_trait]
-impl Sink for CollectSink {
-    async fn write_batch(&mut self, batch: RecordBatch) -> weir_engine::Result<()> {
-        self.into
-            .lock()
-            .expect("collect lock")
-            .entry(self.slot.clone())
-            .or_default()
-            .push(batch);
-        Ok(())
-    }
-}
-
-struct CollectFactory {
-    into: Collected,
-}
-
-impl SinkFactory for CollectFactory {
-    fn name(&self) -> &'static str {
-        "collect"
-    }
-    fn options_schema(&self) -> serde_json::Value {
-        json!({"type": "object", "properties": {"slot": {"type": "string"}}})
-    }
-    fn build(
-        &self,
-        _ctx: &BuildContext,
-        _name: &str,
-        options: &serde_json::Value,
-        _input: SchemaRef,
-    ) -> Result<SinkBuild, FieldError> {
-        let slot = options["slot"].as_str().unwrap_or("main").to_string();
-        let into = self.into.clone();
-        Ok(SinkBuild {
-            describe: format!("collect into {slot}"),
-            max_parallelism: Some(1),
-            create: Arc::new(move |_| {
-                Ok(Box::new(CollectSink {
-                    slot: slot.clone(),
-                    into: into.clone(),
-                }))
-            }),
-        })
-    }
+/// Takes the batches collected into `slot`.
+fn take(collected: &Collected, slot: &str) -> Vec<RecordBatch> {
+    collected
+        .lock()
+        .expect("collect lock")
+        .remove(slot)
+        .unwrap_or_default()
 }
 
 /// The aggregate columns, in the order written.
@@ -802,32 +744,8 @@ struct Actual {
 
 /// Runs `case` with the window step at `parallelism`.
 fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
-    let collected: Collected = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut reg = weir::default_registry();
-    reg.add_source(ScriptedBatchesFactory {
-        batches: case.batches.iter().map(|b| to_batch(b)).collect(),
-    });
-    reg.add_sink(CollectFactory {
-        into: collected.clone(),
-    });
-    let mut b = GraphBuilder::new("windows-oracle", Arc::new(reg), ".".into());
-    let src = b
-        .add_source(
-            "src",
-            SourceDecl {
-                type_name: "scripted_batches",
-                options: &json!({}),
-                format: None,
-                schema: None,
-                event_time: Some(EventTimeConfig {
-                    field: "ts".into(),
-                    max_out_of_orderness: Duration::from_millis(case.ooo as u64),
-                    idle_timeout: None,
-                }),
-                parallelism: Some(1),
-            },
-        )
-        .map_err(|e| format!("source: {e:?}"))?;
+    let (reg, collected) = collecting_registry();
+    let (mut b, src) = scripted_graph("windows-oracle", reg, case)?;
     let value = window_value(case);
     let w = b
         .add_step(
@@ -842,19 +760,11 @@ fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
         &b.schema_of(&StreamRef::main(w)).expect("window schema"),
         case.keyed,
     )?;
-    b.add_sink(
-        "out",
-        &StreamRef::main(w),
-        "collect",
-        &json!({"slot": "main"}),
-        Some(1),
-    )
-    .map_err(|e| format!("sink: {e:?}"))?;
+    collect(&mut b, "out", &StreamRef::main(w), "main")?;
     let late = b
         .stream("counts.late")
         .map_err(|e| format!("counts.late: {e:?}"))?;
-    b.add_sink("late", &late, "collect", &json!({"slot": "late"}), Some(1))
-        .map_err(|e| format!("late sink: {e:?}"))?;
+    collect(&mut b, "late", &late, "late")?;
     let graph = b.build().map_err(|e| format!("graph: {e:?}"))?;
     let summary =
         block_on(weir_engine::runtime::run(graph)).map_err(|e| format!("job failed: {e}"))?;
@@ -863,14 +773,13 @@ fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
         .iter()
         .find(|n| n.name == "counts")
         .map_or(0, |n| n.late_records);
-    let mut got = collected.lock().expect("collect lock");
-    let main = got.remove("main").unwrap_or_default();
+    let main = take(&collected, "main");
     for batch in &main {
         check_schema(&batch.schema(), case.keyed)?;
     }
     Ok(Actual {
         main: rows_of(&main, case.keyed),
-        late: late_of(&got.remove("late").unwrap_or_default()),
+        late: late_of(&take(&collected, "late")),
         late_metric,
     })
 }
@@ -1134,28 +1043,8 @@ fn assumed_events(case: &Case) -> Vec<Seen> {
 }
 
 fn probe_events(case: &Case, parallelism: usize) -> Vec<Seen> {
-    let mut reg = weir_engine::registry::Registry::new();
-    reg.add_source(ScriptedBatchesFactory {
-        batches: case.batches.iter().map(|b| to_batch(b)).collect(),
-    });
-    let mut b = GraphBuilder::new("windows-oracle-probe", Arc::new(reg), ".".into());
-    let src = b
-        .add_source(
-            "src",
-            SourceDecl {
-                type_name: "scripted_batches",
-                options: &json!({}),
-                format: None,
-                schema: None,
-                event_time: Some(EventTimeConfig {
-                    field: "ts".into(),
-                    max_out_of_orderness: Duration::from_millis(case.ooo as u64),
-                    idle_timeout: None,
-                }),
-                parallelism: Some(1),
-            },
-        )
-        .expect("source");
+    let (mut b, src) =
+        scripted_graph("windows-oracle-probe", Registry::new(), case).expect("source");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
     b.add_operator(
@@ -1366,37 +1255,13 @@ impl weir_engine::operator::Operator for LiveProbe {
 /// Runs `case` through `LiveProbe(WindowOperator)` at parallelism 4 (hash by `k`):
 /// the main rows and, per subtask, (max live windows, live at the end, late rows).
 fn run_live_probe(case: &Case) -> (Vec<Row>, LiveStats) {
-    let collected: Collected = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut reg = weir::default_registry();
-    reg.add_source(ScriptedBatchesFactory {
-        batches: case.batches.iter().map(|b| to_batch(b)).collect(),
-    });
-    reg.add_sink(CollectFactory {
-        into: collected.clone(),
-    });
+    let (reg, collected) = collecting_registry();
     let ctx = BuildContext {
         job: "windows-oracle-live".into(),
         base_dir: ".".into(),
         aggregates: Arc::new(reg.aggregates().clone()),
     };
-    let mut b = GraphBuilder::new("windows-oracle-live", Arc::new(reg), ".".into());
-    let src = b
-        .add_source(
-            "src",
-            SourceDecl {
-                type_name: "scripted_batches",
-                options: &json!({}),
-                format: None,
-                schema: None,
-                event_time: Some(EventTimeConfig {
-                    field: "ts".into(),
-                    max_out_of_orderness: Duration::from_millis(case.ooo as u64),
-                    idle_timeout: None,
-                }),
-                parallelism: Some(1),
-            },
-        )
-        .expect("source");
+    let (mut b, src) = scripted_graph("windows-oracle-live", reg, case).expect("source");
     let input = b.schema_of(&StreamRef::main(src)).expect("source schema");
     let plan = Arc::new(
         weir_operators::WindowStep::plan(&ctx, &window_value(case), &input).expect("plan"),
@@ -1419,20 +1284,9 @@ fn run_live_probe(case: &Case) -> (Vec<Row>, LiveStats) {
             Some(4),
         )
         .expect("window");
-    b.add_sink(
-        "out",
-        &StreamRef::main(w),
-        "collect",
-        &json!({"slot": "main"}),
-        Some(1),
-    )
-    .expect("sink");
+    collect(&mut b, "out", &StreamRef::main(w), "main").expect("sink");
     block_on(weir_engine::runtime::run(b.build().expect("graph"))).expect("job");
-    let main = collected
-        .lock()
-        .expect("collect lock")
-        .remove("main")
-        .unwrap_or_default();
+    let main = take(&collected, "main");
     let stats = stats.lock().expect("stats lock").clone();
     (rows_of(&main, case.keyed), stats)
 }
