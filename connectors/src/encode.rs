@@ -6,7 +6,10 @@
 
 use std::io::Write;
 
-use arrow::datatypes::Schema;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -41,12 +44,26 @@ impl TextFormat {
     }
 }
 
+/// A timestamp column without a time zone as UTC instants at `unit`, one per value.
+fn naive_datetime(unit: TimeUnit, v: i64) -> Option<chrono::NaiveDateTime> {
+    use arrow::temporal_conversions as tc;
+    match unit {
+        TimeUnit::Second => tc::timestamp_s_to_datetime(v),
+        TimeUnit::Millisecond => tc::timestamp_ms_to_datetime(v),
+        TimeUnit::Microsecond => tc::timestamp_us_to_datetime(v),
+        TimeUnit::Nanosecond => tc::timestamp_ns_to_datetime(v),
+    }
+}
+
 /// Writes batches to `out` in one [`TextFormat`], remembering whether the CSV header
 /// has been written.
 #[derive(Debug)]
 pub(crate) struct BatchEncoder {
     format: TextFormat,
     header_written: bool,
+    /// [`TS_FORMAT`], parsed once: Arrow's writers would parse the format string again
+    /// for every value, which dominated output-heavy jobs.
+    ts_items: Vec<chrono::format::Item<'static>>,
 }
 
 impl BatchEncoder {
@@ -55,12 +72,70 @@ impl BatchEncoder {
         BatchEncoder {
             format,
             header_written: false,
+            ts_items: chrono::format::StrftimeItems::new(TS_FORMAT)
+                .parse_to_owned()
+                .unwrap_or_default(),
         }
+    }
+
+    /// `batch` with every time-zone-less timestamp column formatted as text with the
+    /// pre-parsed [`TS_FORMAT`] (the same text Arrow's writers would produce).
+    fn timestamps_as_text(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let schema = batch.schema();
+        if !schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::Timestamp(_, None)))
+        {
+            return Ok(batch.clone());
+        }
+        let mut fields = Vec::with_capacity(schema.fields().len());
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+        let mut text = String::new();
+        for (f, col) in schema.fields().iter().zip(batch.columns()) {
+            let DataType::Timestamp(unit, None) = f.data_type() else {
+                fields.push(f.as_ref().clone());
+                columns.push(col.clone());
+                continue;
+            };
+            let values = arrow::compute::cast(col, &DataType::Int64)
+                .map_err(|e| EngineError::arrow("formatting timestamps", e))?;
+            let values = values.as_primitive::<arrow::datatypes::Int64Type>();
+            let mut out = StringBuilder::with_capacity(values.len(), values.len() * 24);
+            for v in values.iter() {
+                match v {
+                    None => out.append_null(),
+                    Some(v) => {
+                        text.clear();
+                        match naive_datetime(*unit, v) {
+                            Some(dt) => {
+                                use std::fmt::Write as _;
+                                let _ =
+                                    write!(text, "{}", dt.format_with_items(self.ts_items.iter()));
+                            }
+                            None => text.push_str(&v.to_string()),
+                        }
+                        out.append_value(&text);
+                    }
+                }
+            }
+            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+            columns.push(Arc::new(out.finish()));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| EngineError::arrow("formatting timestamps", e))
     }
 
     /// Writes `batch` to `out`. A CSV header is written once, before the first batch
     /// (even one with no rows).
     pub(crate) fn write<W: Write>(&mut self, out: &mut W, batch: &RecordBatch) -> Result<()> {
+        let text_ts;
+        let batch = if self.format != TextFormat::Table && !self.ts_items.is_empty() {
+            text_ts = self.timestamps_as_text(batch)?;
+            &text_ts
+        } else {
+            batch
+        };
         match self.format {
             TextFormat::Jsonl => {
                 if batch.num_rows() == 0 {
