@@ -117,6 +117,17 @@ fn op_error(message: impl Into<String>) -> EngineError {
     EngineError::operator("window", message)
 }
 
+/// What one input batch gives the window assignment: its keys, event times and
+/// aggregate arguments, all computed once per batch, and the current watermark.
+#[derive(Clone, Copy)]
+struct BatchInput<'a> {
+    keys: &'a weir_engine::state::EncodedKeys,
+    times: &'a [Option<i64>],
+    args: &'a [Option<ArrayRef>],
+    watermark: EventTime,
+    max_parallelism: u16,
+}
+
 impl WindowOperator {
     /// An operator for `plan`, with the system clock for processing time.
     pub fn new(plan: Arc<WindowPlan>) -> Self {
@@ -239,17 +250,19 @@ impl WindowOperator {
     }
 
     /// Tumbling and sliding windows: group rows by (key, window), one update per group.
-    #[allow(clippy::too_many_arguments)]
     fn process_fixed(
         &mut self,
-        keys: &weir_engine::state::EncodedKeys,
-        times: &[Option<i64>],
-        args: &[Option<ArrayRef>],
-        w: EventTime,
-        max_parallelism: u16,
+        input: &BatchInput<'_>,
         late: &mut Vec<u32>,
         updated: &mut Vec<QueueEntry>,
     ) -> Result<()> {
+        let BatchInput {
+            keys,
+            times,
+            args,
+            watermark: w,
+            max_parallelism,
+        } = *input;
         let (size, slide) = match self.plan.options.kind {
             WindowKind::Tumbling { size } => (size, size),
             WindowKind::Sliding { size, slide } => (size, slide),
@@ -349,17 +362,19 @@ impl WindowOperator {
     /// Session windows: rows of one key are taken in arrival order, merging with the
     /// live sessions they overlap; then each changed session gets its merged
     /// accumulators and one update per aggregate.
-    #[allow(clippy::too_many_arguments)]
     fn process_sessions(
         &mut self,
-        keys: &weir_engine::state::EncodedKeys,
-        times: &[Option<i64>],
-        args: &[Option<ArrayRef>],
-        w: EventTime,
-        max_parallelism: u16,
+        input: &BatchInput<'_>,
         late: &mut Vec<u32>,
         updated: &mut Vec<QueueEntry>,
     ) -> Result<()> {
+        let BatchInput {
+            keys,
+            times,
+            args,
+            watermark: w,
+            max_parallelism,
+        } = *input;
         let WindowKind::Session { gap } = self.plan.options.kind else {
             return Err(op_error("not a session window"));
         };
@@ -722,11 +737,16 @@ impl Operator for WindowOperator {
         let mut late: Vec<u32> = Vec::new();
         let mut updated: Vec<QueueEntry> = Vec::new();
         let maxp = ctx.max_parallelism;
+        let input = BatchInput {
+            keys: &keys,
+            times: &times,
+            args: &args,
+            watermark: w,
+            max_parallelism: maxp,
+        };
         match plan.options.kind {
-            WindowKind::Session { .. } => {
-                self.process_sessions(&keys, &times, &args, w, maxp, &mut late, &mut updated)?
-            }
-            _ => self.process_fixed(&keys, &times, &args, w, maxp, &mut late, &mut updated)?,
+            WindowKind::Session { .. } => self.process_sessions(&input, &mut late, &mut updated)?,
+            _ => self.process_fixed(&input, &mut late, &mut updated)?,
         }
         if !late.is_empty() {
             late.sort_unstable();
