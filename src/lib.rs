@@ -72,20 +72,39 @@ pub fn default_registry() -> Registry {
     r
 }
 
-/// Loads a YAML job file with the built-in registry.
+/// Loads a YAML job file with the built-in registry: the graph only.
 pub fn load_job(
     path: &std::path::Path,
     parallelism: Option<usize>,
 ) -> Result<weir_engine::graph::LogicalGraph, WeirError> {
+    Ok(load_job_file(path, parallelism)?.graph)
+}
+
+/// Loads a YAML job file with the built-in registry: the graph with its checkpoint and
+/// state settings ([`CompiledJob::run_options`](weir_engine::spec::CompiledJob)).
+pub fn load_job_file(
+    path: &std::path::Path,
+    parallelism: Option<usize>,
+) -> Result<weir_engine::spec::CompiledJob, WeirError> {
     let overrides = weir_engine::spec::JobOverrides { parallelism };
-    let job = weir_engine::spec::compile_job_file(path, Arc::new(default_registry()), &overrides)?;
-    if job.checkpoint.is_some() {
-        tracing::warn!(
-            job = %job.graph.job,
-            "`checkpoint:` is accepted but checkpoints are not implemented yet: this run takes none"
-        );
+    Ok(weir_engine::spec::compile_job_file(
+        path,
+        Arc::new(default_registry()),
+        &overrides,
+    )?)
+}
+
+/// The run options a compiled job asks for (checkpoints, state backend), restoring as
+/// `restore` says.
+pub fn run_options(
+    job: &weir_engine::spec::CompiledJob,
+    restore: weir_engine::runtime::Restore,
+) -> weir_engine::runtime::RunOptions {
+    weir_engine::runtime::RunOptions {
+        checkpoint: job.checkpoint.clone(),
+        state_backend: job.state.clone(),
+        restore,
     }
-    Ok(job.graph)
 }
 
 /// Runs a job graph to completion on the current tokio runtime.
@@ -93,4 +112,12 @@ pub async fn run(
     graph: weir_engine::graph::LogicalGraph,
 ) -> Result<weir_engine::runtime::JobSummary, WeirError> {
     Ok(weir_engine::runtime::run(graph).await?)
+}
+
+/// Runs a job graph with checkpoints, a state backend and a restore point.
+pub async fn run_with(
+    graph: weir_engine::graph::LogicalGraph,
+    options: weir_engine::runtime::RunOptions,
+) -> Result<weir_engine::runtime::JobSummary, WeirError> {
+    Ok(weir_engine::runtime::run_with(graph, options).await?)
 }

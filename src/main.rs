@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 use weir::WeirError;
 use weir_engine::metrics::JobMetrics;
+use weir_engine::runtime::Restore;
 
 /// weir: a dataflow stream processing engine.
 #[derive(Parser)]
@@ -31,6 +32,26 @@ enum Command {
         /// Do not show the live progress line.
         #[arg(long)]
         no_progress: bool,
+        /// Restore from `latest` (the latest completed checkpoint), a checkpoint number,
+        /// a savepoint name, or the path of a checkpoint or savepoint directory. Without
+        /// it a checkpointing job resumes from its latest checkpoint when there is one.
+        #[arg(long, value_name = "latest|N|NAME|PATH", conflicts_with = "fresh")]
+        restore: Option<String>,
+        /// Start with empty state even if checkpoints of this job exist.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Take a savepoint of a running job (`weir run` of the same file, process PID): it
+    /// is signalled (SIGUSR1) and the savepoint's path is printed once complete.
+    Savepoint {
+        /// The job file the job runs.
+        file: PathBuf,
+        /// The process id of the running `weir run`.
+        #[arg(long)]
+        pid: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Check a YAML job and report every error with file, line, column and field.
     Validate {
@@ -103,25 +124,95 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             file,
             parallelism,
             no_progress,
+            restore,
+            fresh,
         } => {
-            let graph = weir::load_job(&file, parallelism)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| WeirError::Pipeline(format!("cannot start the runtime: {e}")))?;
+            let job = weir::load_job_file(&file, parallelism)?;
+            let restore = match (restore, fresh) {
+                (_, true) => Restore::Fresh,
+                (Some(r), _) if r == "latest" => Restore::Latest,
+                (Some(r), _) => Restore::From(r),
+                (None, false) => Restore::Auto,
+            };
+            let options = weir::run_options(&job, restore);
+            let rt = runtime()?;
             let show = !no_progress && std::io::stderr().is_terminal();
-            let summary = rt.block_on(run_with_progress(graph, show))?;
+            let summary = rt.block_on(run_with_progress(job.graph, options, show))?;
             eprint!("{summary}");
             Ok(())
         }
+        Command::Savepoint {
+            file,
+            pid,
+            timeout_secs,
+        } => {
+            let job = weir::load_job_file(&file, None)?;
+            let config = job.checkpoint.clone().ok_or_else(|| {
+                WeirError::Pipeline(format!(
+                    "{}: the job has no `checkpoint:` section, so it cannot take savepoints",
+                    file.display()
+                ))
+            })?;
+            let rt = runtime()?;
+            rt.block_on(take_savepoint(
+                &job.graph.job,
+                &config,
+                pid,
+                Duration::from_secs(timeout_secs),
+            ))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, WeirError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WeirError::Pipeline(format!("cannot start the runtime: {e}")))
+}
+
+/// Signals the running job and waits for a new savepoint to appear in its storage.
+async fn take_savepoint(
+    job: &str,
+    config: &weir_engine::checkpoint::CheckpointConfig,
+    pid: u32,
+    timeout: Duration,
+) -> Result<(), WeirError> {
+    let storage = weir_engine::checkpoint::CheckpointStorage::open(&config.storage, job)?;
+    let before = storage.list_savepoints().await?;
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()
+        .map_err(|e| WeirError::Pipeline(format!("cannot run `kill`: {e}")))?;
+    if !status.success() {
+        return Err(WeirError::Pipeline(format!(
+            "cannot signal process {pid}: is `weir run` running with that pid?"
+        )));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = storage.list_savepoints().await?;
+        if let Some(new) = now.iter().find(|s| !before.contains(s)) {
+            println!("{}/savepoints/{new}", storage.describe());
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(WeirError::Pipeline(format!(
+                "no savepoint of job `{job}` appeared in {} within {timeout:?}",
+                storage.describe()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn run_with_progress(
     graph: weir_engine::graph::LogicalGraph,
+    options: weir_engine::runtime::RunOptions,
     show: bool,
 ) -> Result<weir_engine::runtime::JobSummary, WeirError> {
-    let handle = weir_engine::runtime::start(graph)?;
+    let checkpoints = options.checkpoint.is_some();
+    let handle = weir_engine::runtime::start_with(graph, options).await?;
     let bar = if show {
         let b = ProgressBar::new_spinner();
         b.set_style(
@@ -138,8 +229,18 @@ async fn run_with_progress(
     let mut stopping = false;
     let control = handle.control();
     let mut done = Box::pin(handle.wait());
+    let mut usr1 = signal_usr1();
     loop {
         tokio::select! {
+            _ = next_usr1(&mut usr1) => {
+                let c = control.clone();
+                tokio::spawn(async move {
+                    match c.savepoint().await {
+                        Ok(name) => tracing::info!(savepoint = %name, "savepoint complete"),
+                        Err(e) => tracing::error!(error = %e, "savepoint failed"),
+                    }
+                });
+            }
             r = &mut done => {
                 if let Some(b) = &bar { b.finish_and_clear(); }
                 return Ok(r?);
@@ -158,10 +259,39 @@ async fn run_with_progress(
                 }
                 stopping = true;
                 control.stop();
-                eprintln!("stopping: sources end their input and sinks publish what they have (Ctrl-C again to abort)");
+                if checkpoints {
+                    eprintln!("stopping: taking a checkpoint; the job resumes from it when run again (Ctrl-C again to abort)");
+                } else {
+                    eprintln!("stopping: sources end their input and sinks publish what they have (Ctrl-C again to abort)");
+                }
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn signal_usr1() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
+}
+
+#[cfg(not(unix))]
+fn signal_usr1() -> Option<()> {
+    None
+}
+
+#[cfg(unix)]
+async fn next_usr1(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_usr1(_: &mut Option<()>) {
+    std::future::pending().await
 }
 
 fn progress_line(m: &JobMetrics, last: &mut (std::time::Instant, u64)) -> String {

@@ -1,11 +1,13 @@
 //! weir's integration tests, in one binary (faster to link than one per file):
 //! golden YAML jobs, backpressure, event time across splits and inputs, bad input,
-//! and the Rust API building the same graph as YAML.
+//! the Rust API building the same graph as YAML, and exactly-once under SIGKILL.
 
 mod backpressure;
 mod cli;
 mod common;
 mod event_time;
+#[cfg(unix)]
+mod fault_injection;
 mod golden;
 mod partitioning;
 mod rust_api;

@@ -9,6 +9,11 @@
 //! produce `rate` rows per second; the source sleeps on tokio's clock until rows are
 //! due, it never spins.
 //!
+//! A subtask's position is the index of its next row. A job restores it with the same
+//! parallelism only: restoring with another one is refused with a clear error (the
+//! default [`Source::restore_all`]), because the old subtasks stopped at different rows,
+//! so what is left is not a set of rows the new subtasks' strides could produce.
+//!
 //! Default generators by type: integers uniform over the type's range, floats uniform
 //! in `[0, 1)`, booleans uniform, strings of 10 random letters and digits, timestamps
 //! (and dates) `start + r × step` from 2024-01-01T00:00:00Z in steps of 1 ms.
@@ -1324,6 +1329,15 @@ mod tests {
             }
             assert_eq!(&rows, expected);
         }
+    }
+
+    #[test]
+    fn restore_with_another_parallelism_is_refused() {
+        let b = build(options(), Some(schema())).unwrap();
+        let mut src = (b.create)(&ctx(0, 3, 8)).unwrap();
+        let e = src.restore_all(&[json!(16), json!(9)]).unwrap_err();
+        assert!(e.to_string().contains("another parallelism"), "{e}");
+        assert!(e.to_string().contains("(the checkpoint has 2)"), "{e}");
     }
 
     #[test]

@@ -5,14 +5,24 @@
 //! Each file is a split whose id is the file's index in the sorted list of matches;
 //! file `i` goes to subtask `i % parallelism`. A subtask reads its files one after the
 //! other with buffered reads in bounded chunks, so memory stays flat whatever the file
-//! size. Its position (`file`, `path`, `byte_offset`, `line`) is exact: a restored
-//! source goes on with the line after the last one it emitted.
+//! size. Its position is exact: the file being read (`file`, `path`, `byte_offset`,
+//! `line`), the paths of the files it has finished (`done`) and, after a change of
+//! parallelism, where later files partly read by the old run go on (`resume`). A
+//! restored source goes on with the line after the last one it emitted.
+//!
+//! Restored with another parallelism ([`Source::restore_all`]), every new subtask reads
+//! all old positions, works out by path which files are finished and where partly read
+//! ones stopped, and reads exactly the rest of the files it owns under the new
+//! assignment. Files are matched by path, so a glob that now matches other files is
+//! fine: files the checkpoint does not know are read whole, files that are gone are
+//! forgotten.
 //!
 //! A line longer than `max_record_bytes` is truncated to its first `max_record_bytes`
 //! bytes and the rest is skipped up to the newline. Such a record is flagged in its
 //! batch's schema metadata under [`TRUNCATED_ROWS_METADATA`] (see [`truncated_rows`]),
 //! so that the decoder can dead-letter it as too large instead of decoding a prefix.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -59,6 +69,9 @@ struct FileSourceOptions {
     /// this many bytes and dead-lettered by the format as too large.
     #[schemars(range(min = 1))]
     max_record_bytes: Option<u64>,
+    /// Read at most this many records per second per subtask (replaying a file at a
+    /// pace, e.g. for demos and tests). Default: as fast as possible.
+    rate: Option<f64>,
 }
 
 /// Factory of `type: file` sources.
@@ -153,12 +166,21 @@ impl SourceFactory for FileSourceFactory {
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
+        if let Some(r) = opts.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(FieldError::at(
+                    "/rate",
+                    "rate must be a positive number of records per second",
+                ));
+            }
+        }
         let files = Arc::new(Self::resolve(&ctx.base_dir, &opts.path)?);
         tracing::debug!(source = name, files = files.len(), pattern = %opts.path, "file source resolved");
         let config = Arc::new(FileSourceConfig {
             files: files.clone(),
             header: opts.header,
             max_record_bytes,
+            rate: opts.rate,
         });
         let n = files.len();
         Ok(SourceBuild {
@@ -187,6 +209,8 @@ pub struct FileSourceConfig {
     pub header: bool,
     /// Longest record; longer lines are truncated and flagged.
     pub max_record_bytes: usize,
+    /// Records per second per subtask, if limited.
+    pub rate: Option<f64>,
 }
 
 /// The open file being read.
@@ -199,10 +223,18 @@ struct OpenFile {
 /// One subtask of a file source.
 pub struct FileSource {
     config: Arc<FileSourceConfig>,
-    /// Global indexes of this subtask's files, ascending.
+    subtask: usize,
+    parallelism: usize,
+    /// Global indexes of the files this subtask reads, ascending (without those a
+    /// restore found finished).
     assigned: Vec<usize>,
     /// Index into `assigned` of the current file; `assigned.len()` when all are done.
     cursor: usize,
+    /// This subtask's files that a restore found finished (not in `assigned`).
+    skipped: Vec<usize>,
+    /// Where to start the files after the current one that were partly read before a
+    /// restore (by global index): `(byte_offset, line)`.
+    starts: BTreeMap<usize, (u64, u64)>,
     /// Byte offset in the current file after the last line consumed.
     byte_offset: u64,
     /// Lines of the current file consumed (the next line's number is `line + 1`).
@@ -213,6 +245,8 @@ pub struct FileSource {
     source: String,
     /// Reused line buffer.
     buf: Vec<u8>,
+    /// With a `rate`: when this subtask started reading and the records read since.
+    paced: Option<(Instant, u64)>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -221,6 +255,8 @@ impl std::fmt::Debug for FileSource {
             .field("source", &self.source)
             .field("assigned", &self.assigned)
             .field("cursor", &self.cursor)
+            .field("skipped", &self.skipped)
+            .field("starts", &self.starts)
             .field("byte_offset", &self.byte_offset)
             .field("line", &self.line)
             .finish()
@@ -292,13 +328,15 @@ impl FileSource {
     /// A subtask of a file source: it reads files `i` with `i % parallelism == subtask`.
     pub fn new(config: Arc<FileSourceConfig>, ctx: &SourceContext) -> Self {
         let p = ctx.parallelism.max(1);
-        let assigned = (0..config.files.len())
-            .filter(|i| i % p == ctx.subtask)
-            .collect();
+        let assigned = owned_files(config.files.len(), ctx.subtask, p);
         FileSource {
             config,
+            subtask: ctx.subtask,
+            parallelism: p,
             assigned,
             cursor: 0,
+            skipped: Vec::new(),
+            starts: BTreeMap::new(),
             byte_offset: 0,
             line: 0,
             open: None,
@@ -306,6 +344,7 @@ impl FileSource {
             linger: ctx.linger,
             source: ctx.source.clone(),
             buf: Vec::new(),
+            paced: None,
         }
     }
 
@@ -339,10 +378,169 @@ impl FileSource {
 
     /// Moves on to the next file of this subtask.
     fn advance(&mut self) {
+        self.enter(self.cursor + 1);
+    }
+
+    /// Makes `assigned[cursor]` the current file, from its start or from where an
+    /// earlier run left it.
+    fn enter(&mut self, cursor: usize) {
         self.open = None;
-        self.cursor += 1;
-        self.byte_offset = 0;
-        self.line = 0;
+        self.cursor = cursor;
+        let (byte_offset, line) = self
+            .assigned
+            .get(cursor)
+            .and_then(|i| self.starts.remove(i))
+            .unwrap_or((0, 0));
+        self.byte_offset = byte_offset;
+        self.line = line;
+    }
+
+    fn path_string(&self, idx: usize) -> String {
+        self.config.files[idx].display().to_string()
+    }
+
+    fn error(&self, message: String) -> EngineError {
+        EngineError::connector(format!("file source {}", self.source), message, false)
+    }
+
+    /// Sets this subtask up to read exactly what `progress` says is left of the files
+    /// it owns: finished files are skipped, partly read ones resumed, others read whole.
+    fn resume_from(&mut self, progress: &Progress) {
+        let owned = owned_files(self.config.files.len(), self.subtask, self.parallelism);
+        let (skipped, assigned): (Vec<usize>, Vec<usize>) = owned
+            .into_iter()
+            .partition(|&i| progress.done.contains(&self.path_string(i)));
+        self.starts = assigned
+            .iter()
+            .filter_map(|&i| {
+                progress
+                    .partial
+                    .get(&self.path_string(i))
+                    .map(|&start| (i, start))
+            })
+            .collect();
+        self.skipped = skipped;
+        self.assigned = assigned;
+        self.enter(0);
+    }
+
+    /// Parses a position taken by [`Source::position`]; `None` for null (nothing read).
+    fn parse_position(&self, position: &serde_json::Value) -> Result<Option<OldPosition>> {
+        if position.is_null() {
+            return Ok(None);
+        }
+        let invalid = || self.error(format!("invalid position {position}"));
+        let done = match position.get("done") {
+            None => None,
+            Some(d) => Some(
+                d.as_array()
+                    .ok_or_else(invalid)?
+                    .iter()
+                    .map(|p| p.as_str().map(str::to_string).ok_or_else(invalid))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        if position.get("finished").and_then(|v| v.as_bool()) == Some(true) {
+            return Ok(Some(OldPosition {
+                current: None,
+                done,
+                resume: Vec::new(),
+            }));
+        }
+        let start = |v: &serde_json::Value| {
+            Some((
+                v.get("byte_offset").and_then(|v| v.as_u64())?,
+                v.get("line").and_then(|v| v.as_u64())?,
+            ))
+        };
+        let (byte_offset, line) = start(position).ok_or_else(invalid)?;
+        let file = position
+            .get("file")
+            .and_then(|v| v.as_u64())
+            .and_then(|f| usize::try_from(f).ok());
+        let path = position
+            .get("path")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        if file.is_none() && path.is_none() {
+            return Err(invalid());
+        }
+        let mut resume = Vec::new();
+        if let Some(list) = position.get("resume") {
+            for r in list.as_array().ok_or_else(invalid)? {
+                let path = r.get("path").and_then(|v| v.as_str()).ok_or_else(invalid)?;
+                let (o, l) = start(r).ok_or_else(invalid)?;
+                resume.push((path.to_string(), o, l));
+            }
+        }
+        Ok(Some(OldPosition {
+            current: Some(Current {
+                file,
+                path,
+                byte_offset,
+                line,
+            }),
+            done,
+            resume,
+        }))
+    }
+
+    /// The index of a position's current file in this run's list: by path, else (no
+    /// path recorded) by index.
+    fn find(&self, c: &Current) -> Option<usize> {
+        match &c.path {
+            Some(p) => (0..self.config.files.len()).find(|&i| self.path_string(i) == *p),
+            None => c.file.filter(|&i| i < self.config.files.len()),
+        }
+    }
+
+    /// Adds what an old subtask `k` of `q` had done to `progress`. Positions written
+    /// before they listed finished files (`done`) are read against this run's file list,
+    /// assuming it has not changed: the files of subtask `k` before its current one.
+    /// Positions that disagree about a file (each file has one owner, so consistent
+    /// checkpoints never do) are an error rather than a guess.
+    fn add_progress(
+        &self,
+        progress: &mut Progress,
+        pos: &OldPosition,
+        k: usize,
+        q: usize,
+    ) -> Result<()> {
+        match &pos.done {
+            Some(done) => progress.done.extend(done.iter().cloned()),
+            None => {
+                let before = match &pos.current {
+                    None => usize::MAX,
+                    Some(c) => self.find(c).or(c.file).unwrap_or(0),
+                };
+                for i in owned_files(self.config.files.len(), k, q) {
+                    if i < before {
+                        progress.done.insert(self.path_string(i));
+                    }
+                }
+            }
+        }
+        let current = pos.current.iter().filter_map(|c| {
+            let path = c
+                .path
+                .clone()
+                .or_else(|| self.find(c).map(|i| self.path_string(i)))?;
+            Some((path, c.byte_offset, c.line))
+        });
+        for (path, byte_offset, line) in current.chain(pos.resume.iter().cloned()) {
+            let e = progress
+                .partial
+                .entry(path.clone())
+                .or_insert((byte_offset, line));
+            if *e != (byte_offset, line) {
+                return Err(self.error(format!(
+                    "cannot restore: the checkpoint's positions disagree about {path} \
+                     (byte offsets {} and {byte_offset})",
+                    e.0
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -370,7 +568,16 @@ impl Source for FileSource {
         }
         let max = self.config.max_record_bytes;
         let header = self.config.header;
-        let batch_size = self.batch_size;
+        let mut batch_size = self.batch_size;
+        if let Some(rate) = self.config.rate {
+            let (start, read) = *self.paced.get_or_insert((Instant::now(), 0));
+            let allowed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
+            if read >= allowed {
+                let due = Duration::from_secs_f64((read + 1) as f64 / rate);
+                return Ok(SourcePoll::Pending(due.saturating_sub(start.elapsed())));
+            }
+            batch_size = batch_size.min(usize::try_from(allowed - read).unwrap_or(usize::MAX));
+        }
         let started = Instant::now();
         let path = self.config.files[split_idx].clone();
 
@@ -447,6 +654,9 @@ impl Source for FileSource {
                 meta,
             ))
         };
+        if let Some((_, read)) = self.paced.as_mut() {
+            *read += rows as u64;
+        }
         let cols: Vec<ArrayRef> = vec![Arc::new(payloads.finish()), Arc::new(offsets.finish())];
         let batch = RecordBatch::try_new(schema, cols)
             .map_err(|e| EngineError::arrow("building a raw batch", e))?;
@@ -462,60 +672,129 @@ impl Source for FileSource {
     }
 
     fn position(&self) -> serde_json::Value {
+        let done: Vec<String> = self
+            .skipped
+            .iter()
+            .chain(self.assigned.iter().take(self.cursor))
+            .map(|&i| self.path_string(i))
+            .collect();
         match self.assigned.get(self.cursor) {
-            None => json!({ "finished": true }),
-            Some(&idx) => json!({
-                "file": idx,
-                "path": self.config.files[idx].display().to_string(),
-                "byte_offset": self.byte_offset,
-                "line": self.line,
-            }),
+            None => json!({ "finished": true, "done": done }),
+            Some(&idx) => {
+                let mut pos = json!({
+                    "file": idx,
+                    "path": self.path_string(idx),
+                    "byte_offset": self.byte_offset,
+                    "line": self.line,
+                    "done": done,
+                });
+                if !self.starts.is_empty() {
+                    pos["resume"] = self
+                        .starts
+                        .iter()
+                        .map(|(&i, &(byte_offset, line))| {
+                            json!({
+                                "path": self.path_string(i),
+                                "byte_offset": byte_offset,
+                                "line": line,
+                            })
+                        })
+                        .collect();
+                }
+                pos
+            }
         }
     }
 
     fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
-        let bad = |msg: String| {
-            EngineError::connector(format!("file source {}", self.source), msg, false)
-        };
-        if position.is_null() {
+        let Some(pos) = self.parse_position(position)? else {
             return Ok(());
-        }
-        if position.get("finished").and_then(|v| v.as_bool()) == Some(true) {
-            self.open = None;
-            self.cursor = self.assigned.len();
-            return Ok(());
-        }
-        let file = position.get("file").and_then(|v| v.as_u64());
-        let path = position.get("path").and_then(|v| v.as_str());
-        let byte_offset = position.get("byte_offset").and_then(|v| v.as_u64());
-        let line = position.get("line").and_then(|v| v.as_u64());
-        let (Some(byte_offset), Some(line)) = (byte_offset, line) else {
-            return Err(bad(format!("invalid position {position}")));
         };
-        // Find the file by path (robust to new files in the glob), else by index.
-        let by_path = path.and_then(|p| {
-            self.assigned
-                .iter()
-                .position(|&i| self.config.files[i].display().to_string() == p)
-        });
-        let by_index = file.and_then(|f| self.assigned.iter().position(|&i| i as u64 == f));
-        let cursor = match (by_path, path) {
-            (Some(c), _) => c,
-            (None, None) => by_index
-                .ok_or_else(|| bad(format!("position {position} is not a file of this subtask")))?,
-            (None, Some(p)) => {
-                return Err(bad(format!(
-                    "cannot resume: file {p} of the checkpoint is not among this subtask's files"
-                )))
+        if let Some(c) = &pos.current {
+            // The file being read must be one of this subtask's.
+            let mine = self
+                .find(c)
+                .filter(|i| i % self.parallelism == self.subtask)
+                .is_some();
+            if !mine {
+                return Err(self.error(match &c.path {
+                    Some(p) => format!(
+                        "cannot resume: file {p} of the checkpoint is not among this subtask's files"
+                    ),
+                    None => format!("position {position} is not a file of this subtask"),
+                }));
             }
-        };
-        self.open = None;
-        self.cursor = cursor;
-        self.byte_offset = byte_offset;
-        self.line = line;
+        }
+        let mut progress = Progress::default();
+        self.add_progress(&mut progress, &pos, self.subtask, self.parallelism)?;
+        self.resume_from(&progress);
         tracing::info!(source = %self.source, position = %position, "file source restored");
         Ok(())
     }
+
+    fn restore_all(&mut self, positions: &[serde_json::Value]) -> Result<()> {
+        if positions.is_empty() {
+            return Err(self.error("cannot restore from a checkpoint without positions".into()));
+        }
+        let mut progress = Progress::default();
+        for (k, position) in positions.iter().enumerate() {
+            if let Some(pos) = self.parse_position(position)? {
+                self.add_progress(&mut progress, &pos, k, positions.len())?;
+            }
+        }
+        if let Some(p) = progress.partial.keys().find(|p| progress.done.contains(*p)) {
+            return Err(self.error(format!(
+                "cannot restore: the checkpoint's positions disagree about {p} (finished \
+                 by one old subtask, partly read by another)"
+            )));
+        }
+        self.resume_from(&progress);
+        tracing::info!(
+            source = %self.source,
+            subtask = self.subtask,
+            parallelism = self.parallelism,
+            old_parallelism = positions.len(),
+            files = self.assigned.len(),
+            resumed = self.starts.len() + usize::from(self.byte_offset > 0),
+            "file source restored with another parallelism"
+        );
+        Ok(())
+    }
+}
+
+/// The files (global indexes, ascending) subtask `subtask` of `parallelism` owns.
+fn owned_files(n: usize, subtask: usize, parallelism: usize) -> Vec<usize> {
+    let p = parallelism.max(1);
+    (0..n).filter(|i| i % p == subtask).collect()
+}
+
+/// What the positions of a checkpoint say about the files, by path.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Files read to the end.
+    done: HashSet<String>,
+    /// Files partly read: where to go on, `(byte_offset, line)`.
+    partial: HashMap<String, (u64, u64)>,
+}
+
+/// A parsed [`Source::position`] of a file source subtask.
+#[derive(Debug)]
+struct OldPosition {
+    /// The file being read; `None` when the subtask had finished.
+    current: Option<Current>,
+    /// Paths of the files it had finished (absent in positions of older versions).
+    done: Option<Vec<String>>,
+    /// Later files it was to resume part-way: `(path, byte_offset, line)`.
+    resume: Vec<(String, u64, u64)>,
+}
+
+/// The file a position was reading.
+#[derive(Debug)]
+struct Current {
+    file: Option<usize>,
+    path: Option<String>,
+    byte_offset: u64,
+    line: u64,
 }
 
 #[cfg(test)]
@@ -873,11 +1152,245 @@ mod tests {
         let props = s["properties"].as_object().unwrap();
         let mut keys: Vec<_> = props.keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, vec!["header", "max_record_bytes", "path"]);
+        assert_eq!(keys, vec!["header", "max_record_bytes", "path", "rate"]);
         assert_eq!(s["required"], json!(["path"]));
         assert!(props["path"]["description"]
             .as_str()
             .unwrap()
             .contains("glob"));
+    }
+
+    /// A small deterministic random generator for tests (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+    }
+
+    /// A position after a trip through JSON text, as a checkpoint stores it.
+    fn stored(src: &dyn Source) -> serde_json::Value {
+        serde_json::from_str(&serde_json::to_string(&src.position()).unwrap()).unwrap()
+    }
+
+    /// Counts every (file, line) read and checks each against `all`.
+    fn check_exactly_once(got: &[Row], all: &BTreeMap<(String, u64), Vec<u8>>, case: &str) {
+        let mut seen: BTreeMap<(String, u64), Vec<u8>> = BTreeMap::new();
+        for (file, line, payload, _) in got {
+            let prev = seen.insert((file.clone(), *line), payload.clone());
+            assert!(prev.is_none(), "{case}: {file}:{line} read twice");
+        }
+        assert_eq!(seen.len(), all.len(), "{case}: rows missing");
+        assert_eq!(&seen, all, "{case}");
+    }
+
+    /// Writes files of varied line lengths; returns every row by (path, line).
+    fn write_lines(dir: &Path, files: &[(&str, u64)]) -> BTreeMap<(String, u64), Vec<u8>> {
+        let mut all = BTreeMap::new();
+        for &(name, n) in files {
+            let mut content = Vec::new();
+            for l in 1..=n {
+                let line = format!("{name} {l} {}", "x".repeat((l * 7 % 13) as usize));
+                content.extend_from_slice(line.as_bytes());
+                content.extend_from_slice(if l % 3 == 0 { b"\r\n" } else { b"\n" });
+                all.insert((dir.join(name).display().to_string(), l), line.into_bytes());
+            }
+            write(dir, name, &content);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn restore_all_with_another_parallelism_reads_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = write_lines(
+            dir.path(),
+            &[
+                ("a.log", 7),
+                ("b.log", 0),
+                ("c.log", 12),
+                ("d.log", 3),
+                ("e.log", 9),
+            ],
+        );
+        let b = build(dir.path(), json!({"path": "*.log"})).unwrap();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut cases = 0;
+        for q in [1usize, 2, 3] {
+            for p in [1usize, 2, 4] {
+                for round in 0..12 {
+                    let bs = 1 + rng.below(4) as usize;
+                    let case = format!("{q} -> {p}, round {round}, batch size {bs}");
+                    let mut got = Vec::new();
+                    // The old run, stopped after random numbers of polls.
+                    let mut positions = Vec::new();
+                    for k in 0..q {
+                        let mut src = (b.create)(&ctx(k, q, bs)).unwrap();
+                        let (rows, _, _) = drain(src.as_mut(), rng.below(14) as usize).await;
+                        got.extend(rows);
+                        let mut pos = stored(src.as_ref());
+                        if round % 3 == 0 {
+                            // As written by older versions, without `done`.
+                            if let Some(o) = pos.as_object_mut() {
+                                o.remove("done");
+                            }
+                        }
+                        positions.push(pos);
+                    }
+                    // The new run: every subtask restores from all positions. Half the
+                    // time it is stopped again and restored once more.
+                    let again = round % 2 == 1;
+                    let mut positions2 = Vec::new();
+                    for s in 0..p {
+                        let mut src = (b.create)(&ctx(s, p, bs)).unwrap();
+                        src.restore_all(&positions).unwrap();
+                        let limit = if again {
+                            rng.below(10) as usize
+                        } else {
+                            usize::MAX
+                        };
+                        let (rows, _, finished) = drain(src.as_mut(), limit).await;
+                        assert!(again || finished, "{case}");
+                        got.extend(rows);
+                        positions2.push(stored(src.as_ref()));
+                    }
+                    if again {
+                        // Same parallelism (`restore` of each own position, which must
+                        // carry every partly read file) or yet another one.
+                        let same = rng.below(2) == 0;
+                        let r = if same { p } else { 1 + rng.below(4) as usize };
+                        for s in 0..r {
+                            let mut src = (b.create)(&ctx(s, r, bs)).unwrap();
+                            if same {
+                                src.restore(&positions2[s]).unwrap();
+                            } else {
+                                src.restore_all(&positions2).unwrap();
+                            }
+                            let (rows, _, finished) = drain(src.as_mut(), usize::MAX).await;
+                            assert!(finished, "{case}");
+                            got.extend(rows);
+                        }
+                    }
+                    check_exactly_once(&got, &all, &case);
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 108);
+    }
+
+    #[tokio::test]
+    async fn restore_all_resumes_by_path_when_the_glob_matches_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let gone = d.join("g.log").display().to_string();
+        for stop0 in 0..6 {
+            for stop1 in 0..6 {
+                for p in [1usize, 2, 3] {
+                    let case = format!("stops {stop0}/{stop1}, new parallelism {p}");
+                    for f in ["b.log", "f.log"] {
+                        let _ = std::fs::remove_file(d.join(f));
+                    }
+                    let old = [("a.log", 5), ("c.log", 6), ("e.log", 4), ("g.log", 3)];
+                    write_lines(d, &old);
+                    let b1 = build(d, json!({"path": "*.log"})).unwrap();
+                    // Old parallelism 2: subtask 0 reads a, e; subtask 1 reads c, g.
+                    let mut got = Vec::new();
+                    let mut positions = Vec::new();
+                    for (k, stop) in [(0usize, stop0), (1, stop1)] {
+                        let mut src = (b1.create)(&ctx(k, 2, 2)).unwrap();
+                        let (rows, _, _) = drain(src.as_mut(), stop).await;
+                        got.extend(rows);
+                        positions.push(stored(src.as_ref()));
+                    }
+                    // Now b and f appear (shifting every later file's index) and g is gone.
+                    std::fs::remove_file(d.join("g.log")).unwrap();
+                    let mut all = write_lines(d, &[("b.log", 4), ("f.log", 2)]);
+                    all.extend(write_lines(d, &old[..3]));
+                    let b2 = build(d, json!({"path": "*.log"})).unwrap();
+                    for s in 0..p {
+                        let mut src = (b2.create)(&ctx(s, p, 2)).unwrap();
+                        src.restore_all(&positions).unwrap();
+                        let (rows, _, finished) = drain(src.as_mut(), usize::MAX).await;
+                        assert!(finished, "{case}");
+                        assert!(rows.iter().all(|r| r.0 != gone), "{case}");
+                        got.extend(rows);
+                    }
+                    got.retain(|r| r.0 != gone);
+                    check_exactly_once(&got, &all, &case);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_all_skips_the_header_of_untouched_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.csv", "b.csv", "c.csv"] {
+            let content: String = std::iter::once("id,name\n".to_string())
+                .chain((1..=5).map(|i| format!("{i},{name}\n")))
+                .collect();
+            write(dir.path(), name, content.as_bytes());
+        }
+        let b = build(dir.path(), json!({"path": "*.csv", "header": true})).unwrap();
+        let mut got = Vec::new();
+        let mut positions = Vec::new();
+        for k in 0..3 {
+            let mut src = (b.create)(&ctx(k, 3, 2)).unwrap();
+            let (rows, _, _) = drain(src.as_mut(), k).await; // 0, 1 and 2 batches
+            got.extend(rows);
+            positions.push(stored(src.as_ref()));
+        }
+        let mut src = (b.create)(&ctx(0, 1, 2)).unwrap();
+        src.restore_all(&positions).unwrap();
+        assert_eq!(src.pending_splits(), vec![0, 1, 2]);
+        let (rows, ends, finished) = drain(src.as_mut(), usize::MAX).await;
+        assert!(finished);
+        assert_eq!(ends, vec![0, 1, 2]);
+        got.extend(rows);
+        let mut lines: Vec<(String, u64)> = got
+            .iter()
+            .map(|r| (String::from_utf8(r.2.clone()).unwrap(), r.1))
+            .collect();
+        lines.sort();
+        let mut expected = Vec::new();
+        for name in ["a.csv", "b.csv", "c.csv"] {
+            for i in 1..=5u64 {
+                expected.push((format!("{i},{name}"), i + 1));
+            }
+        }
+        expected.sort();
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn restore_all_refuses_bad_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.log", b"1\n");
+        let b = build(dir.path(), json!({"path": "*.log"})).unwrap();
+        let mut src = (b.create)(&ctx(0, 2, 2)).unwrap();
+        assert!(src.restore_all(&[]).is_err());
+        let e = src.restore_all(&[json!({"byte_offset": 1})]).unwrap_err();
+        assert!(e.to_string().contains("invalid position"), "{e}");
+        let e = src
+            .restore_all(&[json!({"path": "x", "byte_offset": 0, "line": 0, "done": "a"})])
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid position"), "{e}");
+        // Positions that disagree about a file.
+        let a = dir.path().join("a.log").display().to_string();
+        let at = |o: u64| json!({"path": a, "byte_offset": o, "line": o, "done": []});
+        let e = src.restore_all(&[at(1), at(2)]).unwrap_err();
+        assert!(e.to_string().contains("disagree"), "{e}");
+        let done = json!({"finished": true, "done": [a]});
+        let e = src.restore_all(&[done.clone(), at(1)]).unwrap_err();
+        assert!(e.to_string().contains("disagree"), "{e}");
+        // The same position twice agrees with itself; a finished file stays finished.
+        src.restore_all(&[at(1), at(1)]).unwrap();
+        src.restore_all(&[done.clone(), json!(null)]).unwrap();
+        assert!(src.pending_splits().is_empty());
     }
 }

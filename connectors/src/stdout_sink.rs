@@ -201,6 +201,7 @@ mod tests {
         assert_eq!(b.max_parallelism, Some(1));
         assert_eq!(b.describe, "stdout table");
         let ctx = SinkContext {
+            exactly_once: false,
             job: "j".into(),
             sink: "out".into(),
             subtask: 0,

@@ -43,6 +43,9 @@ pub enum EngineError {
     /// State could not be read or written.
     #[error("state {state}: {message}")]
     State { state: String, message: String },
+    /// Writing, reading or restoring a checkpoint failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A task of the runtime died or a channel closed unexpectedly.
     #[error("runtime: {0}")]
     Runtime(String),

@@ -16,8 +16,10 @@
 pub mod aggregate;
 pub mod batch;
 pub mod channel;
+pub mod checkpoint;
 pub mod error;
 pub mod expr;
+pub mod fault;
 pub mod graph;
 pub mod message;
 pub mod metrics;

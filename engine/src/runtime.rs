@@ -6,17 +6,25 @@
 //! send bad records to the dead-letter output and generate watermarks per split. The job
 //! ends when every sink has seen end of stream; the first error stops every task.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::batch::split_by_target;
 use crate::channel::{channel, ChannelStats, InputSet, Sender};
+use crate::checkpoint::coordinator::{
+    CheckpointStats, Coordinator, CoordinatorChannels, CoordinatorRequest, CoordinatorSetup,
+    TaskEvent,
+};
+use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
+use crate::checkpoint::task::{open_backend, PreparedMember, RestorePoint, TaskCheckpointing};
+use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
 use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
 use crate::message::{CheckpointBarrier, EventTime, Message, Watermark};
@@ -24,11 +32,11 @@ use crate::metrics::{JobMetrics, OperatorMetrics};
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::planner::PhysicalPlan;
 use crate::registry::Partitioning;
-use crate::sink::{Sink, SinkContext};
+use crate::sink::{Sink, SinkContext, SinkRecovery};
 use crate::source::{dead_letters_to_batch, Decoder, Source, SourceContext, SourcePoll};
 use crate::state::{
     hash_columns, key_group_for_hash, subtask_for_key_group, InMemoryStateBackend, KeyGroupRange,
-    TimerService,
+    PreparedSnapshot, TimerService,
 };
 use crate::time::{WatermarkCombiner, WatermarkGenerator};
 
@@ -64,6 +72,45 @@ pub struct JobSummary {
     pub nodes: Vec<NodeSummary>,
     /// Largest number of rows queued in any one channel.
     pub peak_channel_rows: u64,
+    /// Checkpoints taken, when the job checkpoints.
+    pub checkpoints: Option<CheckpointSummary>,
+    /// Set when the job was stopped after a checkpoint (it resumes from it when run
+    /// again) rather than running to its end.
+    pub stopped_at_checkpoint: Option<u64>,
+}
+
+/// Checkpoint figures of a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// Completed checkpoints (the final one included).
+    pub completed: u64,
+    /// Aborted ones.
+    pub aborted: u64,
+    /// The last completed epoch.
+    pub last_epoch: u64,
+    /// Its duration, ms.
+    pub last_duration_ms: u64,
+    /// Bytes it uploaded.
+    pub last_uploaded_bytes: u64,
+    /// Bytes of state it refers to.
+    pub last_state_bytes: u64,
+    /// Bytes uploaded by all checkpoints.
+    pub total_uploaded_bytes: u64,
+}
+
+impl CheckpointSummary {
+    fn from_stats(s: &CheckpointStats) -> Self {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        CheckpointSummary {
+            completed: g(&s.completed),
+            aborted: g(&s.aborted),
+            last_epoch: g(&s.last_epoch),
+            last_duration_ms: g(&s.last_duration_ms),
+            last_uploaded_bytes: g(&s.last_uploaded_bytes),
+            last_state_bytes: g(&s.last_state_bytes),
+            total_uploaded_bytes: g(&s.total_uploaded_bytes),
+        }
+    }
 }
 
 impl JobSummary {
@@ -102,6 +149,25 @@ impl std::fmt::Display for JobSummary {
             self.records_read() as f64 / secs,
             self.dead_letters()
         )?;
+        if let Some(c) = &self.checkpoints {
+            writeln!(
+                f,
+                "  checkpoints: {} completed, {} aborted; last #{} took {} ms, uploaded {} of {} bytes of state; {} bytes uploaded in all",
+                c.completed,
+                c.aborted,
+                c.last_epoch,
+                c.last_duration_ms,
+                c.last_uploaded_bytes,
+                c.last_state_bytes,
+                c.total_uploaded_bytes
+            )?;
+        }
+        if let Some(e) = self.stopped_at_checkpoint {
+            writeln!(
+                f,
+                "  stopped after checkpoint {e}: run the job again to resume from it"
+            )?;
+        }
         writeln!(
             f,
             "  {:<20} {:<6} {:>3} {:>12} {:>12} {:>8} {:>8} {:>10}",
@@ -129,8 +195,15 @@ impl std::fmt::Display for JobSummary {
 pub struct JobHandle {
     /// Live counters (for progress display).
     pub metrics: Arc<JobMetrics>,
+    /// Checkpoint counters, when the job checkpoints.
+    pub checkpoints: Option<Arc<CheckpointStats>>,
+    /// The checkpoint the job was restored from, if any.
+    pub restored_from: Option<(u64, CheckpointKind)>,
     done: tokio::task::JoinHandle<Result<JobSummary>>,
     stop: Arc<AtomicBool>,
+    requests: Option<mpsc::UnboundedSender<CoordinatorRequest>>,
+    cancel: Arc<tokio::sync::Notify>,
+    stopped_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JobHandle {
@@ -161,6 +234,9 @@ impl JobHandle {
         JobControl {
             stop: self.stop.clone(),
             abort: self.done.abort_handle(),
+            requests: self.requests.clone(),
+            cancel: self.cancel.clone(),
+            stopped_at: self.stopped_at.clone(),
         }
     }
 }
@@ -170,14 +246,61 @@ impl JobHandle {
 pub struct JobControl {
     stop: Arc<AtomicBool>,
     abort: tokio::task::AbortHandle,
+    requests: Option<mpsc::UnboundedSender<CoordinatorRequest>>,
+    cancel: Arc<tokio::sync::Notify>,
+    stopped_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JobControl {
-    /// Drains the job: every source stops reading and ends its input as if it were
-    /// bounded (a final watermark fires every window), so that every sink flushes and
-    /// publishes what it has. [`JobHandle::wait`] then returns the summary.
+    /// Stops the job gracefully.
+    ///
+    /// Without checkpoints it drains: every source stops reading and ends its input as
+    /// if it were bounded (a final watermark fires every window), so that every sink
+    /// flushes and publishes what it has. With checkpoints it takes a checkpoint, waits
+    /// until every sink committed it and cancels the tasks: windows keep their state and
+    /// the job resumes from that checkpoint when run again. [`JobHandle::wait`] then
+    /// returns (an error if the job was cancelled).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let Some(requests) = self.requests.clone() else {
+            self.stop.store(true, Ordering::Relaxed);
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if requests
+            .send(CoordinatorRequest::StopWithCheckpoint(tx))
+            .is_err()
+        {
+            return;
+        }
+        let cancel = self.cancel.clone();
+        let stopped_at = self.stopped_at.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(epoch)) => {
+                    info!(
+                        epoch,
+                        "stopped after checkpoint {epoch}; run the job again to resume"
+                    );
+                    stopped_at.store(epoch, Ordering::Relaxed);
+                    cancel.notify_one();
+                }
+                Ok(Err(e)) => warn!(error = %e, "stop: the checkpoint failed; the job goes on"),
+                Err(_) => {}
+            }
+        });
+    }
+
+    /// Takes a savepoint of the running job; its name once complete.
+    pub async fn savepoint(&self) -> Result<String> {
+        let requests = self.requests.clone().ok_or_else(|| {
+            EngineError::Checkpoint("the job does not checkpoint: no savepoint can be taken".into())
+        })?;
+        let (tx, rx) = oneshot::channel();
+        requests
+            .send(CoordinatorRequest::Savepoint(tx))
+            .map_err(|_| EngineError::Checkpoint("the job has ended".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Checkpoint("the job ended before the savepoint".into()))?
     }
 
     /// Cancels every task at once; sinks publish nothing more.
@@ -186,13 +309,161 @@ impl JobControl {
     }
 }
 
+/// Where a job's state comes from when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Restore {
+    /// The latest completed checkpoint of a job with the same name in the job's
+    /// checkpoint storage, if there is one (the default with checkpoints).
+    #[default]
+    Auto,
+    /// Start empty, ignoring existing checkpoints (new ones are numbered after them).
+    Fresh,
+    /// The latest completed checkpoint; an error if there is none.
+    Latest,
+    /// A checkpoint or savepoint: an epoch (`12`), `chk-12`, a savepoint name, or the
+    /// path or URL of a checkpoint directory.
+    From(String),
+}
+
+/// How to run a job beyond its graph.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Checkpoints, if the job takes them.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// The keyed state backend of keyed steps.
+    pub state_backend: StateBackendConfig,
+    /// Where state comes from.
+    pub restore: Restore,
+}
+
 /// Runs `graph` to completion (bounded jobs) or until an error.
 pub async fn run(graph: LogicalGraph) -> Result<JobSummary> {
     start(graph)?.wait().await
 }
 
-/// Starts `graph` on the current tokio runtime.
+/// Runs `graph` with `options` to completion or until an error.
+pub async fn run_with(graph: LogicalGraph, options: RunOptions) -> Result<JobSummary> {
+    start_with(graph, options).await?.wait().await
+}
+
+/// Starts `graph` on the current tokio runtime (no checkpoints, in-memory state).
 pub fn start(graph: LogicalGraph) -> Result<JobHandle> {
+    start_inner(graph, RunOptions::default(), None, None)
+}
+
+/// Finds the checkpoint to restore from.
+async fn restore_point(options: &RunOptions, job: &str) -> Result<Option<RestorePoint>> {
+    let storage_config = options
+        .checkpoint
+        .as_ref()
+        .map(|c| c.storage.clone())
+        .unwrap_or_else(|| CheckpointConfig::default().storage);
+    let open = || CheckpointStorage::open(&storage_config, job);
+    let point = match &options.restore {
+        Restore::Fresh => None,
+        Restore::Auto => {
+            if options.checkpoint.is_none() {
+                return Ok(None);
+            }
+            let storage = open()?;
+            storage.latest().await?.map(|m| RestorePoint {
+                metadata: Arc::new(m),
+                storage,
+            })
+        }
+        Restore::Latest => {
+            let storage = open()?;
+            let m = storage.latest().await?.ok_or_else(|| {
+                EngineError::Checkpoint(format!(
+                    "--restore latest: no completed checkpoint of job `{job}` in {}",
+                    storage.describe()
+                ))
+            })?;
+            Some(RestorePoint {
+                metadata: Arc::new(m),
+                storage,
+            })
+        }
+        Restore::From(r) => {
+            let looks_like_path =
+                r.contains('/') || r.contains('\\') || std::path::Path::new(r).exists();
+            if looks_like_path {
+                let (storage, m) =
+                    CheckpointStorage::open_checkpoint_dir(&storage_config, r).await?;
+                Some(RestorePoint {
+                    metadata: Arc::new(m),
+                    storage,
+                })
+            } else {
+                let storage = open()?;
+                let m = storage.load(r).await?;
+                Some(RestorePoint {
+                    metadata: Arc::new(m),
+                    storage,
+                })
+            }
+        }
+    };
+    if let Some(p) = &point {
+        if p.metadata.max_parallelism == 0 {
+            return Err(EngineError::Checkpoint(
+                "the checkpoint has no key groups".into(),
+            ));
+        }
+    }
+    Ok(point)
+}
+
+/// Starts `graph` with checkpoints, a state backend and a restore point as `options`
+/// say.
+pub async fn start_with(graph: LogicalGraph, options: RunOptions) -> Result<JobHandle> {
+    let restore = restore_point(&options, &graph.job).await?;
+    if let Some(r) = &restore {
+        if r.metadata.max_parallelism != graph.settings.max_parallelism {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint {} has {} key groups, the job {}: max_parallelism cannot change",
+                r.metadata.epoch, r.metadata.max_parallelism, graph.settings.max_parallelism
+            )));
+        }
+        if r.metadata.kind == CheckpointKind::Final {
+            info!(job = %graph.job, epoch = r.metadata.epoch,
+                "the job finished in this checkpoint: resuming reads nothing new (run with --fresh to start over)");
+        } else {
+            info!(job = %graph.job, epoch = r.metadata.epoch, from = %r.storage.describe(), "restoring");
+        }
+    }
+    let ckpt = match &options.checkpoint {
+        None => None,
+        Some(c) => {
+            let storage = CheckpointStorage::open(&c.storage, &graph.job)?;
+            let swept = storage.sweep_orphans().await?;
+            if swept > 0 {
+                debug!(job = %graph.job, objects = swept, "removed half-written checkpoint objects");
+            }
+            let mut first_epoch = storage.max_epoch().await? + 1;
+            if let Some(r) = &restore {
+                first_epoch = first_epoch.max(r.metadata.epoch + 1);
+            }
+            let retained = storage.list_completed().await?;
+            Some((c.clone(), storage, first_epoch, retained))
+        }
+    };
+    start_inner(graph, options, restore, ckpt)
+}
+
+type CkptStart = (
+    CheckpointConfig,
+    CheckpointStorage,
+    u64,
+    Vec<crate::checkpoint::CheckpointMetadata>,
+);
+
+fn start_inner(
+    graph: LogicalGraph,
+    options: RunOptions,
+    restore: Option<RestorePoint>,
+    ckpt: Option<CkptStart>,
+) -> Result<JobHandle> {
     let plan = PhysicalPlan::new(&graph);
     let metrics = Arc::new(JobMetrics {
         nodes: graph
@@ -210,12 +481,111 @@ pub fn start(graph: LogicalGraph) -> Result<JobHandle> {
     let wiring = wire(&graph, &plan, &metrics)?;
     let m2 = metrics.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let done = tokio::spawn(supervise(graph, plan, wiring, m2, stop.clone()));
+    let restored_from = restore
+        .as_ref()
+        .map(|r| (r.metadata.epoch, r.metadata.kind.clone()));
+    let mut checkpoints = None;
+    let mut requests = None;
+    let mut links = None;
+    if let Some((config, storage, first_epoch, retained)) = ckpt {
+        let stats = Arc::new(CheckpointStats::default());
+        let (trigger_tx, trigger_rx) = watch::channel(None);
+        let (completed_tx, completed_rx) = watch::channel(first_epoch - 1);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        let mut sink_tasks = HashSet::new();
+        for (ci, c) in plan.chains.iter().enumerate() {
+            let has_sink = c
+                .nodes
+                .iter()
+                .any(|&n| matches!(graph.nodes[n].kind, NodeKind::Sink(_)));
+            for st in 0..c.parallelism {
+                tasks.push((ci, st));
+                if has_sink {
+                    sink_tasks.insert((ci, st));
+                }
+            }
+        }
+        let nodes: BTreeMap<String, usize> = graph
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.parallelism))
+            .collect();
+        let coordinator = Coordinator::new(
+            CoordinatorSetup {
+                config,
+                storage: storage.clone(),
+                job: graph.job.clone(),
+                max_parallelism: graph.settings.max_parallelism,
+                nodes,
+                tasks,
+                sink_tasks,
+                first_epoch,
+                retained,
+                stats: stats.clone(),
+            },
+            CoordinatorChannels {
+                trigger: trigger_tx,
+                completed: completed_tx,
+                events: events_rx,
+                requests: req_rx,
+            },
+        );
+        checkpoints = Some(stats);
+        requests = Some(req_tx);
+        links = Some(TaskLinks {
+            storage,
+            events: events_tx,
+            trigger: trigger_rx,
+            completed: completed_rx,
+            coordinator: Some(coordinator),
+            first_epoch,
+        });
+    }
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    let stopped_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let run = RunContext {
+        backend: options.state_backend,
+        restore,
+        links,
+        stats: checkpoints.clone(),
+        cancel: cancel.clone(),
+        stopped_at: stopped_at.clone(),
+    };
+    let done = tokio::spawn(supervise(graph, plan, wiring, m2, stop.clone(), run));
     Ok(JobHandle {
         metrics,
+        checkpoints,
+        restored_from,
         done,
         stop,
+        requests,
+        cancel,
+        stopped_at,
     })
+}
+
+/// What tasks need to take part in checkpoints.
+struct TaskLinks {
+    storage: CheckpointStorage,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    trigger: watch::Receiver<Option<CheckpointBarrier>>,
+    completed: watch::Receiver<u64>,
+    coordinator: Option<Coordinator>,
+    first_epoch: u64,
+}
+
+/// Job-wide settings the tasks share.
+struct RunContext {
+    backend: StateBackendConfig,
+    restore: Option<RestorePoint>,
+    links: Option<TaskLinks>,
+    stats: Option<Arc<CheckpointStats>>,
+    /// Notified to cancel every task (stop after a checkpoint).
+    cancel: Arc<tokio::sync::Notify>,
+    /// The checkpoint a stop happened after (0: none).
+    stopped_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One output edge of a task, as seen from one upstream subtask.
@@ -375,15 +745,39 @@ async fn supervise(
     wiring: Wiring,
     metrics: Arc<JobMetrics>,
     stop: Arc<AtomicBool>,
+    mut run: RunContext,
 ) -> Result<JobSummary> {
     let started = Instant::now();
     let graph = Arc::new(graph);
     let mut set: JoinSet<Result<()>> = JoinSet::new();
     let channel_stats = wiring.channel_stats;
+    if let Some(c) = run.links.as_mut().and_then(|l| l.coordinator.take()) {
+        set.spawn(async move {
+            c.run().await.map_err(|e| {
+                tracing::error!(error = %e, "checkpoint coordinator failed");
+                e
+            })
+        });
+    }
+    let backend = Arc::new(run.backend);
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
-            let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics)?;
+            let exactly_once = run.links.is_some();
+            let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics, exactly_once)?;
             task.stop = stop.clone();
+            task.backend = backend.clone();
+            task.restore = run.restore.clone();
+            task.ckpt = run.links.as_ref().map(|l| TaskCheckpointing {
+                id: (ci, st),
+                storage: l.storage.clone(),
+                events: l.events.clone(),
+                trigger: l.trigger.clone(),
+                completed: l.completed.clone(),
+                last_barrier: l.first_epoch - 1,
+                last_committed: l.first_epoch - 1,
+                known: Default::default(),
+                in_flight: Default::default(),
+            });
             let name = format!(
                 "{}[{st}]",
                 plan.chains[ci]
@@ -401,9 +795,19 @@ async fn supervise(
             });
         }
     }
+    // Tasks hold the only event senders: the coordinator ends when they all did.
+    drop(run.links);
     info!(job = %graph.job, tasks = set.len(), "job started");
     let mut first_err: Option<EngineError> = None;
-    while let Some(r) = set.join_next().await {
+    loop {
+        let r = tokio::select! {
+            r = set.join_next() => r,
+            _ = run.cancel.notified() => {
+                set.abort_all();
+                continue;
+            }
+        };
+        let Some(r) = r else { break };
         let err = match r {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
@@ -448,6 +852,11 @@ async fn supervise(
         elapsed: started.elapsed(),
         nodes,
         peak_channel_rows,
+        checkpoints: run.stats.as_deref().map(CheckpointSummary::from_stats),
+        stopped_at_checkpoint: match run.stopped_at.load(Ordering::Relaxed) {
+            0 => None,
+            e => Some(e),
+        },
     };
     info!(job = %graph.job, elapsed_ms = summary.elapsed.as_millis() as u64, "job finished");
     Ok(summary)
@@ -475,6 +884,13 @@ struct SinkTail {
     metrics: Arc<OperatorMetrics>,
 }
 
+/// What woke a task waiting for input.
+enum Wake<M> {
+    Input(M),
+    Tick,
+    Completed,
+}
+
 /// One subtask of a chain.
 struct ChainTask {
     job: String,
@@ -492,6 +908,18 @@ struct ChainTask {
     chain_nodes: Vec<(NodeId, Arc<OperatorMetrics>)>,
     /// Set by [`JobHandle::stop`]: a source task ends its input.
     stop: Arc<AtomicBool>,
+    /// Which backend keyed steps use.
+    backend: Arc<StateBackendConfig>,
+    /// The checkpoint to restore from.
+    restore: Option<RestorePoint>,
+    /// The link to the checkpoint coordinator, when the job checkpoints.
+    ckpt: Option<TaskCheckpointing>,
+    /// Whether each member is keyed (hash-partitioned input): it gets the configured
+    /// backend; others keep in-memory state.
+    keyed: Vec<bool>,
+    /// Node names of the chain's source, members and sink.
+    source_name: Option<String>,
+    sink_name: Option<String>,
 }
 
 impl ChainTask {
@@ -502,14 +930,25 @@ impl ChainTask {
         subtask: usize,
         tw: TaskWiring,
         metrics: &JobMetrics,
+        exactly_once: bool,
     ) -> Result<Self> {
         let chain = &plan.chains[ci];
         let p = chain.parallelism;
         let mut source = None;
         let mut members = Vec::new();
         let mut sink = None;
+        let mut keyed = Vec::new();
+        let mut source_name = None;
+        let mut sink_name = None;
         for &id in &chain.nodes {
             let node = &graph.nodes[id];
+            match &node.kind {
+                NodeKind::Source { .. } => source_name = Some(node.name.clone()),
+                NodeKind::Sink(_) => sink_name = Some(node.name.clone()),
+                NodeKind::Step(sb) => {
+                    keyed.push(matches!(sb.input_partitioning, Some(Partitioning::Hash(_))))
+                }
+            }
             let m = metrics.nodes[id].2.clone();
             match &node.kind {
                 NodeKind::Source {
@@ -562,6 +1001,7 @@ impl ChainTask {
                 }
                 NodeKind::Sink(sb) => {
                     let ctx = SinkContext {
+                        exactly_once,
                         job: graph.job.clone(),
                         sink: node.name.clone(),
                         subtask,
@@ -600,16 +1040,24 @@ impl ChainTask {
             combiner: WatermarkCombiner::new(n_inputs),
             chain_nodes,
             stop: Arc::new(AtomicBool::new(false)),
+            backend: Arc::new(StateBackendConfig::Memory),
+            restore: None,
+            ckpt: None,
+            keyed,
+            source_name,
+            sink_name,
         })
     }
 
     async fn run(mut self) -> Result<()> {
+        self.open_state().await?;
         for m in &mut self.members {
             m.op.open(&mut m.ctx)?;
         }
         if let Some(s) = &mut self.sink {
             s.sink.open(&s.ctx).await?;
         }
+        self.recover_sink().await?;
         if self.source.is_some() {
             self.run_source().await?;
         } else {
@@ -623,6 +1071,27 @@ impl ChainTask {
             return Ok(());
         };
         head.source.open(&head.ctx).await?;
+        if let (Some(r), Some(name)) = (&self.restore, &self.source_name) {
+            if let Some(ns) = r.metadata.nodes.get(name) {
+                let positions: Vec<serde_json::Value> = ns
+                    .subtasks
+                    .iter()
+                    .map(|s| s.source_position.clone().unwrap_or(serde_json::Value::Null))
+                    .collect();
+                if ns.parallelism == head.ctx.parallelism {
+                    if let Some(p) = positions.get(self.subtask) {
+                        head.source.restore(p)?;
+                    }
+                } else {
+                    head.source.restore_all(&positions).map_err(|e| {
+                        EngineError::Checkpoint(format!(
+                            "restoring source `{name}` from parallelism {} to {}: {e}",
+                            ns.parallelism, head.ctx.parallelism
+                        ))
+                    })?;
+                }
+            }
+        }
         if let Some(g) = head.watermarks.as_mut() {
             let now = Instant::now();
             for split in head.source.pending_splits() {
@@ -641,6 +1110,10 @@ impl ChainTask {
             if self.stop.load(Ordering::Relaxed) {
                 info!(job = %self.job, source = %source_name, subtask = self.subtask, "stopping: ending input");
                 return Ok(());
+            }
+            self.commit_completed().await?;
+            if let Some(b) = self.ckpt.as_mut().and_then(|c| c.triggered()) {
+                self.checkpoint(b).await?;
             }
             if let Some(every) = tick_every {
                 if last_tick.elapsed() >= every {
@@ -693,7 +1166,19 @@ impl ChainTask {
                     }
                 }
                 SourcePoll::Pending(d) => {
-                    tokio::time::sleep(d.min(Duration::from_millis(200))).await;
+                    let nap = tokio::time::sleep(d.min(Duration::from_millis(200)));
+                    match self.ckpt.as_mut() {
+                        // Wake up for a checkpoint trigger or completion.
+                        Some(c) => {
+                            let (trigger, completed) = (&mut c.trigger, &mut c.completed);
+                            tokio::select! {
+                                _ = nap => {}
+                                _ = trigger.changed() => {}
+                                _ = completed.changed() => {}
+                            }
+                        }
+                        None => nap.await,
+                    }
                 }
                 SourcePoll::Finished => return Ok(()),
             }
@@ -730,18 +1215,39 @@ impl ChainTask {
             let Some(inputs) = self.inputs.as_mut() else {
                 return Ok(());
             };
-            let next = match ticker.as_mut() {
-                Some(t) => {
+            let completed = self.ckpt.as_mut().map(|c| &mut c.completed);
+            let next = match (ticker.as_mut(), completed) {
+                (Some(t), Some(c)) => {
                     tokio::select! {
-                        m = inputs.recv() => Some(m),
-                        _ = t.tick() => None,
+                        m = inputs.recv() => Wake::Input(m),
+                        _ = t.tick() => Wake::Tick,
+                        _ = c.changed() => Wake::Completed,
                     }
                 }
-                None => Some(inputs.recv().await),
+                (Some(t), None) => {
+                    tokio::select! {
+                        m = inputs.recv() => Wake::Input(m),
+                        _ = t.tick() => Wake::Tick,
+                    }
+                }
+                (None, Some(c)) => {
+                    tokio::select! {
+                        m = inputs.recv() => Wake::Input(m),
+                        _ = c.changed() => Wake::Completed,
+                    }
+                }
+                (None, None) => Wake::Input(inputs.recv().await),
             };
-            let Some(next) = next else {
-                self.tick().await?;
-                continue;
+            let next = match next {
+                Wake::Input(m) => m,
+                Wake::Tick => {
+                    self.tick().await?;
+                    continue;
+                }
+                Wake::Completed => {
+                    self.commit_completed().await?;
+                    continue;
+                }
             };
             let Some((i, msg)) = next else {
                 return Ok(()); // every input finished
@@ -799,19 +1305,167 @@ impl ChainTask {
         if !seen.iter().zip(finished).all(|(s, f)| *f || s.is_some()) {
             return Ok(());
         }
-        for m in &mut self.members {
-            m.op.handle_checkpoint(b.epoch, &mut m.ctx)?;
-        }
-        if let Some(s) = self.sink.as_mut() {
-            s.sink.pre_commit(b.epoch).await?;
-        }
         debug!(job = %self.job, subtask = self.subtask, epoch = b.epoch, "barrier aligned");
-        self.broadcast(Message::Barrier(b)).await?;
+        self.checkpoint(b).await?;
         for (i, s) in seen.iter_mut().enumerate() {
             *s = None;
             if let Some(inputs) = self.inputs.as_mut() {
                 inputs.set_blocked(i, false);
             }
+        }
+        Ok(())
+    }
+
+    /// Creates each member's state backend and restores its state and timers.
+    async fn open_state(&mut self) -> Result<()> {
+        let journal = self.ckpt.is_some();
+        for (k, m) in self.members.iter_mut().enumerate() {
+            let keyed = self.keyed.get(k).copied().unwrap_or(false);
+            if !keyed && self.restore.is_none() && !journal {
+                continue; // stays in memory, empty
+            }
+            let (backend, known) = open_backend(
+                &self.backend,
+                keyed,
+                &self.job,
+                &m.ctx.operator,
+                self.subtask,
+                m.ctx.parallelism,
+                &m.ctx.key_groups,
+                self.restore.as_ref(),
+                &mut m.ctx.timers,
+            )
+            .await?;
+            m.ctx.state = backend;
+            if journal {
+                m.ctx.timers.enable_journal();
+            }
+            if let Some(c) = self.ckpt.as_mut() {
+                c.known.extend(known);
+            }
+        }
+        Ok(())
+    }
+
+    /// Restoring: the sink commits what the checkpoint pre-committed and drops what
+    /// was written after it.
+    async fn recover_sink(&mut self) -> Result<()> {
+        let (Some(r), Some(name), Some(s)) = (&self.restore, &self.sink_name, self.sink.as_mut())
+        else {
+            return Ok(());
+        };
+        let Some(ns) = r.metadata.nodes.get(name) else {
+            return Ok(());
+        };
+        let pending = if ns.parallelism == s.ctx.parallelism {
+            ns.subtasks
+                .get(self.subtask)
+                .and_then(|st| st.sink_commit.clone())
+                .into_iter()
+                .collect()
+        } else if self.subtask == 0 {
+            ns.subtasks
+                .iter()
+                .filter_map(|st| st.sink_commit.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        s.sink
+            .recover(&SinkRecovery {
+                epoch: r.metadata.epoch,
+                pending,
+                old_parallelism: ns.parallelism,
+            })
+            .await
+    }
+
+    /// Commits sinks and notifies operators of checkpoints completed since the last
+    /// call.
+    async fn commit_completed(&mut self) -> Result<()> {
+        let Some(epoch) = self.ckpt.as_mut().and_then(|c| c.newly_completed()) else {
+            return Ok(());
+        };
+        if let Some(s) = self.sink.as_mut() {
+            s.sink.commit(epoch).await?;
+        }
+        for m in &mut self.members {
+            m.op.handle_commit(epoch, &mut m.ctx)?;
+        }
+        if let Some(c) = self.ckpt.as_mut() {
+            c.mark_committed(epoch);
+            if self.sink.is_some() {
+                c.committed(epoch);
+            }
+        }
+        Ok(())
+    }
+
+    /// The synchronous part of a snapshot: operators write their in-memory state into
+    /// their backend, timers are flushed, and each backend hands over a consistent copy;
+    /// the source's position and the sink's pre-commit complete it.
+    async fn prepare_snapshot(
+        &mut self,
+        epoch: u64,
+        savepoint: bool,
+    ) -> Result<(Vec<PreparedMember>, Vec<(String, SubtaskState)>)> {
+        let mut prepared = Vec::with_capacity(self.members.len());
+        for m in &mut self.members {
+            m.op.handle_checkpoint(epoch, &mut m.ctx)?;
+            m.ctx.timers.flush_journal(&mut *m.ctx.state)?;
+            let snapshot = if m.ctx.state.states().is_empty() {
+                None
+            } else if savepoint {
+                Some(PreparedSnapshot::Full(m.ctx.state.snapshot()?))
+            } else {
+                Some(m.ctx.state.prepare_snapshot(epoch)?)
+            };
+            prepared.push(PreparedMember {
+                node: m.ctx.operator.clone(),
+                snapshot,
+            });
+        }
+        let mut extra = Vec::new();
+        if let (Some(h), Some(name)) = (&self.source, &self.source_name) {
+            extra.push((
+                name.clone(),
+                SubtaskState {
+                    source_position: Some(h.source.position()),
+                    ..Default::default()
+                },
+            ));
+        }
+        if let (Some(s), Some(name)) = (self.sink.as_mut(), &self.sink_name) {
+            let handle = s.sink.pre_commit(epoch).await?;
+            extra.push((
+                name.clone(),
+                SubtaskState {
+                    sink_commit: Some(handle),
+                    ..Default::default()
+                },
+            ));
+        }
+        Ok((prepared, extra))
+    }
+
+    /// Barrier `b` reached this task (aligned on every input, or triggered at the
+    /// source): snapshot, forward the barrier, store the snapshot in the background.
+    async fn checkpoint(&mut self, b: CheckpointBarrier) -> Result<()> {
+        if self.ckpt.is_none() {
+            for m in &mut self.members {
+                m.op.handle_checkpoint(b.epoch, &mut m.ctx)?;
+            }
+            if let Some(s) = self.sink.as_mut() {
+                s.sink.pre_commit(b.epoch).await?;
+            }
+            return self.broadcast(Message::Barrier(b)).await;
+        }
+        self.commit_completed().await?;
+        let (prepared, extra) = self.prepare_snapshot(b.epoch, b.savepoint).await?;
+        self.broadcast(Message::Barrier(b)).await?;
+        let subtask = self.subtask;
+        if let Some(c) = self.ckpt.as_mut() {
+            c.store_async(b, subtask, prepared, extra);
         }
         Ok(())
     }
@@ -901,6 +1555,7 @@ impl ChainTask {
 
     async fn emit_tail(&mut self, batch: RecordBatch) -> Result<()> {
         if let Some(s) = self.sink.as_mut() {
+            crate::fault::point("processing");
             OperatorMetrics::add(&s.metrics.records_in, batch.num_rows() as u64);
             OperatorMetrics::add(&s.metrics.records_out, batch.num_rows() as u64);
             return s.sink.write_batch(batch).await;
@@ -964,10 +1619,45 @@ impl ChainTask {
             }
             self.drain(k, out).await?;
         }
-        if let Some(s) = self.sink.as_mut() {
-            s.sink.finish().await?;
+        if self.ckpt.is_none() {
+            if let Some(s) = self.sink.as_mut() {
+                s.sink.finish().await?;
+            }
+            self.broadcast(Message::EndOfStream).await?;
+            debug!(job = %self.job, subtask = self.subtask, "task finished");
+            return Ok(());
+        }
+        // Checkpointing: the final state goes to the coordinator, whose final
+        // checkpoint (or a later periodic one) commits the sink's last part.
+        self.commit_completed().await?;
+        let final_epoch = self.ckpt.as_ref().map(|c| c.last_barrier + 1).unwrap_or(1);
+        let (prepared, extra) = self.prepare_snapshot(final_epoch, false).await?;
+        let subtask = self.subtask;
+        if let Some(c) = self.ckpt.as_mut() {
+            c.store_final(final_epoch, subtask, prepared, extra).await?;
         }
         self.broadcast(Message::EndOfStream).await?;
+        if self.sink.is_some() {
+            loop {
+                let done = self
+                    .ckpt
+                    .as_ref()
+                    .is_none_or(|c| c.last_committed >= final_epoch);
+                if done {
+                    break;
+                }
+                let changed = match self.ckpt.as_mut() {
+                    Some(c) => c.completed.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    return Err(EngineError::Checkpoint(
+                        "the checkpoint coordinator stopped before the final commit".into(),
+                    ));
+                }
+                self.commit_completed().await?;
+            }
+        }
         debug!(job = %self.job, subtask = self.subtask, "task finished");
         Ok(())
     }

@@ -18,6 +18,22 @@ pub struct SinkContext {
     pub subtask: usize,
     /// The sink's parallelism.
     pub parallelism: usize,
+    /// Whether the job checkpoints: output must then become visible only through
+    /// [`Sink::commit`] (exactly-once), and [`Sink::finish`] is not called.
+    pub exactly_once: bool,
+}
+
+/// What a sink subtask gets when its job is restored from a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct SinkRecovery {
+    /// The checkpoint's epoch.
+    pub epoch: u64,
+    /// What `pre_commit` returned, for the old subtasks this subtask takes over: its own
+    /// when the parallelism is unchanged; after a change of parallelism, subtask 0 gets
+    /// every old subtask's and the others none.
+    pub pending: Vec<serde_json::Value>,
+    /// The sink's parallelism when the checkpoint was taken.
+    pub old_parallelism: usize,
 }
 
 /// A destination for records. Created per subtask by a
@@ -38,8 +54,17 @@ pub trait Sink: Send {
         Ok(serde_json::Value::Null)
     }
 
-    /// Makes checkpoint `epoch`'s output visible. Must be idempotent.
+    /// Makes checkpoint `epoch`'s output visible, with that of every earlier epoch not
+    /// yet committed. Must be idempotent.
     async fn commit(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Restoring from a checkpoint, after [`Sink::open`] and before the first batch:
+    /// commit what the checkpoint's pre-commits list (the checkpoint completed, but the
+    /// commit may not have happened before the crash), idempotently, and discard what
+    /// was written after it and never committed.
+    async fn recover(&mut self, _recovery: &SinkRecovery) -> Result<()> {
         Ok(())
     }
 

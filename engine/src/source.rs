@@ -86,6 +86,18 @@ pub trait Source: Send {
     fn restore(&mut self, _position: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+
+    /// Restores a source whose parallelism changed since the checkpoint: `positions`
+    /// holds every old subtask's [`Source::position`], by old subtask index. Each new
+    /// subtask gets all of them and resumes the part of the input it now owns. Sources
+    /// that cannot redistribute their input refuse with a clear error (the default).
+    fn restore_all(&mut self, positions: &[serde_json::Value]) -> Result<()> {
+        Err(EngineError::Runtime(format!(
+            "this source cannot be restored with another parallelism (the checkpoint has {}): \
+             restore it with the parallelism it had",
+            positions.len()
+        )))
+    }
 }
 
 /// Column of a raw batch holding each record's bytes.

@@ -33,7 +33,7 @@ use weir_engine::registry::Registry;
 
 pub use aggregates::BuiltinAggregate;
 pub use formats::{CsvFormat, FormatDecoder, JsonFormat, RawFormat, RegexFormat};
-pub use steps::{FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep};
+pub use steps::{DedupStep, FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep};
 pub use window::{WindowOperator, WindowStep};
 
 /// Adds the formats (`json`, `csv`, `regex`, `raw`), steps (`filter`, `select`,
@@ -52,6 +52,7 @@ pub fn register(registry: &mut Registry) {
         .add_step(FilterStep)
         .add_step(SelectStep)
         .add_step(KeyByStep)
+        .add_step(DedupStep)
         .add_step(UnionStep)
         .add_step(ParseStep)
         .add_step(WindowStep);
@@ -76,7 +77,7 @@ mod tests {
         let steps: Vec<&str> = r.steps().map(|s| s.name()).collect();
         assert_eq!(
             steps,
-            vec!["filter", "key_by", "parse", "select", "union", "window"]
+            vec!["dedup", "filter", "key_by", "parse", "select", "union", "window"]
         );
         assert_eq!(
             r.aggregates().names(),

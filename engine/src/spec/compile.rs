@@ -10,7 +10,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -18,21 +17,52 @@ use super::fields::{duration_key, parse_event_time, parse_schema};
 use super::schema::{SINK_COMMON_KEYS, SOURCE_COMMON_KEYS};
 use super::yaml::escape;
 use super::{did_you_mean, At, JobOverrides, Problem};
+use crate::checkpoint::{
+    CheckpointConfig, S3Options, StateBackendConfig, DEFAULT_ROCKSDB_MEMORY_BUDGET,
+};
 use crate::graph::{
     GraphBuilder, JobSettings, LogicalGraph, SourceDecl, StreamRef, DEAD_LETTER_SINK,
 };
 use crate::registry::{FieldError, Registry};
 use crate::time::parse_duration;
 
-/// Checkpoint settings of a job (`checkpoint: { interval, storage, retain }`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointSpec {
-    /// Time between checkpoints.
-    pub interval: Duration,
-    /// Where checkpoints are kept (a directory or `file://` URL), if given.
-    pub storage: Option<String>,
-    /// How many completed checkpoints to keep, if given.
-    pub retain: Option<usize>,
+/// Parses a size like `64MB`, `1 GiB`, `512kb` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let parsed: Result<bytesize::ByteSize, String> = t.parse();
+    match parsed {
+        Ok(b) if b.as_u64() > 0 => {
+            usize::try_from(b.as_u64()).map_err(|_| format!("`{text}` is too large"))
+        }
+        Ok(_) => Err(format!("`{text}`: the size must be larger than 0")),
+        Err(_) => Err(format!(
+            "`{text}` is not a size: expected e.g. 64MB, 512KiB, 1GB or a number of bytes"
+        )),
+    }
+}
+
+/// A storage URL from the job file: relative local paths resolve against the job
+/// file's directory, like every other path in the job.
+fn resolve_storage_url(url: &str, base_dir: &Path) -> String {
+    let local = match url.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if url.contains("://") => return url.to_string(),
+        None => url,
+    };
+    let p = Path::new(local);
+    if p.is_absolute() {
+        format!("file://{}", p.display())
+    } else {
+        let joined = base_dir.join(p);
+        let abs = if joined.is_absolute() {
+            joined
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(&joined))
+                .unwrap_or(joined)
+        };
+        format!("file://{}", abs.display())
+    }
 }
 
 /// Everything a job file yields: the graph and the job-level settings that are not
@@ -42,7 +72,9 @@ pub struct CompiledJob {
     /// The logical graph.
     pub graph: LogicalGraph,
     /// Checkpoint settings, when the job enables checkpoints.
-    pub checkpoint: Option<CheckpointSpec>,
+    pub checkpoint: Option<CheckpointConfig>,
+    /// The keyed state backend (`state:`).
+    pub state: StateBackendConfig,
     /// The job's `description`.
     pub description: Option<String>,
 }
@@ -124,7 +156,8 @@ impl<'a> Compiler<'a> {
         clean: bool,
     ) -> Option<CompiledJob> {
         let settings = self.settings(overrides);
-        let checkpoint = self.checkpoint();
+        let checkpoint = self.checkpoint(base_dir);
+        let state = self.state(base_dir);
         let sources = self.section("sources");
         let steps = self.section("steps");
         let sinks = self.section("sinks");
@@ -170,6 +203,7 @@ impl<'a> Compiler<'a> {
             Ok(graph) => Some(CompiledJob {
                 graph,
                 checkpoint,
+                state,
                 description: self
                     .root
                     .get("description")
@@ -283,7 +317,7 @@ impl<'a> Compiler<'a> {
         s
     }
 
-    fn checkpoint(&mut self) -> Option<CheckpointSpec> {
+    fn checkpoint(&mut self, base_dir: &Path) -> Option<CheckpointConfig> {
         let obj = self.root.get("checkpoint")?.as_object()?;
         if self.is_broken("/checkpoint") {
             return None;
@@ -304,17 +338,82 @@ impl<'a> Compiler<'a> {
             );
             return None;
         }
-        Some(CheckpointSpec {
+        let mut config = CheckpointConfig {
             interval,
-            storage: obj
-                .get("storage")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            retain: obj
-                .get("retain")
-                .and_then(Value::as_u64)
-                .and_then(|r| usize::try_from(r).ok()),
-        })
+            ..CheckpointConfig::default()
+        };
+        match duration_key(obj, "timeout") {
+            Ok(Some(d)) if d.is_zero() => self.problem(
+                "/checkpoint/timeout",
+                At::Value,
+                "the checkpoint timeout must be longer than 0s",
+            ),
+            Ok(Some(d)) => config.timeout = d,
+            Ok(None) => {}
+            Err(e) => self.field_error("/checkpoint", e),
+        }
+        if let Some(r) = obj.get("retain").and_then(Value::as_u64) {
+            config.retain = usize::try_from(r).unwrap_or(usize::MAX).max(1);
+        }
+        if let Some(url) = obj.get("storage").and_then(Value::as_str) {
+            config.storage.url = resolve_storage_url(url, base_dir);
+        }
+        if let Some(s3) = obj.get("s3").and_then(Value::as_object) {
+            let text = |k: &str| s3.get(k).and_then(Value::as_str).map(str::to_string);
+            config.storage.s3 = S3Options {
+                endpoint: text("endpoint"),
+                region: text("region"),
+                access_key_id: text("access_key_id"),
+                secret_access_key: text("secret_access_key"),
+                session_token: text("session_token"),
+                path_style: s3
+                    .get("path_style")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                allow_http: s3
+                    .get("allow_http")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            };
+        }
+        Some(config)
+    }
+
+    fn state(&mut self, base_dir: &Path) -> StateBackendConfig {
+        let Some(obj) = self.root.get("state").and_then(Value::as_object) else {
+            return StateBackendConfig::Memory;
+        };
+        if self.is_broken("/state") {
+            return StateBackendConfig::Memory;
+        }
+        match obj.get("backend").and_then(Value::as_str) {
+            Some("rocksdb") => {
+                let dir = obj
+                    .get("dir")
+                    .and_then(Value::as_str)
+                    .map(|d| base_dir.join(d));
+                let budget = match obj.get("memory_budget") {
+                    None | Some(Value::Null) => DEFAULT_ROCKSDB_MEMORY_BUDGET,
+                    Some(Value::Number(n)) => n
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(DEFAULT_ROCKSDB_MEMORY_BUDGET),
+                    Some(Value::String(t)) => match parse_size(t) {
+                        Ok(n) => n,
+                        Err(m) => {
+                            self.problem("/state/memory_budget", At::Value, m);
+                            DEFAULT_ROCKSDB_MEMORY_BUDGET
+                        }
+                    },
+                    Some(_) => DEFAULT_ROCKSDB_MEMORY_BUDGET,
+                };
+                StateBackendConfig::RocksDb {
+                    dir,
+                    memory_budget_bytes: budget,
+                }
+            }
+            _ => StateBackendConfig::Memory,
+        }
     }
 
     /// Checks that names are unique across sections and not reserved; returns each

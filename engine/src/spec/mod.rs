@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use compile::{CheckpointSpec, CompiledJob};
+pub use compile::{parse_size, CompiledJob};
 pub use fields::{field_data_type, parse_event_time, parse_schema, FIELD_TYPES};
 pub use schema::{job_json_schema, DURATION_PATTERN, NAME_PATTERN};
 

@@ -47,6 +47,8 @@ pub mod defs {
     pub const DEAD_LETTER: &str = "dead_letter";
     /// The checkpoint settings.
     pub const CHECKPOINT: &str = "checkpoint";
+    /// The state backend settings.
+    pub const STATE: &str = "state";
 }
 
 /// What durations look like: numbers with units, as humantime reads them (`500ms`,
@@ -140,6 +142,7 @@ pub fn job_json_schema(registry: &Registry) -> Value {
                 "minimum": 1
             },
             "checkpoint": def_ref(defs::CHECKPOINT),
+            "state": def_ref(defs::STATE),
             "sources": {
                 "title": "Sources",
                 "description": "Where records come from, by name.",
@@ -286,16 +289,57 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                 "additionalProperties": false,
                 "required": ["interval"],
                 "properties": {
-                    "interval": with_text(def_ref(defs::DURATION), "Interval", "Time between checkpoints."),
+                    "interval": with_text(def_ref(defs::DURATION), "Interval", "Time between the end of one checkpoint and the start of the next."),
+                    "timeout": with_text(def_ref(defs::DURATION), "Timeout", "A checkpoint not complete after this long is aborted; the job goes on (default 10m)."),
                     "storage": {
                         "type": "string",
                         "minLength": 1,
-                        "description": "Where checkpoints are kept: a directory or a file:// URL (default .weir/<job>/checkpoints)."
+                        "description": "Where checkpoints are kept: a directory (relative to the job file), a file:// URL, s3://bucket/prefix, or memory:// (tests). Default: file://./.weir/checkpoints in the working directory."
                     },
                     "retain": {
                         "type": "integer",
                         "minimum": 1,
-                        "description": "How many completed checkpoints to keep (default 1)."
+                        "description": "How many completed checkpoints to keep (default 3); shared files are deleted when no kept checkpoint needs them."
+                    },
+                    "s3": {
+                        "title": "S3",
+                        "description": "Options of an s3:// storage; unset ones come from the AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).",
+                        "type": "object",
+                        "additionalProperties": false,
+                        "properties": {
+                            "endpoint": { "type": "string", "minLength": 1, "description": "Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000." },
+                            "region": { "type": "string", "minLength": 1, "description": "Region (default us-east-1)." },
+                            "access_key_id": { "type": "string", "description": "Access key id." },
+                            "secret_access_key": { "type": "string", "description": "Secret access key." },
+                            "session_token": { "type": "string", "description": "Session token of temporary credentials." },
+                            "path_style": { "type": "boolean", "description": "Path-style requests (endpoint/bucket/key), as most S3-compatible servers need (default false)." },
+                            "allow_http": { "type": "boolean", "description": "Allow an http:// endpoint (default false)." }
+                        }
+                    }
+                }
+            }),
+        ),
+        (
+            defs::STATE,
+            json!({
+                "title": "State",
+                "description": "Where keyed steps (windows, joins) keep their state.",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "backend": {
+                        "type": "string",
+                        "enum": ["memory", "rocksdb"],
+                        "description": "memory (default): hash maps in memory; rocksdb: on local disk, for state larger than memory, with incremental checkpoints."
+                    },
+                    "dir": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Directory of RocksDB's working files, relative to the job file (default .weir/state in the working directory)."
+                    },
+                    "memory_budget": {
+                        "type": ["string", "integer"],
+                        "description": "Memory RocksDB may use per subtask for its block cache and write buffers, e.g. 64MB (the default)."
                     }
                 }
             }),

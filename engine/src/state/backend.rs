@@ -6,6 +6,7 @@
 //! Iterators yield `Result` items so that a backend reading from disk can fail midway.
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 
 use super::key_group::KeyGroupRange;
 use super::snapshot::{StateInfo, StateSnapshot};
@@ -30,6 +31,44 @@ pub struct StateKey {
     pub key: Vec<u8>,
     /// The namespace bytes.
     pub namespace: Vec<u8>,
+}
+
+/// What a backend hands to the checkpoint writer at a barrier: the synchronous part of
+/// a snapshot. Writing it to storage happens afterwards, asynchronously, while the
+/// subtask goes on processing.
+#[derive(Debug)]
+pub enum PreparedSnapshot {
+    /// A full copy of the live state in the canonical format (the in-memory backend;
+    /// also what savepoints hold).
+    Full(StateSnapshot),
+    /// A local, immutable copy of the backend's files (a RocksDB checkpoint: SST files
+    /// hard-linked, so taking it is cheap). Shared files are uploaded only once.
+    Files(LocalCheckpoint),
+}
+
+/// A local directory holding a consistent copy of a backend's files.
+#[derive(Debug, Clone)]
+pub struct LocalCheckpoint {
+    /// The directory; the checkpoint writer deletes it once uploaded.
+    pub dir: PathBuf,
+    /// Identifies the backend instance whose files these are: a shared file is known by
+    /// `(instance, name)`, since two database instances may reuse a file name for
+    /// different contents.
+    pub instance: String,
+    /// Every file of the directory.
+    pub files: Vec<LocalFile>,
+}
+
+/// One file of a [`LocalCheckpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFile {
+    /// The file name within the directory.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Whether the file is immutable once written (an SST file) and can be shared by
+    /// later checkpoints; other files (manifest, options) are uploaded every time.
+    pub shared: bool,
 }
 
 /// Keyed state storage of one operator subtask.
@@ -208,6 +247,12 @@ pub trait KeyedStateBackend: Send {
     /// range overlaps. An address present in both keeps the snapshot's value; maps
     /// are merged and lists appended.
     fn restore(&mut self, snapshot: &StateSnapshot, range: &KeyGroupRange) -> Result<()>;
+
+    /// The synchronous part of a checkpoint: a consistent copy that later writes do not
+    /// change. The default is a full [`KeyedStateBackend::snapshot`].
+    fn prepare_snapshot(&mut self, _epoch: u64) -> Result<PreparedSnapshot> {
+        Ok(PreparedSnapshot::Full(self.snapshot()?))
+    }
 }
 
 /// Lets `&ctx.state` (a `Box<dyn KeyedStateBackend>`) be passed where a backend is
@@ -380,5 +425,9 @@ impl<B: KeyedStateBackend + ?Sized> KeyedStateBackend for Box<B> {
 
     fn restore(&mut self, snapshot: &StateSnapshot, range: &KeyGroupRange) -> Result<()> {
         (**self).restore(snapshot, range)
+    }
+
+    fn prepare_snapshot(&mut self, epoch: u64) -> Result<PreparedSnapshot> {
+        (**self).prepare_snapshot(epoch)
     }
 }

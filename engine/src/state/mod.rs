@@ -69,6 +69,7 @@ mod backend;
 mod key_group;
 mod keys;
 mod memory;
+mod rocks;
 mod snapshot;
 mod timers;
 mod typed;
@@ -81,12 +82,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 
-pub use backend::{KeyIter, KeyedStateBackend, MapEntryIter, StateKey, ValueIter};
+pub use backend::{
+    KeyIter, KeyedStateBackend, LocalCheckpoint, LocalFile, MapEntryIter, PreparedSnapshot,
+    StateKey, ValueIter,
+};
 pub use key_group::{
     key_group_for_hash, subtask_for_key_group, KeyGroupRange, DEFAULT_MAX_PARALLELISM,
 };
 pub use keys::{hash_columns, hash_key, key_bytes, key_groups_for_batch, EncodedKeys, KeyCodec};
 pub use memory::InMemoryStateBackend;
+pub use rocks::RocksDbStateBackend;
 pub use snapshot::{
     restore_keyed_state, snapshot_keyed_state, EntryData, KeyGroupSnapshot, SnapshotEntry,
     SnapshotTimer, Stamped, StateInfo, StateSnapshot,

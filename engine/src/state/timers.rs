@@ -2,14 +2,25 @@
 //! `(timestamp, key group, key, namespace)`; when the watermark (or the wall clock)
 //! reaches the timestamp, the timer is handed back once, in timestamp order. Timers are
 //! part of the checkpointed state: [`TimerService::snapshot_into`] writes them into the
-//! key groups of a [`StateSnapshot`].
+//! key groups of a [`StateSnapshot`]; with a journal
+//! ([`TimerService::enable_journal`]) the runtime instead writes only the timers
+//! registered or removed since the last checkpoint into the keyed state backend
+//! ([`TimerService::flush_journal`]), so that checkpoints of a RocksDB backend stay
+//! incremental, and reads them back with [`TimerService::restore_from_backend`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::backend::KeyedStateBackend;
 use super::key_group::KeyGroupRange;
 use super::snapshot::{SnapshotTimer, StateSnapshot};
+use super::{decode_namespace_i64, namespace_i64, state_error, StateDescriptor};
+use crate::error::Result;
+
+/// The keyed state in which journaled timers are stored: one empty value per timer at
+/// `(key group, key, domain | timestamp | namespace)`.
+pub const TIMER_STATE: &str = "__weir_timers";
 
 /// Which clock a timer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -92,6 +103,8 @@ pub struct TimerService {
     processing: TimerQueue,
     watermark: i64,
     processing_time: i64,
+    /// Timers registered (`true`) or removed (`false`) since the last flush.
+    journal: Option<HashMap<(TimeDomain, Timer), bool>>,
 }
 
 impl Default for TimerService {
@@ -108,7 +121,75 @@ impl TimerService {
             processing: TimerQueue::default(),
             watermark: i64::MIN,
             processing_time: i64::MIN,
+            journal: None,
         }
+    }
+
+    /// Records every change from now on, for [`TimerService::flush_journal`].
+    pub fn enable_journal(&mut self) {
+        if self.journal.is_none() {
+            self.journal = Some(HashMap::new());
+        }
+    }
+
+    fn record(&mut self, domain: TimeDomain, timer: &Timer, present: bool) {
+        if let Some(j) = self.journal.as_mut() {
+            j.insert((domain, timer.clone()), present);
+        }
+    }
+
+    fn record_removed(&mut self, domain: TimeDomain, timers: &[Timer]) {
+        if let Some(j) = self.journal.as_mut() {
+            for t in timers {
+                j.insert((domain, t.clone()), false);
+            }
+        }
+    }
+
+    /// Writes the changes since the last flush into `backend` (state [`TIMER_STATE`]);
+    /// the number of changes written.
+    pub fn flush_journal(&mut self, backend: &mut dyn KeyedStateBackend) -> Result<usize> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(0);
+        };
+        let changes = std::mem::take(journal);
+        let desc = StateDescriptor::new(TIMER_STATE);
+        let n = changes.len();
+        for ((domain, t), present) in changes {
+            let ns = timer_namespace(domain, t.timestamp, &t.namespace);
+            if present {
+                backend.value_put(&desc, t.key_group, &t.key, &ns, &[])?;
+            } else {
+                backend.value_delete(&desc, t.key_group, &t.key, &ns)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Registers the timers stored by [`TimerService::flush_journal`] in `backend`
+    /// whose key group is in `range`; the number registered.
+    pub fn restore_from_backend(
+        &mut self,
+        backend: &dyn KeyedStateBackend,
+        range: &KeyGroupRange,
+    ) -> Result<usize> {
+        if !backend.states().iter().any(|s| s.name == TIMER_STATE) {
+            return Ok(0);
+        }
+        let desc = StateDescriptor::new(TIMER_STATE);
+        let mut n = 0;
+        for k in backend.keys(&desc)? {
+            let k = k?;
+            if !range.contains(k.key_group) {
+                continue;
+            }
+            let (domain, ts, ns) = parse_timer_namespace(&k.namespace)
+                .ok_or_else(|| state_error(TIMER_STATE, "corrupt timer entry"))?;
+            let t = Timer::new(ts, k.key_group, &k.key, ns);
+            self.queue(domain).timers.insert(t);
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn queue(&mut self, domain: TimeDomain) -> &mut TimerQueue {
@@ -121,12 +202,17 @@ impl TimerService {
     /// Registers `timer`; `false` if the same timer was already registered (it still
     /// fires once). A timer at or behind the current time fires at the next advance.
     pub fn register(&mut self, domain: TimeDomain, timer: Timer) -> bool {
+        self.record(domain, &timer, true);
         self.queue(domain).timers.insert(timer)
     }
 
     /// Deletes `timer`; whether it was registered.
     pub fn delete(&mut self, domain: TimeDomain, timer: &Timer) -> bool {
-        self.queue(domain).timers.remove(timer)
+        let removed = self.queue(domain).timers.remove(timer);
+        if removed {
+            self.record(domain, timer, false);
+        }
+        removed
     }
 
     /// Registers an event-time timer; `false` if it was already registered.
@@ -191,27 +277,35 @@ impl TimerService {
     /// [`TimerService::poll_event_timer`] to fire them in the same pass.
     pub fn advance_watermark(&mut self, watermark: i64) -> Vec<Timer> {
         self.watermark = self.watermark.max(watermark);
-        self.event.take_due(watermark)
+        let due = self.event.take_due(watermark);
+        self.record_removed(TimeDomain::EventTime, &due);
+        due
     }
 
     /// Advances processing time to `now_ms` and removes and returns the
     /// processing-time timers with `timestamp <= now_ms`, in timer order.
     pub fn advance_processing_time(&mut self, now_ms: i64) -> Vec<Timer> {
         self.processing_time = self.processing_time.max(now_ms);
-        self.processing.take_due(now_ms)
+        let due = self.processing.take_due(now_ms);
+        self.record_removed(TimeDomain::ProcessingTime, &due);
+        due
     }
 
     /// Removes and returns the first event-time timer if `timestamp <= watermark`.
     /// Calling this in a loop also fires timers registered by earlier handlers.
     pub fn poll_event_timer(&mut self, watermark: i64) -> Option<Timer> {
         self.watermark = self.watermark.max(watermark);
-        self.event.poll(watermark)
+        let t = self.event.poll(watermark)?;
+        self.record(TimeDomain::EventTime, &t, false);
+        Some(t)
     }
 
     /// Removes and returns the first processing-time timer if `timestamp <= now_ms`.
     pub fn poll_processing_timer(&mut self, now_ms: i64) -> Option<Timer> {
         self.processing_time = self.processing_time.max(now_ms);
-        self.processing.poll(now_ms)
+        let t = self.processing.poll(now_ms)?;
+        self.record(TimeDomain::ProcessingTime, &t, false);
+        Some(t)
     }
 
     /// The timestamp of the earliest event-time timer.
@@ -292,6 +386,28 @@ impl TimerService {
             }
         }
     }
+}
+
+/// `domain (1 byte) | timestamp (order-preserving) | namespace`.
+fn timer_namespace(domain: TimeDomain, timestamp: i64, namespace: &[u8]) -> Vec<u8> {
+    let mut ns = Vec::with_capacity(9 + namespace.len());
+    ns.push(match domain {
+        TimeDomain::EventTime => 0,
+        TimeDomain::ProcessingTime => 1,
+    });
+    ns.extend_from_slice(&namespace_i64(timestamp));
+    ns.extend_from_slice(namespace);
+    ns
+}
+
+fn parse_timer_namespace(ns: &[u8]) -> Option<(TimeDomain, i64, &[u8])> {
+    let domain = match ns.first()? {
+        0 => TimeDomain::EventTime,
+        1 => TimeDomain::ProcessingTime,
+        _ => return None,
+    };
+    let ts = decode_namespace_i64(ns.get(1..9)?)?;
+    Some((domain, ts, &ns[9..]))
 }
 
 #[cfg(test)]
@@ -410,5 +526,35 @@ mod tests {
             prop_assert_eq!(as_set, expected);
             prop_assert_eq!(t.current_watermark(), i64::MAX);
         }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn journal_round_trips_through_a_backend() {
+        use crate::state::InMemoryStateBackend;
+        let mut t = TimerService::new();
+        t.enable_journal();
+        let mut backend = InMemoryStateBackend::new();
+        t.register_event_timer(10, 3, b"k", b"w1");
+        t.register_event_timer(20, 3, b"k", b"w2");
+        t.register_processing_timer(5, 7, b"x", b"");
+        assert_eq!(t.flush_journal(&mut backend).unwrap(), 3);
+        // Fired, deleted and new timers after the first flush.
+        assert_eq!(t.advance_watermark(10).len(), 1);
+        t.delete_processing_timer(5, 7, b"x", b"");
+        t.register_event_timer(-4, 100, b"\x00", b"n");
+        t.flush_journal(&mut backend).unwrap();
+        let mut restored = TimerService::new();
+        let all = KeyGroupRange::new(0, 127);
+        assert_eq!(restored.restore_from_backend(&backend, &all).unwrap(), 2);
+        let got: Vec<_> = restored.event_timers().cloned().collect();
+        let want: Vec<_> = t.event_timers().cloned().collect();
+        assert_eq!(got, want);
+        assert_eq!(restored.processing_timers().count(), 0);
+        // Only the owned key groups.
+        let mut part = TimerService::new();
+        part.restore_from_backend(&backend, &KeyGroupRange::new(0, 50))
+            .unwrap();
+        assert_eq!(part.len(), 1);
     }
 }

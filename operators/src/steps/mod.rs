@@ -12,6 +12,7 @@
 //! A row on which a `filter` or `select` expression fails at run time (division by zero,
 //! a bad cast) goes to the step's `dead_letter` side output; the other rows go on.
 
+mod dedup;
 mod filter;
 mod key_by;
 mod parse;
@@ -25,6 +26,7 @@ use arrow::record_batch::RecordBatch;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{OperatorCreate, StepBuild};
 
+pub use self::dedup::DedupStep;
 pub use self::filter::{FilterOperator, FilterStep};
 pub use self::key_by::KeyByStep;
 pub use self::parse::{ParseOperator, ParseStep, DEAD_LETTER_OUTPUT};
