@@ -23,7 +23,9 @@ use crate::checkpoint::coordinator::{
     TaskEvent,
 };
 use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
-use crate::checkpoint::task::{open_backend, PreparedMember, RestorePoint, TaskCheckpointing};
+use crate::checkpoint::task::{
+    open_backend, PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
+};
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
 use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
@@ -920,6 +922,9 @@ struct ChainTask {
     /// Node names of the chain's source, members and sink.
     source_name: Option<String>,
     sink_name: Option<String>,
+    /// Local working directories of RocksDB backends: removed when the task is dropped
+    /// (after `members`, which closes the databases first).
+    working_dirs: WorkingDirs,
 }
 
 impl ChainTask {
@@ -1046,6 +1051,7 @@ impl ChainTask {
             keyed,
             source_name,
             sink_name,
+            working_dirs: WorkingDirs::default(),
         })
     }
 
@@ -1324,7 +1330,7 @@ impl ChainTask {
             if !keyed && self.restore.is_none() && !journal {
                 continue; // stays in memory, empty
             }
-            let (backend, known) = open_backend(
+            let opened = open_backend(
                 &self.backend,
                 keyed,
                 &self.job,
@@ -1336,12 +1342,13 @@ impl ChainTask {
                 &mut m.ctx.timers,
             )
             .await?;
-            m.ctx.state = backend;
+            m.ctx.state = opened.backend;
+            self.working_dirs.0.extend(opened.working_dir);
             if journal {
                 m.ctx.timers.enable_journal();
             }
             if let Some(c) = self.ckpt.as_mut() {
-                c.known.extend(known);
+                c.known.extend(opened.known);
             }
         }
         Ok(())

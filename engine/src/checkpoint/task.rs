@@ -278,7 +278,7 @@ pub async fn open_backend(
     range: &KeyGroupRange,
     restore: Option<&RestorePoint>,
     timers: &mut TimerService,
-) -> Result<(Box<dyn KeyedStateBackend>, KnownFiles)> {
+) -> Result<OpenedBackend> {
     let handles: Vec<StateHandle> = match restore {
         Some(r) => match r.metadata.nodes.get(node) {
             Some(ns) => overlapping_subtasks(
@@ -294,7 +294,9 @@ pub async fn open_backend(
         },
         None => Vec::new(),
     };
+    let started = std::time::Instant::now();
     let mut known = KnownFiles::new();
+    let mut working_dir = None;
     let mut backend: Box<dyn KeyedStateBackend> = match (config, keyed) {
         (
             StateBackendConfig::RocksDb {
@@ -307,6 +309,8 @@ pub async fn open_backend(
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(".weir").join("state"));
             let db_dir = rocksdb_dir(&base, job, node, subtask);
+            remove_stale_dirs(&base.join(sanitize(job)));
+            working_dir = Some(db_dir.clone());
             let clock = Arc::new(SystemClock);
             // Same key groups as one old subtask: open its files directly.
             let same = match (handles.as_slice(), restore) {
@@ -392,7 +396,16 @@ pub async fn open_backend(
     };
     if !handles.is_empty() {
         let n = timers.restore_from_backend(&*backend, range)?;
-        debug!(job, node, subtask, timers = n, "state restored");
+        let bytes: u64 = handles.iter().map(StateHandle::bytes).sum();
+        tracing::info!(
+            job,
+            node,
+            subtask,
+            timers = n,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state restored"
+        );
     }
     if restore.is_some() && handles.is_empty() {
         if let Some(r) = restore {
@@ -405,5 +418,244 @@ pub async fn open_backend(
         }
     }
     backend.purge_expired()?;
-    Ok((backend, known))
+    Ok(OpenedBackend {
+        backend,
+        known,
+        working_dir,
+    })
+}
+
+/// A subtask's state backend, opened and restored.
+pub struct OpenedBackend {
+    /// The backend.
+    pub backend: Box<dyn KeyedStateBackend>,
+    /// Shared files already in storage (a RocksDB database opened from a checkpoint).
+    pub known: KnownFiles,
+    /// The local working directory, to remove when the task ends.
+    pub working_dir: Option<PathBuf>,
+}
+
+/// Removes local working directories (and their checkpoint copies) when dropped: keep
+/// it after the backends that use them, so that they are closed first.
+#[derive(Debug, Default)]
+pub struct WorkingDirs(pub Vec<PathBuf>);
+
+impl Drop for WorkingDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            remove_with_checkpoints(d);
+        }
+    }
+}
+
+/// Removes `dir` and the `<dir>.chk-*` / `<dir>.import-*` siblings made from it.
+fn remove_with_checkpoints(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Removes working directories of earlier runs of the job whose process is gone (a
+/// killed run cannot clean up after itself). Directory names end in `-<pid>`.
+fn remove_stale_dirs(job_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(job_dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let base = name.split('.').next().unwrap_or("");
+        let Some(pid) = base.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == me || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && cfg!(target_os = "linux") {
+            debug!(dir = %e.path().display(), "removing the working state of a dead run");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::metadata::{CheckpointKind, NodeState, METADATA_FORMAT};
+    use crate::checkpoint::{S3Options, StorageConfig};
+    use crate::state::StateDescriptor;
+
+    fn storage(name: &str) -> CheckpointStorage {
+        CheckpointStorage::open(
+            &StorageConfig {
+                url: format!("memory://{name}"),
+                s3: S3Options::default(),
+            },
+            "job",
+        )
+        .unwrap()
+    }
+
+    fn rocks(dir: &Path) -> StateBackendConfig {
+        StateBackendConfig::RocksDb {
+            dir: Some(dir.to_path_buf()),
+            memory_budget_bytes: 4 * 1024 * 1024,
+        }
+    }
+
+    fn fill(b: &mut dyn KeyedStateBackend, from: u32, to: u32) {
+        let d = StateDescriptor::new("s");
+        for i in from..to {
+            let key = i.to_be_bytes();
+            let kg = (i % 128) as u16;
+            b.value_put(&d, kg, &key, &[], &[7u8; 100]).unwrap();
+        }
+    }
+
+    fn metadata(epoch: u64, parallelism: usize, handles: Vec<StateHandle>) -> CheckpointMetadata {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "op".to_string(),
+            NodeState {
+                parallelism,
+                subtasks: handles
+                    .into_iter()
+                    .map(|h| SubtaskState {
+                        state: Some(h),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+        );
+        CheckpointMetadata {
+            format: METADATA_FORMAT,
+            job: "job".into(),
+            epoch,
+            timestamp_ms: 0,
+            completed_ms: 0,
+            kind: CheckpointKind::Checkpoint,
+            max_parallelism: 128,
+            nodes,
+        }
+    }
+
+    async fn snapshot_and_store(
+        b: &mut dyn KeyedStateBackend,
+        st: &CheckpointStorage,
+        epoch: u64,
+        known: &KnownFiles,
+    ) -> (StateHandle, u64, KnownFiles) {
+        let prepared = b.prepare_snapshot(epoch).unwrap();
+        let (snap, files) = store(
+            st,
+            &CheckpointDir::Epoch(epoch),
+            0,
+            vec![PreparedMember {
+                node: "op".into(),
+                snapshot: Some(prepared),
+            }],
+            Vec::new(),
+            known,
+        )
+        .await
+        .unwrap();
+        let s = &snap.nodes[0].1;
+        (s.state.clone().unwrap(), s.uploaded_bytes, files)
+    }
+
+    /// Through the same functions the runtime uses: the first RocksDB checkpoint uploads
+    /// the SST files, an unchanged state uploads only a few KB of private files, a small
+    /// change uploads a small SST; restoring with the same parallelism opens the files
+    /// (and does not upload them again), restoring with another parallelism imports
+    /// exactly the owned key groups.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rocksdb_checkpoints_are_incremental_and_restore_by_key_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = storage("task-incremental");
+        let all = KeyGroupRange::all(128);
+        let mut timers = TimerService::new();
+        let mut opened = open_backend(
+            &rocks(&tmp.path().join("a")),
+            true,
+            "job",
+            "op",
+            0,
+            1,
+            &all,
+            None,
+            &mut timers,
+        )
+        .await
+        .unwrap();
+        let b = opened.backend.as_mut();
+        fill(b, 0, 50_000);
+        let (_h1, up1, known1) = snapshot_and_store(b, &st, 1, &KnownFiles::new()).await;
+        assert!(up1 > 400_000, "first checkpoint uploads the state: {up1}");
+        let (_h2, up2, known2) = snapshot_and_store(b, &st, 2, &known1).await;
+        assert!(
+            up2 < 64 * 1024,
+            "unchanged state uploads only private files: {up2}"
+        );
+        fill(b, 50_000, 50_100);
+        let (h3, up3, _) = snapshot_and_store(b, &st, 3, &known2).await;
+        assert!(
+            up3 > up2 && up3 < 200 * 1024,
+            "a small change uploads a small file: {up3}"
+        );
+        let want = b.snapshot().unwrap();
+
+        // Same parallelism: the files are opened as they are, and known.
+        let point = RestorePoint {
+            metadata: Arc::new(metadata(3, 1, vec![h3.clone()])),
+            storage: st.clone(),
+        };
+        let mut t2 = TimerService::new();
+        let mut restored = open_backend(
+            &rocks(&tmp.path().join("b")),
+            true,
+            "job",
+            "op",
+            0,
+            1,
+            &all,
+            Some(&point),
+            &mut t2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(restored.backend.snapshot().unwrap(), want);
+        assert!(!restored.known.is_empty());
+        let (_h4, up4, _) =
+            snapshot_and_store(restored.backend.as_mut(), &st, 4, &restored.known).await;
+        assert!(
+            up4 < 64 * 1024,
+            "a restored database re-uploads nothing: {up4}"
+        );
+
+        // Another parallelism: subtask 1 of 2 imports key groups 64..128 only; the
+        // in-memory backend reads RocksDB files too.
+        for cfg in [rocks(&tmp.path().join("c")), StateBackendConfig::Memory] {
+            let mut t3 = TimerService::new();
+            let half = KeyGroupRange::for_subtask(128, 2, 1);
+            let o = open_backend(&cfg, true, "job", "op", 1, 2, &half, Some(&point), &mut t3)
+                .await
+                .unwrap();
+            let got = o.backend.snapshot().unwrap();
+            let want_half: Vec<_> = want
+                .key_groups
+                .iter()
+                .filter(|g| half.contains(g.key_group))
+                .cloned()
+                .collect();
+            assert_eq!(got.key_groups, want_half, "{cfg:?}");
+        }
+    }
 }
