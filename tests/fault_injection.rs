@@ -77,7 +77,7 @@ fn chrono_like(secs: i64) -> String {
 
 /// The error-spike job (per-service 1-minute error counts; every count is an alert so
 /// that the output is large) and a 30-second-gap session job, both checkpointing.
-fn job_yaml(kind: &str, parallelism: usize) -> String {
+pub(crate) fn job_yaml(kind: &str, parallelism: usize) -> String {
     let head = format!(
         "name: fault-{kind}\nparallelism: {parallelism}\nbatch_size: 64\n\
          checkpoint: {{ interval: 20ms, storage: ckpt, retain: 2 }}\n\
@@ -92,7 +92,7 @@ fn job_yaml(kind: &str, parallelism: usize) -> String {
     format!("{head}{body}dead_letter: {{ type: file, path: out/dead_letter.jsonl }}\n")
 }
 
-fn setup(kind: &str, parallelism: usize, seed: u64) -> tempfile::TempDir {
+pub(crate) fn setup(kind: &str, parallelism: usize, seed: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_logs(dir.path(), 4, 3_000, seed);
     std::fs::write(dir.path().join("job.yaml"), job_yaml(kind, parallelism)).unwrap();
@@ -110,7 +110,7 @@ fn weir_cmd(dir: &Path) -> Command {
 }
 
 /// Committed output: every published (not hidden) file's lines, by sink, sorted.
-fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
     let mut by_sink: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let out = dir.join("out");
     let Ok(entries) = std::fs::read_dir(&out) else {
@@ -122,7 +122,7 @@ fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
         if name.starts_with('.') {
             continue;
         }
-        let sink = name.split('-').next().unwrap_or("").to_string();
+        let sink = name.split(['-', '.']).next().unwrap_or("").to_string();
         let text = std::fs::read_to_string(&p).unwrap();
         by_sink
             .entry(sink)
@@ -275,4 +275,111 @@ fn random_series_of_kills() {
             "{kind}: output differs after {kills} kills"
         );
     }
+}
+
+/// The example job `name` with its bundled data, checkpointing every 20 ms, its file
+/// source paced at `rate` lines/s so that the run spans many checkpoints.
+fn example(name: &str, parallelism: usize, rate: u32) -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(root.join("data")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
+    }
+    let yaml = std::fs::read_to_string(root.join("job.yaml")).unwrap();
+    let mut out = String::new();
+    for line in yaml.lines() {
+        if line.starts_with("parallelism:") {
+            out.push_str(&format!(
+                "parallelism: {parallelism}\ncheckpoint: {{ interval: 20ms, storage: ckpt, retain: 2 }}\n"
+            ));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.trim() == "type: file" {
+            out.push_str(&format!("    rate: {rate}\n"));
+        }
+    }
+    std::fs::write(dir.path().join("job.yaml"), out).unwrap();
+    dir
+}
+
+/// The example's golden output (written by a run without checkpoints), by sink, sorted.
+fn golden(name: &str) -> BTreeMap<String, Vec<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+        .join("expected");
+    committed(&dir)
+}
+
+/// The windowed examples themselves (YAML and data as shipped, plus a checkpoint
+/// section): killed at each crash point at window parallelism 1 and 4, restarted until
+/// done; the published parts hold exactly the example's golden output.
+#[test]
+fn examples_are_exactly_once_at_every_crash_point() {
+    for (name, rate) in [("error_spike", 2000), ("sessionization", 400)] {
+        let want = golden(name);
+        assert!(!want.is_empty(), "{name}: no golden output");
+        for p in [1, 4] {
+            for point in [
+                "processing",
+                "checkpoint_write",
+                "before_commit",
+                "during_commit",
+            ] {
+                let dir = example(name, p, rate);
+                let fault = format!("{point}:2");
+                let killed = run_to_end(dir.path(), Some(&fault));
+                assert_eq!(
+                    killed, 1,
+                    "{name} p={p} {fault}: the crash point was not reached"
+                );
+                assert_eq!(
+                    committed(dir.path()),
+                    want,
+                    "{name} p={p} {fault}: published output differs from the golden output"
+                );
+            }
+        }
+    }
+}
+
+/// Checkpoints that cannot complete in time are aborted and the job goes on: with a
+/// 1 ms timeout every periodic checkpoint is aborted, yet the job finishes (its final
+/// checkpoint commits everything) with the same output.
+#[test]
+fn timed_out_checkpoints_are_aborted_and_the_job_goes_on() {
+    let want = reference("spike", 2, 31);
+    let dir = setup("spike", 2, 31);
+    let yaml = job_yaml("spike", 2).replace("retain: 2 }", "retain: 2, timeout: 1ms }");
+    assert!(yaml.contains("timeout: 1ms"));
+    std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
+    let out = weir_cmd(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let aborted: u64 = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("checkpoints:"))
+        .and_then(|l| l.split(" aborted;").next())
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(aborted > 0, "no checkpoint was aborted: {err}");
+    assert_eq!(committed(dir.path()), want);
+    // Aborted checkpoints leave no directory behind.
+    let chks = std::fs::read_dir(dir.path().join("ckpt/fault-spike"))
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name().to_string_lossy().starts_with("chk-")
+                && !e.path().join("_metadata").exists()
+        })
+        .count();
+    assert_eq!(chks, 0, "half-written checkpoint directories remain");
 }

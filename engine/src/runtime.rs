@@ -206,6 +206,7 @@ pub struct JobHandle {
     requests: Option<mpsc::UnboundedSender<CoordinatorRequest>>,
     cancel: Arc<tokio::sync::Notify>,
     stopped_at: Arc<std::sync::atomic::AtomicU64>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl JobHandle {
@@ -226,9 +227,9 @@ impl JobHandle {
         self.done.abort();
     }
 
-    /// Drains the job: see [`JobControl::stop`].
+    /// Stops the job gracefully: see [`JobControl::stop`].
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.control().stop();
     }
 
     /// A handle that can stop or abort the job while another task waits for it.
@@ -239,6 +240,7 @@ impl JobHandle {
             requests: self.requests.clone(),
             cancel: self.cancel.clone(),
             stopped_at: self.stopped_at.clone(),
+            runtime: self.runtime.clone(),
         }
     }
 }
@@ -251,6 +253,7 @@ pub struct JobControl {
     requests: Option<mpsc::UnboundedSender<CoordinatorRequest>>,
     cancel: Arc<tokio::sync::Notify>,
     stopped_at: Arc<std::sync::atomic::AtomicU64>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl JobControl {
@@ -276,7 +279,7 @@ impl JobControl {
         }
         let cancel = self.cancel.clone();
         let stopped_at = self.stopped_at.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             match rx.await {
                 Ok(Ok(epoch)) => {
                     info!(
@@ -565,6 +568,7 @@ fn start_inner(
         requests,
         cancel,
         stopped_at,
+        runtime: tokio::runtime::Handle::current(),
     })
 }
 

@@ -157,6 +157,10 @@ pub struct Coordinator {
     deleted: HashSet<String>,
     finished: HashMap<TaskId, TaskSnapshot>,
     stats: Arc<CheckpointStats>,
+    /// Aborted checkpoints (their late uploads are deleted as they arrive).
+    aborted: HashSet<u64>,
+    /// Aborted checkpoints whose directory must be deleted again (a late upload).
+    to_discard: Vec<u64>,
     /// A stop request waiting for every sink to commit `epoch`.
     stopping: Option<(u64, HashSet<TaskId>, oneshot::Sender<Result<u64>>)>,
 }
@@ -202,6 +206,8 @@ impl Coordinator {
             deleted: HashSet::new(),
             finished: HashMap::new(),
             stats: setup.stats,
+            aborted: HashSet::new(),
+            to_discard: Vec::new(),
             stopping: None,
         }
     }
@@ -232,6 +238,11 @@ impl Coordinator {
                 ev = self.channels.events.recv() => {
                     let Some(ev) = ev else { return Ok(()) };
                     self.on_event(ev, &mut inflight);
+                    for epoch in std::mem::take(&mut self.to_discard) {
+                        if let Err(e) = self.storage.discard(epoch).await {
+                            warn!(job = %self.job, epoch, error = %e, "could not delete the late files of an aborted checkpoint");
+                        }
+                    }
                 }
                 req = self.channels.requests.recv() => {
                     if let Some(r) = req {
@@ -290,18 +301,28 @@ impl Coordinator {
                 Some(f) if f.barrier.epoch == epoch => {
                     f.acks.insert(task, snapshot);
                 }
-                _ => debug!(job = %self.job, epoch, ?task, "late acknowledgement ignored"),
+                _ => {
+                    debug!(job = %self.job, epoch, ?task, "late acknowledgement ignored");
+                    if self.aborted.contains(&epoch) {
+                        self.to_discard.push(epoch);
+                    }
+                }
             },
             TaskEvent::Decline {
                 epoch,
                 task,
                 reason,
             } => {
-                if let Some(f) = inflight.as_mut() {
-                    if f.barrier.epoch == epoch {
+                match inflight.as_mut() {
+                    Some(f) if f.barrier.epoch == epoch => {
                         warn!(job = %self.job, epoch, ?task, %reason, "checkpoint declined");
                         // Expire at once: the main loop aborts it.
                         f.deadline = tokio::time::Instant::now();
+                    }
+                    _ => {
+                        if self.aborted.contains(&epoch) {
+                            self.to_discard.push(epoch);
+                        }
                     }
                 }
             }
@@ -471,6 +492,7 @@ impl Coordinator {
         let epoch = f.barrier.epoch;
         warn!(job = %self.job, epoch, %reason, "checkpoint aborted; the job goes on");
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        self.aborted.insert(epoch);
         match f.reply {
             Some(CoordinatorRequest::Savepoint(reply)) => {
                 let _ = reply.send(Err(EngineError::Checkpoint(format!(
