@@ -11,4 +11,6 @@ mod fault_injection;
 mod golden;
 mod partitioning;
 mod rust_api;
+#[cfg(unix)]
+mod savepoint;
 mod windows_oracle;
