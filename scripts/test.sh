@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Services for the tests (127.0.0.1 only), stopped on exit; see scripts/services.sh.
+source scripts/services.sh
+start_s3
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

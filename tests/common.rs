@@ -255,3 +255,38 @@ impl SinkFactory for CollectFactory {
         })
     }
 }
+
+/// Whether the tests run under CI (`CI=true`, as CI systems set it): there a test
+/// whose service is missing fails instead of skipping.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The S3-compatible server of the tests and its bucket: `WEIR_TEST_S3_ENDPOINT` (e.g.
+/// `http://127.0.0.1:19000`, started by `scripts/test.sh`) and `WEIR_TEST_S3_BUCKET`
+/// (default `weir-test`). Unset, this panics under CI and otherwise prints a note and
+/// returns `None`: the caller then returns without testing.
+pub fn s3_endpoint(test: &str) -> Option<(String, String)> {
+    let endpoint = match std::env::var("WEIR_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
+        _ => {
+            assert!(
+                !under_ci(),
+                "{test}: WEIR_TEST_S3_ENDPOINT is not set but CI=true: this test needs an \
+                 S3-compatible server (scripts/test.sh starts one; see scripts/services.sh)"
+            );
+            eprintln!(
+                "note: {test} skipped: WEIR_TEST_S3_ENDPOINT is not set (run scripts/test.sh, \
+                 or start `moto_server -H 127.0.0.1 -p 19000`, create a bucket with \
+                 `curl -X PUT http://127.0.0.1:19000/weir-test` and export \
+                 WEIR_TEST_S3_ENDPOINT=http://127.0.0.1:19000)"
+            );
+            return None;
+        }
+    };
+    let bucket = std::env::var("WEIR_TEST_S3_BUCKET")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "weir-test".into());
+    Some((endpoint, bucket))
+}

@@ -99,7 +99,7 @@ pub(crate) fn setup(kind: &str, parallelism: usize, seed: u64) -> tempfile::Temp
     dir
 }
 
-fn weir_cmd(dir: &Path) -> Command {
+pub(crate) fn weir_cmd(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.args(["run", "job.yaml", "--no-progress"])
         .current_dir(dir)
@@ -135,7 +135,11 @@ pub(crate) fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
     by_sink
 }
 
-fn reference(kind: &str, parallelism: usize, seed: u64) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn reference(
+    kind: &str,
+    parallelism: usize,
+    seed: u64,
+) -> BTreeMap<String, Vec<String>> {
     let dir = setup(kind, parallelism, seed);
     let out = weir_cmd(dir.path()).output().unwrap();
     assert!(
@@ -153,7 +157,7 @@ fn reference(kind: &str, parallelism: usize, seed: u64) -> BTreeMap<String, Vec<
 
 /// Runs until the job exits successfully; the first run with `WEIR_FAULT=fault`.
 /// Returns how many runs were killed.
-fn run_to_end(dir: &Path, fault: Option<&str>) -> usize {
+pub(crate) fn run_to_end(dir: &Path, fault: Option<&str>) -> usize {
     for (killed, attempt) in (0..20).enumerate() {
         let mut c = weir_cmd(dir);
         if let (Some(f), 0) = (fault, attempt) {

@@ -12,5 +12,9 @@ mod golden;
 mod partitioning;
 mod rust_api;
 #[cfg(unix)]
+mod s3_checkpoints;
+#[cfg(unix)]
 mod savepoint;
+#[cfg(unix)]
+mod state_rocksdb;
 mod windows_oracle;

@@ -766,6 +766,9 @@ async fn supervise(
         });
     }
     let backend = Arc::new(run.backend);
+    // Set when the job is cancelled after a stop checkpoint: tasks then fail only
+    // because their neighbours are gone, which is not an error.
+    let cancelling = Arc::new(AtomicBool::new(false));
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
             let exactly_once = run.links.is_some();
@@ -793,9 +796,14 @@ async fn supervise(
                     .collect::<Vec<_>>()
                     .join("->")
             );
+            let cancelling = cancelling.clone();
             set.spawn(async move {
                 task.run().await.map_err(|e| {
-                    tracing::error!(task = %name, error = %e, "task failed");
+                    if cancelling.load(Ordering::Relaxed) {
+                        debug!(task = %name, error = %e, "task ended while the job was cancelled");
+                    } else {
+                        tracing::error!(task = %name, error = %e, "task failed");
+                    }
                     e
                 })
             });
@@ -809,11 +817,15 @@ async fn supervise(
         let r = tokio::select! {
             r = set.join_next() => r,
             _ = run.cancel.notified() => {
+                cancelling.store(true, Ordering::Relaxed);
                 set.abort_all();
                 continue;
             }
         };
         let Some(r) = r else { break };
+        if cancelling.load(Ordering::Relaxed) {
+            continue;
+        }
         let err = match r {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),

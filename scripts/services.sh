@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Sourced by scripts/test.sh: starts the services that the tests need, bound to
+# 127.0.0.1 only, exports where they are, and stops them when the sourcing shell exits
+# (one EXIT trap for all of them). A service is a `start_<name>` function that starts
+# its process with `service_spawn`, waits for it with `service_wait_url` (or its own
+# probe), and exports the variables the tests read; add Kafka, PostgreSQL, ... the same
+# way and call them from test.sh.
+#
+# S3 (moto, in memory): WEIR_TEST_S3_ENDPOINT, WEIR_TEST_S3_BUCKET. The port can be
+# moved with WEIR_S3_PORT (default 19000).
+
+WEIR_SERVICES_LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/weir-services.XXXXXX")"
+WEIR_SERVICE_PIDS=()
+
+# Stops every service started here (by pid, children first) and removes the logs.
+stop_services() {
+  local pid
+  for pid in "${WEIR_SERVICE_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+  WEIR_SERVICE_PIDS=()
+  rm -rf "$WEIR_SERVICES_LOG_DIR"
+}
+trap stop_services EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Installs Debian packages (as root, or with sudo).
+service_apt_install() {
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "services: installing $*" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# service_spawn NAME COMMAND...: runs COMMAND in the background, its output in
+# $WEIR_SERVICES_LOG_DIR/NAME.log, and remembers its pid for stop_services.
+service_spawn() {
+  local name="$1"
+  shift
+  "$@" >"$WEIR_SERVICES_LOG_DIR/$name.log" 2>&1 &
+  WEIR_SERVICE_PIDS+=("$!")
+  SERVICE_PID="$!"
+}
+
+# service_wait_url NAME PID URL TIMEOUT_SECS: waits until URL answers over HTTP; fails
+# with the service's log if the process exits or the time runs out.
+service_wait_url() {
+  local name="$1" pid="$2" url="$3" timeout="$4" start=$SECONDS
+  until curl -s -o /dev/null --max-time 2 "$url"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "services: $name exited before answering at $url; its log:" >&2
+      sed 's/^/  /' "$WEIR_SERVICES_LOG_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    if [ $((SECONDS - start)) -ge "$timeout" ]; then
+      echo "services: $name did not answer at $url within ${timeout}s; its log:" >&2
+      sed 's/^/  /' "$WEIR_SERVICES_LOG_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# service_port_free NAME PORT: fails if something already answers on the port (another
+# run's server would be tested instead of ours).
+service_port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    echo "services: port 127.0.0.1:$2 for $1 is already in use; stop what listens there" \
+      "or pick another port (see scripts/services.sh)" >&2
+    return 1
+  fi
+}
+
+MOTO_VERSION="5.2.5"
+
+# The command that runs moto's server, installing moto when it is missing: pip first
+# (pyenv or a user Python); where pip refuses (Debian's own Python is externally
+# managed) or is missing, a virtualenv under ~/.cache/weir.
+moto_command() {
+  if moto_server --help >/dev/null 2>&1; then
+    MOTO=(moto_server)
+    return
+  fi
+  command -v python3 >/dev/null 2>&1 || service_apt_install python3
+  echo "services: installing moto[server]==$MOTO_VERSION" >&2
+  if python3 -m pip --version >/dev/null 2>&1 &&
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check \
+      "moto[server]==$MOTO_VERSION" >&2; then
+    MOTO=(python3 -m moto.server)
+    "${MOTO[@]}" --help >/dev/null 2>&1 && return
+  fi
+  local venv="$HOME/.cache/weir/venv-moto"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || {
+      service_apt_install python3-venv
+      python3 -m venv "$venv"
+    }
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  MOTO=("$venv/bin/python" -m moto.server)
+}
+
+# S3: moto on 127.0.0.1:$WEIR_S3_PORT with the bucket `weir-test`.
+start_s3() {
+  local port="${WEIR_S3_PORT:-19000}" bucket="weir-test"
+  local endpoint="http://127.0.0.1:$port"
+  command -v curl >/dev/null 2>&1 || service_apt_install curl
+  moto_command
+  service_port_free s3 "$port"
+  service_spawn s3 "${MOTO[@]}" -H 127.0.0.1 -p "$port"
+  service_wait_url s3 "$SERVICE_PID" "$endpoint/" 60
+  curl -fsS -o /dev/null -X PUT "$endpoint/$bucket" || {
+    echo "services: cannot create the bucket $bucket at $endpoint" >&2
+    return 1
+  }
+  export WEIR_TEST_S3_ENDPOINT="$endpoint"
+  export WEIR_TEST_S3_BUCKET="$bucket"
+  echo "services: S3 (moto) at $endpoint, bucket $bucket" >&2
+}
