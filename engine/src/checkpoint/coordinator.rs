@@ -153,8 +153,10 @@ pub struct Coordinator {
     channels: CoordinatorChannels,
     next_epoch: u64,
     retained: Vec<CheckpointMetadata>,
-    /// Shared files retention deleted: an acknowledgement still naming one is stale.
-    deleted: HashSet<String>,
+    /// Shared files the last few retentions deleted: an acknowledgement still naming
+    /// one is stale (a task's base for incremental uploads lags by at most one
+    /// completed checkpoint, so a short history suffices).
+    deleted: std::collections::VecDeque<HashSet<String>>,
     finished: HashMap<TaskId, TaskSnapshot>,
     stats: Arc<CheckpointStats>,
     /// Aborted checkpoints (their late uploads are deleted as they arrive).
@@ -203,7 +205,7 @@ impl Coordinator {
             channels,
             next_epoch: setup.first_epoch.max(1),
             retained: setup.retained,
-            deleted: HashSet::new(),
+            deleted: std::collections::VecDeque::new(),
             finished: HashMap::new(),
             stats: setup.stats,
             aborted: HashSet::new(),
@@ -415,7 +417,7 @@ impl Coordinator {
         if let Some(stale) = meta
             .referenced_paths()
             .into_iter()
-            .find(|p| self.deleted.contains(p))
+            .find(|p| self.deleted.iter().any(|d| d.contains(p)))
         {
             self.abort(f, format!("it refers to {stale}, removed by retention"))
                 .await;
@@ -482,7 +484,11 @@ impl Coordinator {
                 if !report.deleted_checkpoints.is_empty() {
                     debug!(job = %self.job, deleted = ?report.deleted_checkpoints, shared = report.deleted_shared.len(), "retention");
                 }
-                self.deleted.extend(report.deleted_shared);
+                self.deleted
+                    .push_back(report.deleted_shared.into_iter().collect());
+                while self.deleted.len() > 3 {
+                    self.deleted.pop_front();
+                }
             }
             Err(e) => warn!(job = %self.job, error = %e, "retention failed; old checkpoints stay"),
         }
