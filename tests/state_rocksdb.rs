@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::fault_injection::committed;
+
 const MB: u64 = 1024 * 1024;
 
 /// Odd constants below 2^47: `id * c` cannot overflow for ids below 2^16.
@@ -77,32 +79,6 @@ fn run_ok(dir: &Path, rust_log: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "the run failed: {}", tail(&err));
     err
-}
-
-/// Every published (not hidden) file of the sinks, by the stem of the sink's path (the
-/// file name up to its first `-`), lines sorted.
-fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut by_sink: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("out")) else {
-        return by_sink;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let sink = name.split('-').next().unwrap_or("").to_string();
-        let text = std::fs::read_to_string(&p).unwrap();
-        by_sink
-            .entry(sink)
-            .or_default()
-            .extend(text.lines().map(str::to_string));
-    }
-    for v in by_sink.values_mut() {
-        v.sort();
-    }
-    by_sink
 }
 
 /// The integer field `field` of every JSON line.
