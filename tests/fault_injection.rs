@@ -386,4 +386,15 @@ fn timed_out_checkpoints_are_aborted_and_the_job_goes_on() {
         })
         .count();
     assert_eq!(chks, 0, "half-written checkpoint directories remain");
+
+    // Some checkpoints abort and some complete (barriers of aborted ones are still
+    // travelling when newer ones arrive), then a crash and a restore: still exact.
+    for (timeout, fault) in [("8ms", "before_commit:2"), ("12ms", "processing:40")] {
+        let dir = setup("spike", 2, 31);
+        let yaml = job_yaml("spike", 2)
+            .replace("retain: 2 }", &format!("retain: 2, timeout: {timeout} }}"));
+        std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
+        run_to_end(dir.path(), Some(fault));
+        assert_eq!(committed(dir.path()), want, "timeout {timeout}, {fault}");
+    }
 }

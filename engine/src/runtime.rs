@@ -787,6 +787,7 @@ async fn supervise(
                 known: Default::default(),
                 in_flight: Default::default(),
             });
+            task.last_aligned = run.links.as_ref().map_or(0, |l| l.first_epoch - 1);
             let name = format!(
                 "{}[{st}]",
                 plan.chains[ci]
@@ -941,6 +942,8 @@ struct ChainTask {
     /// Local working directories of RocksDB backends: removed when the task is dropped
     /// (after `members`, which closes the databases first).
     working_dirs: WorkingDirs,
+    /// The epoch of the last barrier this task aligned on (older ones are stale).
+    last_aligned: u64,
 }
 
 impl ChainTask {
@@ -1068,6 +1071,7 @@ impl ChainTask {
             source_name,
             sink_name,
             working_dirs: WorkingDirs::default(),
+            last_aligned: 0,
         })
     }
 
@@ -1293,6 +1297,24 @@ impl ChainTask {
                     }
                 }
                 Some(Message::Barrier(b)) => {
+                    let current = barrier_seen.iter().flatten().map(|x| x.epoch).max();
+                    if b.epoch <= self.last_aligned || current.is_some_and(|e| b.epoch < e) {
+                        // A barrier of a checkpoint that was aborted (or superseded)
+                        // while it travelled: never align on it.
+                        debug!(job = %self.job, subtask = self.subtask, epoch = b.epoch, "stale barrier ignored");
+                        continue;
+                    }
+                    if current.is_some_and(|e| b.epoch > e) {
+                        // A newer checkpoint overtook the one being aligned (that one
+                        // was aborted): abandon it, as Flink does.
+                        debug!(job = %self.job, subtask = self.subtask, epoch = b.epoch, "alignment abandoned for a newer barrier");
+                        for (j, s) in barrier_seen.iter_mut().enumerate() {
+                            *s = None;
+                            if let Some(inputs) = self.inputs.as_mut() {
+                                inputs.set_blocked(j, false);
+                            }
+                        }
+                    }
                     barrier_seen[i] = Some(b);
                     if let Some(inputs) = self.inputs.as_mut() {
                         inputs.set_blocked(i, true);
@@ -1328,6 +1350,7 @@ impl ChainTask {
             return Ok(());
         }
         debug!(job = %self.job, subtask = self.subtask, epoch = b.epoch, "barrier aligned");
+        self.last_aligned = b.epoch;
         self.checkpoint(b).await?;
         for (i, s) in seen.iter_mut().enumerate() {
             *s = None;

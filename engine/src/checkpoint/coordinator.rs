@@ -61,6 +61,9 @@ pub enum TaskEvent {
     Finished {
         /// Who.
         task: TaskId,
+        /// The epoch after the last barrier the task handled: its final state stands in
+        /// only for checkpoints from this epoch on (earlier ones need its ack).
+        final_epoch: u64,
         /// Its final state.
         snapshot: TaskSnapshot,
     },
@@ -137,6 +140,8 @@ struct InFlight {
     deadline: tokio::time::Instant,
     acks: HashMap<TaskId, TaskSnapshot>,
     reply: Option<CoordinatorRequest>,
+    /// A task declined: abort, never complete.
+    declined: bool,
 }
 
 /// Drives checkpoints of one job.
@@ -157,7 +162,10 @@ pub struct Coordinator {
     /// one is stale (a task's base for incremental uploads lags by at most one
     /// completed checkpoint, so a short history suffices).
     deleted: std::collections::VecDeque<HashSet<String>>,
-    finished: HashMap<TaskId, TaskSnapshot>,
+    /// Final states of finished tasks, with their final epoch.
+    finished: HashMap<TaskId, (u64, TaskSnapshot)>,
+    /// The highest epoch each sink task committed.
+    sink_committed: HashMap<TaskId, u64>,
     stats: Arc<CheckpointStats>,
     /// Aborted checkpoints (their late uploads are deleted as they arrive).
     aborted: HashSet<u64>,
@@ -207,6 +215,7 @@ impl Coordinator {
             retained: setup.retained,
             deleted: std::collections::VecDeque::new(),
             finished: HashMap::new(),
+            sink_committed: HashMap::new(),
             stats: setup.stats,
             aborted: HashSet::new(),
             to_discard: Vec::new(),
@@ -263,7 +272,10 @@ impl Coordinator {
                 }
             }
             if let Some(f) = inflight.take() {
-                if self.is_complete(&f) {
+                if f.declined {
+                    self.abort(f, "a task declined it".into()).await;
+                    next_trigger = tokio::time::Instant::now() + interval;
+                } else if self.is_complete(&f) {
                     self.complete(f).await?;
                     next_trigger = tokio::time::Instant::now() + interval;
                 } else {
@@ -290,6 +302,7 @@ impl Coordinator {
             deadline: tokio::time::Instant::now() + self.config.timeout,
             acks: HashMap::new(),
             reply,
+            declined: false,
         }
     }
 
@@ -314,27 +327,33 @@ impl Coordinator {
                 epoch,
                 task,
                 reason,
-            } => {
-                match inflight.as_mut() {
-                    Some(f) if f.barrier.epoch == epoch => {
-                        warn!(job = %self.job, epoch, ?task, %reason, "checkpoint declined");
-                        // Expire at once: the main loop aborts it.
-                        f.deadline = tokio::time::Instant::now();
-                    }
-                    _ => {
-                        if self.aborted.contains(&epoch) {
-                            self.to_discard.push(epoch);
-                        }
+            } => match inflight.as_mut() {
+                Some(f) if f.barrier.epoch == epoch => {
+                    warn!(job = %self.job, epoch, ?task, %reason, "checkpoint declined");
+                    f.declined = true;
+                }
+                _ => {
+                    if self.aborted.contains(&epoch) {
+                        self.to_discard.push(epoch);
                     }
                 }
-            }
-            TaskEvent::Finished { task, snapshot } => {
-                self.finished.insert(task, snapshot);
+            },
+            TaskEvent::Finished {
+                task,
+                final_epoch,
+                snapshot,
+            } => {
+                self.finished.insert(task, (final_epoch, snapshot));
             }
             TaskEvent::Committed { epoch, task } => {
+                let c = self.sink_committed.entry(task).or_insert(0);
+                *c = (*c).max(epoch);
+                let gone = self.sink_done(&task);
                 let done = match self.stopping.as_mut() {
-                    Some((e, waiting, _)) if epoch >= *e => {
-                        waiting.remove(&task);
+                    Some((e, waiting, _)) => {
+                        if epoch >= *e || gone {
+                            waiting.remove(&task);
+                        }
                         waiting.is_empty()
                     }
                     _ => false,
@@ -348,10 +367,27 @@ impl Coordinator {
         }
     }
 
+    /// A task's final state, if it stands in for checkpoint `epoch`.
+    fn final_state(&self, t: &TaskId, epoch: u64) -> Option<&TaskSnapshot> {
+        self.finished
+            .get(t)
+            .filter(|(final_epoch, _)| *final_epoch <= epoch)
+            .map(|(_, s)| s)
+    }
+
+    /// Whether a finished sink task committed its final part (it has then exited).
+    fn sink_done(&self, t: &TaskId) -> bool {
+        match (self.finished.get(t), self.sink_committed.get(t)) {
+            (Some((final_epoch, _)), Some(c)) => c >= final_epoch,
+            _ => false,
+        }
+    }
+
     fn is_complete(&self, f: &InFlight) -> bool {
+        let e = f.barrier.epoch;
         self.tasks
             .iter()
-            .all(|t| f.acks.contains_key(t) || self.finished.contains_key(t))
+            .all(|t| f.acks.contains_key(t) || self.final_state(t, e).is_some())
     }
 
     /// Builds the metadata of a checkpoint from acknowledgements (preferred) and final
@@ -376,7 +412,7 @@ impl Coordinator {
             })
             .collect();
         for t in &self.tasks {
-            let Some(snap) = acks.get(t).or_else(|| self.finished.get(t)) else {
+            let Some(snap) = acks.get(t).or_else(|| self.final_state(t, barrier.epoch)) else {
                 continue;
             };
             for (node, st) in &snap.nodes {
@@ -446,16 +482,23 @@ impl Coordinator {
             "checkpoint complete"
         );
         crate::fault::point("before_commit");
-        let _ = self.channels.completed.send(epoch);
+        if !f.barrier.savepoint {
+            // Sinks commit checkpoints only: a savepoint's pending output is published
+            // by the next checkpoint (commit covers every earlier epoch), so a restore
+            // from the latest checkpoint never finds output it does not cover.
+            let _ = self.channels.completed.send(epoch);
+        }
         match f.reply {
             Some(CoordinatorRequest::Savepoint(reply)) => {
                 let _ = reply.send(Ok(savepoint_name(epoch)));
             }
             Some(CoordinatorRequest::StopWithCheckpoint(reply)) => {
+                // Every sink task commits `epoch`, finished ones too (they wait for
+                // their final commit), except those that already exited.
                 let waiting: HashSet<TaskId> = self
                     .sink_tasks
                     .iter()
-                    .filter(|t| !self.finished.contains_key(t))
+                    .filter(|t| !self.sink_done(t) && self.sink_committed.get(t) < Some(&epoch))
                     .copied()
                     .collect();
                 if waiting.is_empty() {
@@ -539,7 +582,7 @@ impl Coordinator {
         let uploaded = self
             .finished
             .values()
-            .flat_map(|s| &s.nodes)
+            .flat_map(|(_, s)| &s.nodes)
             .map(|(_, s)| s.uploaded_bytes)
             .sum();
         self.stats

@@ -421,13 +421,29 @@ impl CheckpointStorage {
     /// The highest epoch of any `chk-*` directory, completed or not (0 if none): a
     /// restarted job numbers from above it.
     pub async fn max_epoch(&self) -> Result<u64> {
-        Ok(self
+        let mut max = self
             .chk_dirs()
             .await?
             .iter()
             .map(|(e, _)| *e)
             .max()
-            .unwrap_or(0))
+            .unwrap_or(0);
+        // Savepoints (`savepoint-<epoch>`) and final states (`final/chk-<epoch>`) use
+        // epoch numbers too: a restarted job must not reuse them.
+        for name in self.sub_dirs(SAVEPOINTS).await? {
+            if let Some(e) = name
+                .strip_prefix("savepoint-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                max = max.max(e);
+            }
+        }
+        for name in self.sub_dirs(FINAL).await? {
+            if let Some(e) = parse_chk(&name) {
+                max = max.max(e);
+            }
+        }
+        Ok(max)
     }
 
     /// Loads `latest`, an epoch (`12`), `chk-12`, or a savepoint name (also as
@@ -566,6 +582,13 @@ impl CheckpointStorage {
             completed.drain(..completed.len() - retain).collect();
         let mut keep: HashSet<String> = protect.clone();
         keep.extend(completed.iter().flat_map(|m| m.referenced_paths()));
+        // Savepoints may refer to final states and shared files of tasks that had
+        // finished when they were taken: never delete those.
+        for name in self.sub_dirs(SAVEPOINTS).await? {
+            if let Some(m) = self.load_dir(&format!("{SAVEPOINTS}/{name}")).await? {
+                keep.extend(m.referenced_paths());
+            }
+        }
         for m in &dropped {
             if matches!(m.kind, CheckpointKind::Savepoint { .. }) {
                 keep.extend(m.referenced_paths());

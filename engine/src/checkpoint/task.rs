@@ -154,6 +154,7 @@ impl TaskCheckpointing {
         crate::fault::point("checkpoint_write");
         let _ = self.events.send(TaskEvent::Finished {
             task: self.id,
+            final_epoch,
             snapshot,
         });
         Ok(())
