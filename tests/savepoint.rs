@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fault_injection::{committed, job_yaml, setup};
+use crate::fault_injection::{committed, job_yaml, reference, setup};
 
 fn weir(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
@@ -38,11 +38,7 @@ fn run_to_end(dir: &Path) -> String {
 
 #[test]
 fn ctrl_c_stops_after_a_checkpoint_and_the_next_run_resumes_exactly_once() {
-    let reference = {
-        let dir = setup("spike", 2, 21);
-        run_to_end(dir.path());
-        committed(dir.path())
-    };
+    let reference = reference("spike", 2, 21);
     let dir = setup("spike", 2, 21);
     let child = weir(dir.path(), &["run", "job.yaml", "--no-progress"])
         .stdout(Stdio::null())
@@ -68,11 +64,7 @@ fn ctrl_c_stops_after_a_checkpoint_and_the_next_run_resumes_exactly_once() {
 
 #[test]
 fn savepoint_of_a_running_job_restores_at_another_parallelism() {
-    let reference = {
-        let dir = setup("spike", 2, 22);
-        run_to_end(dir.path());
-        committed(dir.path())
-    };
+    let reference = reference("spike", 2, 22);
     let dir = setup("spike", 2, 22);
     let mut child = weir(dir.path(), &["run", "job.yaml", "--no-progress"])
         .stdout(Stdio::null())
