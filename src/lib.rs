@@ -31,7 +31,7 @@ pub mod typed;
 
 use std::sync::Arc;
 
-pub use pipeline::{Pipeline, SinkSpec, SourceSpec, Stream, WindowSpec};
+pub use pipeline::{JoinSpec, JoinType, Pipeline, SinkSpec, SourceSpec, Stream, WindowSpec};
 pub use weir_connectors as connectors;
 pub use weir_engine as engine;
 pub use weir_engine::registry::Registry;
@@ -39,7 +39,9 @@ pub use weir_operators as operators;
 
 /// Everything a pipeline author needs.
 pub mod prelude {
-    pub use crate::pipeline::{Pipeline, SinkSpec, SourceSpec, Stream, WindowSpec};
+    pub use crate::pipeline::{
+        JoinSpec, JoinType, Pipeline, SinkSpec, SourceSpec, Stream, WindowSpec,
+    };
     pub use crate::WeirError;
     pub use weir_engine::operator::{Collector, Operator, OperatorContext};
     pub use weir_engine::registry::Partitioning;

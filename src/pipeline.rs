@@ -1,6 +1,6 @@
 //! The Rust API: a typed builder over the same logical graph the YAML compiler builds.
 //! Each method goes through the same registry factory as the YAML key of the same name
-//! (`filter`, `select`, `key_by`, `union`, `parse`, and any other registered step via
+//! (`filter`, `select`, `key_by`, `union`, `parse`, `window`, `join`, and any other registered step via
 //! [`Stream::step`]), so a pipeline written either way is the same graph.
 
 use std::cell::RefCell;
@@ -214,6 +214,86 @@ impl WindowSpec {
     }
 }
 
+/// Which unmatched rows a join emits, padded with nulls (YAML `type:` of `join:`).
+pub use weir_operators::join::JoinType;
+
+/// A join step, with the YAML names: `JoinSpec::interval("-10s", "0s").on(&["ad_id"])
+/// .join_type(JoinType::Left)` is `join: { interval: {lower: -10s, upper: 0s}, on:
+/// [ad_id], type: left }`. See docs/JOINS.md for the semantics.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    value: Map<String, Value>,
+}
+
+impl JoinSpec {
+    fn with(key: &str, v: Value) -> Self {
+        let mut value = Map::new();
+        value.insert(key.into(), v);
+        JoinSpec { value }
+    }
+
+    /// An interval join: `left.ts BETWEEN right.ts + lower AND right.ts + upper`
+    /// (`"-10s"`, `"0s"`).
+    pub fn interval(lower: &str, upper: &str) -> Self {
+        Self::with("interval", json!({"lower": lower, "upper": upper}))
+    }
+
+    /// A window join over tumbling windows of `size`.
+    pub fn tumbling(size: &str) -> Self {
+        Self::with("window", json!({ "tumbling": size }))
+    }
+
+    /// A window join over sliding windows of `size` every `slide`.
+    pub fn sliding(size: &str, slide: &str) -> Self {
+        Self::with("window", json!({"sliding": {"size": size, "slide": slide}}))
+    }
+
+    /// A window join over session windows (per key, over both sides) with `gap`.
+    pub fn session(gap: &str) -> Self {
+        Self::with("window", json!({"session": {"gap": gap}}))
+    }
+
+    /// Key columns with the same names on both sides (YAML `on: [a, b]`).
+    pub fn on(mut self, columns: &[&str]) -> Self {
+        self.value.insert("on".into(), json!(columns));
+        self
+    }
+
+    /// Key columns of different names, paired in order (YAML `on: {left: [...],
+    /// right: [...]}`).
+    pub fn on_columns(mut self, left: &[&str], right: &[&str]) -> Self {
+        self.value
+            .insert("on".into(), json!({"left": left, "right": right}));
+        self
+    }
+
+    /// Inner (default), left, right or full outer (YAML `type:`).
+    pub fn join_type(mut self, join_type: JoinType) -> Self {
+        self.value
+            .insert("type".into(), Value::String(join_type.name().into()));
+        self
+    }
+
+    /// The left event-time column (YAML `left_time:`).
+    pub fn left_time(mut self, column: &str) -> Self {
+        self.value
+            .insert("left_time".into(), Value::String(column.into()));
+        self
+    }
+
+    /// The right event-time column (YAML `right_time:`).
+    pub fn right_time(mut self, column: &str) -> Self {
+        self.value
+            .insert("right_time".into(), Value::String(column.into()));
+        self
+    }
+
+    /// The YAML value of the step.
+    pub fn to_value(&self) -> Value {
+        Value::Object(self.value.clone())
+    }
+}
+
 fn placed(what: &str, name: &str, e: FieldError) -> WeirError {
     WeirError::Pipeline(format!("{what} `{name}`: {e}"))
 }
@@ -384,6 +464,12 @@ impl Stream {
     /// Aggregates per key and window (YAML `window:`); see [`WindowSpec`].
     pub fn window(&self, name: &str, spec: WindowSpec) -> Result<Stream, WeirError> {
         self.step(name, "window", spec.to_value())
+    }
+
+    /// Joins this stream (the left input) with `right` (YAML `join:` with `from:
+    /// [this, right]`); see [`JoinSpec`].
+    pub fn join(&self, name: &str, right: &Stream, spec: JoinSpec) -> Result<Stream, WeirError> {
+        self.step_from(name, "join", spec.to_value(), &[right])
     }
 
     /// Merges this stream with others of the same schema (YAML `union:`).

@@ -322,12 +322,46 @@ fn golden(name: &str) -> BTreeMap<String, Vec<String>> {
     committed(&dir)
 }
 
-/// The windowed examples themselves (YAML and data as shipped, plus a checkpoint
-/// section): killed at each crash point at window parallelism 1 and 4, restarted until
-/// done; the published parts hold exactly the example's golden output.
+/// The ad-attribution example (a left outer interval join) with its join buffers in
+/// RocksDB: killed at each crash point at parallelism 1 and 4, restarted until done; the
+/// published parts hold exactly the golden output.
+#[test]
+fn join_example_with_rocksdb_is_exactly_once_at_every_crash_point() {
+    let want = golden("ad_attribution");
+    assert!(!want.is_empty(), "ad_attribution: no golden output");
+    for p in [1, 4] {
+        for point in ["processing", "checkpoint_write", "before_commit"] {
+            let dir = example("ad_attribution", p, 300);
+            let yaml = std::fs::read_to_string(dir.path().join("job.yaml")).unwrap();
+            let yaml = yaml.replacen(
+                "\nsources:",
+                "\nstate: { backend: rocksdb, dir: state, memory_budget: 8MB }\nsources:",
+                1,
+            );
+            assert!(yaml.contains("backend: rocksdb"));
+            std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
+            let fault = format!("{point}:3");
+            let killed = run_to_end(dir.path(), Some(&fault));
+            assert_eq!(killed, 1, "p={p} {fault}: the crash point was not reached");
+            assert_eq!(
+                committed(dir.path()),
+                want,
+                "p={p} {fault}: published output differs from the golden output"
+            );
+        }
+    }
+}
+
+/// The windowed and join examples themselves (YAML and data as shipped, plus a
+/// checkpoint section): killed at each crash point at parallelism 1 and 4, restarted
+/// until done; the published parts hold exactly the example's golden output.
 #[test]
 fn examples_are_exactly_once_at_every_crash_point() {
-    for (name, rate) in [("error_spike", 2000), ("sessionization", 400)] {
+    for (name, rate) in [
+        ("error_spike", 2000),
+        ("sessionization", 400),
+        ("ad_attribution", 300),
+    ] {
         let want = golden(name);
         assert!(!want.is_empty(), "{name}: no golden output");
         for p in [1, 4] {

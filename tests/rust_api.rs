@@ -66,14 +66,19 @@ mod error_spike_example;
 #[allow(dead_code)]
 mod sessionization_example;
 
+#[path = "../examples/ad_attribution/main.rs"]
+#[allow(dead_code)]
+mod ad_attribution_example;
+
 #[test]
 fn every_rust_example_builds_the_same_graph_as_its_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     type Build = fn(&Path) -> Result<Pipeline, WeirError>;
-    let examples: [(&str, Build); 3] = [
+    let examples: [(&str, Build); 4] = [
         ("log_filter", log_filter_example::build),
         ("error_spike", error_spike_example::build),
         ("sessionization", sessionization_example::build),
+        ("ad_attribution", ad_attribution_example::build),
     ];
     for (name, build) in examples {
         let dir = root.join("examples").join(name);

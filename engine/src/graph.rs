@@ -471,6 +471,7 @@ impl GraphBuilder {
             schema,
             side_outputs: Vec::new(),
             input_partitioning,
+            partitioning_per_input: Vec::new(),
             keyed_by: None,
             describe: format!("custom operator {name}"),
             create,
@@ -487,6 +488,7 @@ impl GraphBuilder {
     ) -> NodeId {
         let p = parallelism.unwrap_or(self.settings.parallelism).max(1);
         let part = build.input_partitioning.clone();
+        let per_input = build.partitioning_per_input.clone();
         let node = Node {
             id: 0,
             name: name.to_string(),
@@ -497,7 +499,8 @@ impl GraphBuilder {
         };
         let id = self.push(node);
         for (i, s) in inputs.iter().enumerate() {
-            let partitioning = match part.clone() {
+            let part = per_input.get(i).cloned().or_else(|| part.clone());
+            let partitioning = match part {
                 // Already partitioned by these keys (a `key_by` right before): no shuffle.
                 Some(Partitioning::Hash(keys)) if self.keyed_by(s, &keys, p) => {
                     Partitioning::Forward

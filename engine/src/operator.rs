@@ -149,6 +149,15 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The watermark forwarded downstream once the input watermark is `input` (after
+    /// [`Operator::handle_watermark`]). The default forwards it unchanged; an operator
+    /// whose output rows may carry event times behind its input watermark (an interval
+    /// join) holds it back by that much. It must not decrease as `input` grows, and the
+    /// runtime never forwards more than `input`.
+    fn output_watermark(&self, input: EventTime) -> EventTime {
+        input
+    }
+
     /// How often [`Operator::handle_tick`] should run (processing-time timers,
     /// flushing). `None`: never.
     fn tick_interval(&self) -> Option<Duration> {

@@ -140,6 +140,9 @@ pub struct StepBuild {
     /// How each input must be partitioned; `None` lets the planner choose (forward when
     /// the parallelism matches, else rebalance). A keyed operator asks for `Hash`.
     pub input_partitioning: Option<Partitioning>,
+    /// Per input, overriding `input_partitioning` where not empty: a join hashes its
+    /// left input by the left key columns and its right input by the right ones.
+    pub partitioning_per_input: Vec<Partitioning>,
     /// Output is partitioned by these keys (a `key_by` step): downstream keyed steps on
     /// the same keys need no further shuffle.
     pub keyed_by: Option<Vec<String>>,

@@ -969,9 +969,13 @@ impl ChainTask {
             match &node.kind {
                 NodeKind::Source { .. } => source_name = Some(node.name.clone()),
                 NodeKind::Sink(_) => sink_name = Some(node.name.clone()),
-                NodeKind::Step(sb) => {
-                    keyed.push(matches!(sb.input_partitioning, Some(Partitioning::Hash(_))))
-                }
+                NodeKind::Step(sb) => keyed.push(
+                    matches!(sb.input_partitioning, Some(Partitioning::Hash(_)))
+                        || sb
+                            .partitioning_per_input
+                            .iter()
+                            .any(|p| matches!(p, Partitioning::Hash(_))),
+                ),
             }
             let m = metrics.nodes[id].2.clone();
             match &node.kind {
@@ -1635,13 +1639,17 @@ impl ChainTask {
 
     /// The chain's input watermark advanced to `t`: let each member fire what is
     /// complete (its output flowing down the chain first), then forward `t`.
-    async fn advance_watermark(&mut self, t: EventTime) -> Result<()> {
+    async fn advance_watermark(&mut self, input: EventTime) -> Result<()> {
+        let mut t = input;
         for k in 0..self.members.len() {
             let mut out = Collector::default();
             {
                 let m = &mut self.members[k];
                 m.ctx.watermark = t;
                 m.op.handle_watermark(t, &mut m.ctx, &mut out)?;
+                // An operator may hold the watermark back (a join whose output rows
+                // carry times up to its interval behind its input watermark).
+                t = m.op.output_watermark(t).min(t);
             }
             self.drain(k, out).await?;
         }

@@ -15,6 +15,8 @@
 //!   with allowed lateness, update rows and a `late` side output), with the built-in
 //!   aggregate functions of [`aggregates`] (`count`, `sum`, `min`, `max`, `avg`,
 //!   `first`, `last`, `count(distinct …)`).
+//! - **joins** ([`join`]): the `join` step (interval and window joins, inner, left,
+//!   right and full outer, with `late_left`/`late_right` side outputs).
 //!
 //! ```
 //! let mut registry = weir_engine::registry::Registry::new();
@@ -25,6 +27,7 @@
 
 pub mod aggregates;
 pub mod formats;
+pub mod join;
 mod options;
 pub mod steps;
 pub mod window;
@@ -33,11 +36,12 @@ use weir_engine::registry::Registry;
 
 pub use aggregates::BuiltinAggregate;
 pub use formats::{CsvFormat, FormatDecoder, JsonFormat, RawFormat, RegexFormat};
+pub use join::{JoinOperator, JoinStep};
 pub use steps::{DedupStep, FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep};
 pub use window::{WindowOperator, WindowStep};
 
 /// Adds the formats (`json`, `csv`, `regex`, `raw`), steps (`filter`, `select`,
-/// `key_by`, `union`, `parse`, `window`) and aggregate functions (`count`,
+/// `key_by`, `union`, `parse`, `window`, `join`) and aggregate functions (`count`,
 /// `count_distinct`, `sum`, `min`, `max`, `avg`, `first`, `last`) of this crate to
 /// `registry`.
 pub fn register(registry: &mut Registry) {
@@ -55,7 +59,8 @@ pub fn register(registry: &mut Registry) {
         .add_step(DedupStep)
         .add_step(UnionStep)
         .add_step(ParseStep)
-        .add_step(WindowStep);
+        .add_step(WindowStep)
+        .add_step(JoinStep);
 }
 
 #[cfg(test)]

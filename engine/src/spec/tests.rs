@@ -203,6 +203,7 @@ fn step_build(schema: SchemaRef, describe: String) -> StepBuild {
         schema,
         side_outputs: Vec::new(),
         input_partitioning: None,
+        partitioning_per_input: Vec::new(),
         keyed_by: None,
         describe,
         create: Arc::new(|_, _| Ok(Box::new(PassThrough))),

@@ -159,6 +159,7 @@ impl StepFactory for DedupStep {
             schema: input.clone(),
             side_outputs: Vec::new(),
             input_partitioning: Some(Partitioning::Hash(keys.clone())),
+            partitioning_per_input: Vec::new(),
             keyed_by: Some(keys),
             describe,
             create: Arc::new(move |_subtask, _parallelism| {

@@ -93,6 +93,7 @@ impl StepFactory for KeyByStep {
             schema: input.clone(),
             side_outputs: Vec::new(),
             input_partitioning: Some(Partitioning::Hash(keys.clone())),
+            partitioning_per_input: Vec::new(),
             keyed_by: Some(keys.clone()),
             describe: format!("key_by {}", keys.join(", ")),
             create: clone_per_subtask(PassThrough),

@@ -61,6 +61,7 @@ fn simple_build(
         schema,
         side_outputs: Vec::new(),
         input_partitioning: None,
+        partitioning_per_input: Vec::new(),
         keyed_by: None,
         describe,
         create,

@@ -266,6 +266,7 @@ impl StepFactory for ParseStep {
             schema,
             side_outputs: vec![(DEAD_LETTER_OUTPUT.to_string(), dead_letter_schema())],
             input_partitioning: None,
+            partitioning_per_input: Vec::new(),
             keyed_by: None,
             describe,
             create: Arc::new(move |_, _| Ok(Box::new(op.clone()) as Box<dyn Operator>)),

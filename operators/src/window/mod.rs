@@ -31,7 +31,7 @@
 //! subtask, as zero columns hash alike).
 
 mod operator;
-mod plan;
+pub(crate) mod plan;
 #[cfg(test)]
 mod tests;
 
@@ -147,6 +147,7 @@ impl StepFactory for WindowStep {
             schema: output,
             side_outputs: vec![(LATE_OUTPUT.to_string(), input.clone())],
             input_partitioning: Some(Partitioning::Hash(keys.clone())),
+            partitioning_per_input: Vec::new(),
             keyed_by: (!keys.is_empty()).then_some(keys),
             describe,
             create: Arc::new(move |_subtask, _parallelism| {

@@ -49,7 +49,7 @@ pub enum WindowKind {
 }
 
 /// A duration in ms as users write it (`10m`, `1s 500ms`).
-fn fmt_ms(ms: i64) -> String {
+pub(crate) fn fmt_ms(ms: i64) -> String {
     weir_engine::time::format_duration(std::time::Duration::from_millis(
         u64::try_from(ms).unwrap_or(0),
     ))
@@ -112,7 +112,7 @@ pub struct WindowOptions {
 }
 
 /// Reads a duration (`"10s"`, or a number of milliseconds) in ms.
-fn duration_ms(v: &Value, path: &str, positive: bool) -> Result<i64, FieldError> {
+pub(crate) fn duration_ms(v: &Value, path: &str, positive: bool) -> Result<i64, FieldError> {
     let ms = match v {
         Value::String(s) => {
             let d = parse_duration(s).map_err(|e| FieldError::at(path, e))?;
@@ -144,7 +144,7 @@ fn duration_ms(v: &Value, path: &str, positive: bool) -> Result<i64, FieldError>
 }
 
 /// `tumbling: 1m` or `tumbling: {size: 1m}`.
-fn read_tumbling(v: &Value) -> Result<WindowKind, FieldError> {
+pub(crate) fn read_tumbling(v: &Value) -> Result<WindowKind, FieldError> {
     let size = match v {
         Value::Object(_) => {
             let mut o = Options::new("tumbling", v).map_err(|e| e.under("/tumbling"))?;
@@ -161,7 +161,7 @@ fn read_tumbling(v: &Value) -> Result<WindowKind, FieldError> {
 }
 
 /// `sliding: {size: 10m, slide: 1m}`.
-fn read_sliding(v: &Value) -> Result<WindowKind, FieldError> {
+pub(crate) fn read_sliding(v: &Value) -> Result<WindowKind, FieldError> {
     if !v.is_object() {
         return Err(FieldError::at(
             "/sliding",
@@ -196,7 +196,7 @@ fn read_sliding(v: &Value) -> Result<WindowKind, FieldError> {
 }
 
 /// `session: 30m` or `session: {gap: 30m}`.
-fn read_session(v: &Value) -> Result<WindowKind, FieldError> {
+pub(crate) fn read_session(v: &Value) -> Result<WindowKind, FieldError> {
     let gap = match v {
         Value::Object(_) => {
             let mut o = Options::new("session", v).map_err(|e| e.under("/session"))?;
