@@ -330,7 +330,12 @@ fn join_example_with_rocksdb_is_exactly_once_at_every_crash_point() {
     let want = golden("ad_attribution");
     assert!(!want.is_empty(), "ad_attribution: no golden output");
     for p in [1, 4] {
-        for point in ["processing", "checkpoint_write", "before_commit"] {
+        // Late enough that checkpoints with join buffers exist when the process dies.
+        for (point, occurrence) in [
+            ("processing", 40),
+            ("checkpoint_write", 10),
+            ("before_commit", 10),
+        ] {
             let dir = example("ad_attribution", p, 300);
             let yaml = std::fs::read_to_string(dir.path().join("job.yaml")).unwrap();
             let yaml = yaml.replacen(
@@ -340,7 +345,7 @@ fn join_example_with_rocksdb_is_exactly_once_at_every_crash_point() {
             );
             assert!(yaml.contains("backend: rocksdb"));
             std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
-            let fault = format!("{point}:3");
+            let fault = format!("{point}:{occurrence}");
             let killed = run_to_end(dir.path(), Some(&fault));
             assert_eq!(killed, 1, "p={p} {fault}: the crash point was not reached");
             assert_eq!(

@@ -9,6 +9,7 @@ mod event_time;
 #[cfg(unix)]
 mod fault_injection;
 mod golden;
+mod joins_oracle;
 mod partitioning;
 mod rust_api;
 #[cfg(unix)]
