@@ -133,11 +133,22 @@ impl<'a> Options<'a> {
 
     /// Fails on keys that were not read (besides `type`, which names the format itself).
     pub(crate) fn finish(self) -> Result<(), FieldError> {
+        self.finish_with(true)
+    }
+
+    /// Like [`Options::finish`], but `type` is unknown too unless asked for (for maps
+    /// nested in a step's value, where `type` means nothing).
+    pub(crate) fn finish_strict(self) -> Result<(), FieldError> {
+        self.finish_with(false)
+    }
+
+    fn finish_with(self, allow_type: bool) -> Result<(), FieldError> {
         let Some(map) = self.map else {
             return Ok(());
         };
         for key in map.keys() {
-            if key != "type" && !self.known.contains(&key.as_str()) {
+            let exempt = allow_type && key == "type";
+            if !exempt && !self.known.contains(&key.as_str()) {
                 let mut known = self.known.clone();
                 known.sort_unstable();
                 known.dedup();

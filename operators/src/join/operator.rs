@@ -243,7 +243,9 @@ impl JoinOperator {
     fn is_late(&self, t: i64, w: EventTime) -> bool {
         match self.plan.options.mode {
             JoinMode::Interval { .. } => t <= w,
-            JoinMode::Window(WindowKind::Session { gap }) => t.saturating_add(gap - 1) <= w,
+            // Not `t + gap - 1 <= w`: a row behind the watermark may belong to a session
+            // that already fired (and whose rows are gone).
+            JoinMode::Window(WindowKind::Session { .. }) => t <= w,
             JoinMode::Window(WindowKind::Tumbling { size }) => {
                 newest_start(t, size, size).is_none_or(|s| s + size - 1 <= w)
             }
@@ -813,10 +815,9 @@ impl Operator for JoinOperator {
 
     fn handle_checkpoint(&mut self, _epoch: u64, ctx: &mut OperatorContext) -> Result<()> {
         for (kg, key, persisted) in std::mem::take(&mut self.removed) {
-            for side in 0..2 {
-                if persisted[side] {
-                    ctx.state
-                        .value_delete(&self.states[side], kg, &key, VOID_NAMESPACE)?;
+            for (state, persisted) in self.states.iter().zip(persisted) {
+                if persisted {
+                    ctx.state.value_delete(state, kg, &key, VOID_NAMESPACE)?;
                 }
             }
         }

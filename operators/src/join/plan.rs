@@ -100,6 +100,9 @@ pub struct JoinOptions {
     pub left_on: Vec<String>,
     /// Key columns of the right input (the same names when `on:` is a list).
     pub right_on: Vec<String>,
+    /// Whether `on:` was written as a map `{left: [...], right: [...]}` (error paths
+    /// point into it).
+    pub on_map: bool,
     /// Interval or window.
     pub mode: JoinMode,
     /// `left_time:`, the left event-time column, if given.
@@ -206,6 +209,7 @@ impl JoinOptions {
                 ))
             }
         };
+        let on_map = matches!(o.value("on"), Some(Value::Object(_)));
         let (left_on, right_on) = match o.value("on") {
             None | Some(Value::Null) => {
                 return Err(FieldError::here(
@@ -223,7 +227,7 @@ impl JoinOptions {
                     .value("right")
                     .ok_or_else(|| FieldError::at("/on", "missing `right`: the right key columns"))
                     .and_then(|v| names(v, "/on/right"))?;
-                on.finish().map_err(|e| e.under("/on"))?;
+                on.finish_strict().map_err(|e| e.under("/on"))?;
                 if l.len() != r.len() {
                     return Err(FieldError::at(
                         "/on",
@@ -277,7 +281,7 @@ impl JoinOptions {
                     .value("upper")
                     .ok_or_else(|| FieldError::at("/interval", "missing `upper`, e.g. 0s"))
                     .and_then(|v| signed_duration_ms(v, "/interval/upper"))?;
-                io.finish().map_err(|e| e.under("/interval"))?;
+                io.finish_strict().map_err(|e| e.under("/interval"))?;
                 if lower > upper {
                     return Err(FieldError::at(
                         "/interval/upper",
@@ -324,7 +328,7 @@ impl JoinOptions {
                         found = Some((read(v).map_err(|e| e.under("/window"))?, name));
                     }
                 }
-                wo.finish().map_err(|e| e.under("/window"))?;
+                wo.finish_strict().map_err(|e| e.under("/window"))?;
                 let (k, _) = found.ok_or_else(|| {
                     FieldError::at(
                         "/window",
@@ -342,6 +346,7 @@ impl JoinOptions {
             join_type,
             left_on,
             right_on,
+            on_map,
             mode,
             left_time,
             right_time,
@@ -445,7 +450,7 @@ impl JoinPlan {
         right: &SchemaRef,
     ) -> Result<JoinPlan, FieldError> {
         let pair_path = |i: usize, side: &str| {
-            if options.left_on == options.right_on {
+            if !options.on_map {
                 if options.left_on.len() == 1 {
                     "/on".to_string()
                 } else {
