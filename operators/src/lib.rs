@@ -82,7 +82,7 @@ mod tests {
         let steps: Vec<&str> = r.steps().map(|s| s.name()).collect();
         assert_eq!(
             steps,
-            vec!["dedup", "filter", "key_by", "parse", "select", "union", "window"]
+            vec!["dedup", "filter", "join", "key_by", "parse", "select", "union", "window"]
         );
         assert_eq!(
             r.aggregates().names(),
