@@ -412,6 +412,13 @@ impl JoinOperator {
     /// Handles every queued entry due at watermark `w`: expiries, windows, sessions.
     fn advance(&mut self, w: EventTime, out: &mut Output) {
         let jt = self.plan.options.join_type;
+        // Session keys already looked at for `w`: a key has one queue entry per row
+        // time, and looking again at the same watermark finds nothing new.
+        let mut seen: std::collections::HashSet<Arc<[u8]>, ahash::RandomState> = Default::default();
+        let sessions = matches!(
+            self.plan.options.mode,
+            JoinMode::Window(WindowKind::Session { .. })
+        );
         while let Some(first) = self.queue.first() {
             if first.0 > w {
                 break;
@@ -419,6 +426,9 @@ impl JoinOperator {
             let Some((_, key, extra)) = self.queue.pop_first() else {
                 break;
             };
+            if sessions && !seen.insert(key.clone()) {
+                continue;
+            }
             let Some(ks) = self.keys.get_mut(&key) else {
                 continue;
             };
