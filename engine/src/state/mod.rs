@@ -242,6 +242,41 @@ pub fn decode_namespace_window(ns: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+/// Writes an operator's watermark under `state` for every key group of `range` (empty
+/// key, void namespace), so that a restored operator — also one owning other key groups
+/// after rescaling — judges lateness and firing as before. Read back with
+/// [`restore_watermarks`].
+pub fn store_watermark(
+    backend: &mut dyn KeyedStateBackend,
+    state: &StateDescriptor,
+    range: &KeyGroupRange,
+    watermark: i64,
+) -> crate::error::Result<()> {
+    let bytes = postcard::to_allocvec(&watermark)
+        .map_err(|e| state_error(&state.name, format!("serialising the watermark: {e}")))?;
+    for kg in range.iter() {
+        backend.value_put(state, kg, &[], VOID_NAMESPACE, &bytes)?;
+    }
+    Ok(())
+}
+
+/// The watermarks [`store_watermark`] wrote for the key groups of `range`, by key group.
+pub fn restore_watermarks(
+    backend: &dyn KeyedStateBackend,
+    state: &StateDescriptor,
+    range: &KeyGroupRange,
+) -> crate::error::Result<Vec<(u16, i64)>> {
+    let mut out = Vec::new();
+    for kg in range.iter() {
+        if let Some(b) = backend.value_get(state, kg, &[], VOID_NAMESPACE)? {
+            let w: i64 = postcard::from_bytes(&b)
+                .map_err(|e| state_error(&state.name, format!("corrupt watermark: {e}")))?;
+            out.push((kg, w));
+        }
+    }
+    Ok(out)
+}
+
 /// The error for state `state`.
 pub(crate) fn state_error(state: impl Into<String>, message: impl Into<String>) -> EngineError {
     EngineError::State {

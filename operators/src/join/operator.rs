@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
-use weir_engine::state::{hash_key, key_group_for_hash, StateDescriptor, StateKey, VOID_NAMESPACE};
+use weir_engine::state::{
+    hash_key, key_group_for_hash, restore_watermarks, store_watermark, StateDescriptor, StateKey,
+    VOID_NAMESPACE,
+};
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
 
@@ -697,17 +700,10 @@ impl Operator for JoinOperator {
         self.max_parallelism = ctx.max_parallelism;
         // The watermark of each owned key group, so that windows that fired before the
         // checkpoint do not fire again.
-        let mut group_wm: HashMap<u16, EventTime> = HashMap::new();
-        for kg in ctx.key_groups.iter() {
-            if let Some(b) = ctx
-                .state
-                .value_get(&self.watermark_state, kg, &[], VOID_NAMESPACE)?
-            {
-                let w: EventTime = postcard::from_bytes(&b)
-                    .map_err(|e| op_error(format!("corrupt watermark state: {e}")))?;
-                group_wm.insert(kg, w);
-            }
-        }
+        let group_wm: HashMap<u16, EventTime> =
+            restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?
+                .into_iter()
+                .collect();
         if let Some(w) = group_wm.values().min() {
             self.watermark = self.watermark.max(*w);
         }
@@ -873,13 +869,12 @@ impl Operator for JoinOperator {
             }
             ks.dirty = false;
         }
-        let wm = postcard::to_allocvec(&self.watermark)
-            .map_err(|e| op_error(format!("serialising the watermark: {e}")))?;
-        for kg in ctx.key_groups.iter() {
-            ctx.state
-                .value_put(&self.watermark_state, kg, &[], VOID_NAMESPACE, &wm)?;
-        }
-        Ok(())
+        store_watermark(
+            &mut *ctx.state,
+            &self.watermark_state,
+            &ctx.key_groups,
+            self.watermark,
+        )
     }
 
     fn handle_end_of_input(

@@ -24,8 +24,8 @@ use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::state::{
-    decode_namespace_window, hash_key, key_group_for_hash, namespace_window, Clock,
-    StateDescriptor, StateKey, SystemClock, VOID_NAMESPACE,
+    decode_namespace_window, hash_key, key_group_for_hash, namespace_window, restore_watermarks,
+    store_watermark, Clock, StateDescriptor, StateKey, SystemClock,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
@@ -691,18 +691,8 @@ impl Operator for WindowOperator {
                 kw.key_group = a.key_group;
             }
         }
-        let mut restored: Option<EventTime> = None;
-        for kg in ctx.key_groups.iter() {
-            if let Some(b) = ctx
-                .state
-                .value_get(&self.watermark_state, kg, &[], VOID_NAMESPACE)?
-            {
-                let w: EventTime = postcard::from_bytes(&b)
-                    .map_err(|e| op_error(format!("corrupt watermark state: {e}")))?;
-                restored = Some(restored.map_or(w, |r: EventTime| r.min(w)));
-            }
-        }
-        if let Some(w) = restored {
+        let restored = restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?;
+        if let Some(w) = restored.iter().map(|(_, w)| *w).min() {
             self.watermark = self.watermark.max(w);
         }
         Ok(())
@@ -853,13 +843,12 @@ impl Operator for WindowOperator {
                 w.persisted = true;
             }
         }
-        let wm = postcard::to_allocvec(&self.watermark)
-            .map_err(|e| op_error(format!("serialising the watermark: {e}")))?;
-        for kg in ctx.key_groups.iter() {
-            ctx.state
-                .value_put(&self.watermark_state, kg, &[], VOID_NAMESPACE, &wm)?;
-        }
-        Ok(())
+        store_watermark(
+            &mut *ctx.state,
+            &self.watermark_state,
+            &ctx.key_groups,
+            self.watermark,
+        )
     }
 
     fn handle_end_of_input(
