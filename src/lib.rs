@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod pipeline;
 pub mod typed;
 
@@ -106,6 +107,7 @@ pub fn run_options(
         checkpoint: job.checkpoint.clone(),
         state_backend: job.state.clone(),
         restore,
+        latency_markers: None,
     }
 }
 

@@ -68,6 +68,62 @@ enum Command {
     },
     /// Print the JSON Schema of job files (for editors).
     Schema,
+    /// Run the benchmark workloads (whole jobs) and print events/s, events/s per core,
+    /// latency, peak RSS and the cost of checkpoints; see docs/BENCHMARKS.md.
+    Bench {
+        /// Workloads to run (default: all; see --list).
+        workloads: Vec<String>,
+        /// Parallelisms to run each workload at.
+        #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
+        parallelism: Vec<usize>,
+        /// Input modes: `gen` (generators feed the job) and/or `jsonl` (their rows
+        /// written once to JSON lines, then read and decoded).
+        #[arg(long, value_delimiter = ',', default_value = "gen,jsonl")]
+        input: Vec<weir::bench::Input>,
+        /// Checkpoint interval of the runs with checkpoints.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        checkpoint_every: Duration,
+        /// Skip the runs with checkpoints.
+        #[arg(long)]
+        no_checkpoint: bool,
+        /// Multiply every workload's event count by this.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// In `jsonl` mode, at most this many rows per source.
+        #[arg(long, default_value_t = 2_000_000)]
+        jsonl_max_rows: u64,
+        /// Runs of each measurement; the fastest is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Cache of JSON-lines inputs and checkpoint scratch space.
+        #[arg(long, default_value = "target/weir-bench")]
+        data_dir: PathBuf,
+        /// List the workloads and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// One measured benchmark run (used by `weir bench`, which starts it as a child
+    /// process); prints the result as one JSON line.
+    #[command(hide = true)]
+    BenchChild {
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        input: weir::bench::Input,
+        #[arg(short, long)]
+        parallelism: usize,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        checkpoint_every: Option<Duration>,
+        #[arg(long)]
+        scale: f64,
+        #[arg(long)]
+        jsonl_max_rows: u64,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +195,89 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             let show = !no_progress && std::io::stderr().is_terminal();
             let summary = rt.block_on(run_with_progress(job.graph, options, show))?;
             eprint!("{summary}");
+            Ok(())
+        }
+        Command::Bench {
+            workloads,
+            parallelism,
+            input,
+            checkpoint_every,
+            no_checkpoint,
+            scale,
+            jsonl_max_rows,
+            runs,
+            json,
+            data_dir,
+            list,
+        } => {
+            if list {
+                for w in weir::bench::WORKLOADS {
+                    println!("{:<20} {}", w.name, w.about);
+                }
+                return Ok(());
+            }
+            let names: Vec<String> = if workloads.is_empty() {
+                weir::bench::WORKLOADS
+                    .iter()
+                    .map(|w| w.name.to_string())
+                    .collect()
+            } else {
+                workloads
+            };
+            for n in &names {
+                if weir::bench::workload(n).is_none() {
+                    return Err(WeirError::Pipeline(format!(
+                        "no workload `{n}`; `weir bench --list` shows them"
+                    )));
+                }
+            }
+            let data_dir = std::path::absolute(&data_dir).map_err(|e| {
+                WeirError::Pipeline(format!("bad data dir {}: {e}", data_dir.display()))
+            })?;
+            let plan = BenchPlan {
+                names,
+                parallelism,
+                input,
+                checkpoint_every: (!no_checkpoint).then_some(checkpoint_every),
+                scale,
+                jsonl_max_rows,
+                runs: runs.max(1),
+                data_dir,
+            };
+            let results = run_bench(&plan)?;
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&results)
+                    .map_err(|e| WeirError::Pipeline(format!("cannot write JSON: {e}")))?;
+                std::fs::write(&path, text + "\n").map_err(|e| {
+                    WeirError::Pipeline(format!("cannot write {}: {e}", path.display()))
+                })?;
+                eprintln!("results written to {}", path.display());
+            }
+            Ok(())
+        }
+        Command::BenchChild {
+            workload,
+            input,
+            parallelism,
+            checkpoint_every,
+            scale,
+            jsonl_max_rows,
+            data_dir,
+        } => {
+            let spec = weir::bench::RunSpec {
+                workload,
+                input,
+                parallelism,
+                checkpoint_every,
+                scale,
+                jsonl_max_rows,
+                data_dir,
+            };
+            let rt = runtime()?;
+            let result = rt.block_on(weir::bench::run_measured(&spec))?;
+            let line = serde_json::to_string(&result)
+                .map_err(|e| WeirError::Pipeline(format!("cannot encode the result: {e}")))?;
+            println!("{line}");
             Ok(())
         }
         Command::Savepoint {
@@ -316,4 +455,191 @@ fn format_ts(ms: i64) -> String {
     arrow::temporal_conversions::timestamp_ms_to_datetime(ms)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// What `weir bench` runs.
+struct BenchPlan {
+    names: Vec<String>,
+    parallelism: Vec<usize>,
+    input: Vec<weir::bench::Input>,
+    checkpoint_every: Option<Duration>,
+    scale: f64,
+    jsonl_max_rows: u64,
+    runs: usize,
+    data_dir: PathBuf,
+}
+
+/// One row of `weir bench`'s output: a run without checkpoints and, when asked, the
+/// same run with them.
+#[derive(serde::Serialize)]
+struct BenchRow {
+    #[serde(flatten)]
+    plain: weir::bench::RunResult,
+    with_checkpoints: Option<weir::bench::RunResult>,
+    /// Fraction of events/s lost to checkpoints.
+    checkpoint_cost: Option<f64>,
+}
+
+fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
+    let rt = runtime()?;
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    println!(
+        "{:<18} {:<5} {:>2} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} | {:>9} {:>6} {:>9} {:>9}",
+        "workload",
+        "input",
+        "p",
+        "events",
+        "Mev/s",
+        "Mev/core",
+        "p50 ms",
+        "p99 ms",
+        "RSS MB",
+        "ckpt Mev/s",
+        "cost",
+        "ckpt ms",
+        "upload MB"
+    );
+    for name in &plan.names {
+        for &input in &plan.input {
+            for &p in &plan.parallelism {
+                let spec = weir::bench::RunSpec {
+                    workload: name.clone(),
+                    input,
+                    parallelism: p,
+                    checkpoint_every: None,
+                    scale: plan.scale,
+                    jsonl_max_rows: plan.jsonl_max_rows,
+                    data_dir: plan.data_dir.clone(),
+                };
+                let measured = rt
+                    .block_on(weir::bench::prepare_inputs(&spec))
+                    .and_then(|()| best_of(&spec, plan.runs))
+                    .and_then(|plain| {
+                        let with = match plan.checkpoint_every {
+                            Some(every) => Some(best_of(
+                                &weir::bench::RunSpec {
+                                    checkpoint_every: Some(every),
+                                    ..spec.clone()
+                                },
+                                plan.runs,
+                            )?),
+                            None => None,
+                        };
+                        Ok((plain, with))
+                    });
+                let (plain, with) = match measured {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // One broken workload does not hide the others' figures.
+                        eprintln!("{name} ({}, p={p}) failed: {e}", input.name());
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let cost = with
+                    .as_ref()
+                    .map(|w| weir::bench::checkpoint_cost(&plain, w));
+                let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+                let (ck_rate, ck_cost, ck_ms, ck_up) = match (&with, cost) {
+                    (Some(w), Some(c)) => {
+                        let ck = w.checkpoints.as_ref();
+                        (
+                            format!("{:.3}", w.events_per_s / 1e6),
+                            format!("{:.0}%", c * 100.0),
+                            ck.map_or("-".into(), |c| {
+                                format!("{:.0}/{}", c.mean_duration_ms, c.max_duration_ms)
+                            }),
+                            ck.map_or("-".into(), |c| {
+                                format!("{:.1}", c.uploaded_bytes as f64 / 1e6)
+                            }),
+                        )
+                    }
+                    _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+                };
+                println!(
+                    "{:<18} {:<5} {:>2} {:>10} {:>9.3} {:>9.3} {:>8} {:>8} {:>7.0} | {:>9} {:>6} {:>9} {:>9}",
+                    name,
+                    input.name(),
+                    p,
+                    plain.events,
+                    plain.events_per_s / 1e6,
+                    plain.events_per_core_s / 1e6,
+                    ms(plain.latency_p50_ms),
+                    ms(plain.latency_p99_ms),
+                    plain.peak_rss_bytes as f64 / 1048576.0,
+                    ck_rate,
+                    ck_cost,
+                    ck_ms,
+                    ck_up
+                );
+                rows.push(BenchRow {
+                    plain,
+                    with_checkpoints: with,
+                    checkpoint_cost: cost,
+                });
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(WeirError::Pipeline(format!(
+            "{failed} benchmark run(s) failed (see above)"
+        )));
+    }
+    Ok(rows)
+}
+
+/// Runs one measurement `runs` times in child processes; keeps the fastest.
+fn best_of(spec: &weir::bench::RunSpec, runs: usize) -> Result<weir::bench::RunResult, WeirError> {
+    let mut best: Option<weir::bench::RunResult> = None;
+    for _ in 0..runs {
+        let r = run_child(spec)?;
+        if best
+            .as_ref()
+            .is_none_or(|b| r.events_per_s > b.events_per_s)
+        {
+            best = Some(r);
+        }
+    }
+    best.ok_or_else(|| WeirError::Pipeline("no run".into()))
+}
+
+/// Runs one measurement in a child process (`weir bench-child`).
+fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, WeirError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| WeirError::Pipeline(format!("cannot find the weir binary: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("bench-child")
+        .args(["--workload", &spec.workload])
+        .args(["--input", spec.input.name()])
+        .args(["--parallelism", &spec.parallelism.to_string()])
+        .args(["--scale", &spec.scale.to_string()])
+        .args(["--jsonl-max-rows", &spec.jsonl_max_rows.to_string()])
+        .arg("--data-dir")
+        .arg(&spec.data_dir);
+    if let Some(d) = spec.checkpoint_every {
+        cmd.args(["--checkpoint-every", &format!("{}ms", d.as_millis())]);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| WeirError::Pipeline(format!("cannot start a benchmark run: {e}")))?;
+    if !out.status.success() {
+        return Err(WeirError::Pipeline(format!(
+            "benchmark run of `{}` ({}, p={}) failed ({}):\n{}",
+            spec.workload,
+            spec.input.name(),
+            spec.parallelism,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| {
+        WeirError::Pipeline(format!(
+            "benchmark run of `{}` printed no result ({e}): {stdout}",
+            spec.workload
+        ))
+    })
 }

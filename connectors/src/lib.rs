@@ -3,34 +3,42 @@
 //! weir's built-in connectors, registered by name with [`register`]:
 //!
 //! - sources: `file` ([`file_source`]: lines of files matched by a glob, as raw bytes
-//!   for a format) and `datagen` ([`datagen`]: deterministic typed rows of the declared
-//!   schema, optionally rate-limited);
-//! - sinks: `stdout` ([`stdout_sink`]: JSON lines, CSV or tables) and `file`
-//!   ([`file_sink`]: JSON lines or CSV, published atomically).
+//!   for a format), `datagen` ([`datagen`]: deterministic typed rows of the declared
+//!   schema, optionally rate-limited) and `nexmark` ([`nexmark`]: the persons, auctions
+//!   and bids of the Nexmark benchmark, deterministic, optionally rate-limited);
+//! - sinks: `stdout` ([`stdout_sink`]: JSON lines, CSV or tables), `file`
+//!   ([`file_sink`]: JSON lines or CSV, published atomically) and `blackhole`
+//!   ([`blackhole_sink`]: discards rows, for benchmarks).
 
+pub mod blackhole_sink;
 pub mod datagen;
 mod encode;
 pub mod file_sink;
 pub mod file_source;
+pub mod nexmark;
 mod options;
 pub mod stdout_sink;
 
+pub use blackhole_sink::BlackholeSinkFactory;
 pub use datagen::DatagenFactory;
 pub use encode::TextFormat;
 pub use file_sink::FileSinkFactory;
 pub use file_source::{truncated_rows, FileSourceFactory, TRUNCATED_ROWS_METADATA};
+pub use nexmark::NexmarkFactory;
 pub use stdout_sink::StdoutSinkFactory;
 
 use weir_engine::registry::Registry;
 
-/// Adds weir's built-in connectors to `registry`: sources `file` and `datagen`, sinks
-/// `stdout` and `file`.
+/// Adds weir's built-in connectors to `registry`: sources `file`, `datagen` and
+/// `nexmark`, sinks `stdout`, `file` and `blackhole`.
 pub fn register(registry: &mut Registry) {
     registry
         .add_source(FileSourceFactory)
         .add_source(DatagenFactory)
+        .add_source(NexmarkFactory)
         .add_sink(StdoutSinkFactory)
-        .add_sink(FileSinkFactory);
+        .add_sink(FileSinkFactory)
+        .add_sink(BlackholeSinkFactory);
 }
 
 #[cfg(test)]
@@ -44,8 +52,8 @@ mod tests {
         register(&mut r);
         let sources: Vec<_> = r.sources().map(|f| f.name()).collect();
         let sinks: Vec<_> = r.sinks().map(|f| f.name()).collect();
-        assert_eq!(sources, vec!["datagen", "file"]);
-        assert_eq!(sinks, vec!["file", "stdout"]);
+        assert_eq!(sources, vec!["datagen", "file", "nexmark"]);
+        assert_eq!(sinks, vec!["blackhole", "file", "stdout"]);
         for f in r.sources() {
             let s = f.options_schema();
             assert_eq!(s["type"], "object", "{}", f.name());
@@ -56,7 +64,10 @@ mod tests {
         for f in r.sinks() {
             let s = f.options_schema();
             assert_eq!(s["type"], "object", "{}", f.name());
-            assert!(s["properties"]["format"].is_object(), "{}", f.name());
+            // Sinks that write text choose a format; the blackhole writes nothing.
+            if f.name() != "blackhole" {
+                assert!(s["properties"]["format"].is_object(), "{}", f.name());
+            }
             assert!(s["properties"].get("from").is_none(), "{}", f.name());
         }
     }

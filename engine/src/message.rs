@@ -28,6 +28,18 @@ pub struct CheckpointBarrier {
     pub savepoint: bool,
 }
 
+/// A latency marker (as in Flink): stamped with the wall-clock instant a source read
+/// the data it follows, it travels the same channels as the data without waiting in
+/// any operator's state, and a sink records how long it took to arrive. So it measures
+/// the time data spends queued and processed between ingestion and the sink, not the
+/// time a window holds it. Sources emit them only when asked
+/// ([`crate::runtime::RunOptions::latency_markers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyMarker {
+    /// When the source read the batch the marker follows.
+    pub emitted: std::time::Instant,
+}
+
 /// One message on an edge.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -37,6 +49,8 @@ pub enum Message {
     Watermark(Watermark),
     /// A checkpoint barrier.
     Barrier(CheckpointBarrier),
+    /// A latency marker.
+    LatencyMarker(LatencyMarker),
     /// The input has ended; no message follows.
     EndOfStream,
 }

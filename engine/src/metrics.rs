@@ -80,6 +80,58 @@ impl OperatorMetrics {
 pub struct JobMetrics {
     /// `(node name, kind, counters)` in graph order.
     pub nodes: Vec<(String, &'static str, Arc<OperatorMetrics>)>,
+    /// Latency samples recorded by the sinks from latency markers.
+    pub latency: LatencyRecorder,
+}
+
+/// Most latency samples kept; later ones are dropped (a bench run takes far fewer).
+const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+
+/// Ingestion-to-sink latencies measured with latency markers, in microseconds.
+#[derive(Debug, Default)]
+pub struct LatencyRecorder {
+    samples: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Percentiles of the recorded latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LatencySummary {
+    /// Markers that reached a sink.
+    pub samples: u64,
+    /// Median, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// Largest, microseconds.
+    pub max_us: u64,
+}
+
+impl LatencyRecorder {
+    /// Records one marker's latency.
+    pub fn record(&self, latency: std::time::Duration) {
+        let us = latency.as_micros().min(u64::MAX as u128) as u64;
+        if let Ok(mut s) = self.samples.lock() {
+            if s.len() < MAX_LATENCY_SAMPLES {
+                s.push(us);
+            }
+        }
+    }
+
+    /// Percentiles so far (nearest rank); `None` without samples.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let mut s = self.samples.lock().ok()?.clone();
+        if s.is_empty() {
+            return None;
+        }
+        s.sort_unstable();
+        let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+        Some(LatencySummary {
+            samples: s.len() as u64,
+            p50_us: rank(0.50),
+            p99_us: rank(0.99),
+            max_us: s[s.len() - 1],
+        })
+    }
 }
 
 impl JobMetrics {

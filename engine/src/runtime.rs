@@ -29,7 +29,7 @@ use crate::checkpoint::task::{
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
 use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
-use crate::message::{CheckpointBarrier, EventTime, Message, Watermark};
+use crate::message::{CheckpointBarrier, EventTime, LatencyMarker, Message, Watermark};
 use crate::metrics::{JobMetrics, OperatorMetrics};
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::planner::PhysicalPlan;
@@ -79,6 +79,9 @@ pub struct JobSummary {
     /// Set when the job was stopped after a checkpoint (it resumes from it when run
     /// again) rather than running to its end.
     pub stopped_at_checkpoint: Option<u64>,
+    /// Ingestion-to-sink latency from latency markers, when they were on
+    /// ([`RunOptions::latency_markers`]) and at least one reached a sink.
+    pub latency: Option<crate::metrics::LatencySummary>,
 }
 
 /// Checkpoint figures of a job.
@@ -98,6 +101,10 @@ pub struct CheckpointSummary {
     pub last_state_bytes: u64,
     /// Bytes uploaded by all checkpoints.
     pub total_uploaded_bytes: u64,
+    /// Sum of all completed checkpoints' durations, ms.
+    pub total_duration_ms: u64,
+    /// The longest completed checkpoint, ms.
+    pub max_duration_ms: u64,
 }
 
 impl CheckpointSummary {
@@ -111,6 +118,8 @@ impl CheckpointSummary {
             last_uploaded_bytes: g(&s.last_uploaded_bytes),
             last_state_bytes: g(&s.last_state_bytes),
             total_uploaded_bytes: g(&s.total_uploaded_bytes),
+            total_duration_ms: g(&s.total_duration_ms),
+            max_duration_ms: g(&s.max_duration_ms),
         }
     }
 }
@@ -162,6 +171,16 @@ impl std::fmt::Display for JobSummary {
                 c.last_uploaded_bytes,
                 c.last_state_bytes,
                 c.total_uploaded_bytes
+            )?;
+        }
+        if let Some(l) = &self.latency {
+            writeln!(
+                f,
+                "  latency (ingestion to sink, {} markers): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                l.samples,
+                l.p50_us as f64 / 1000.0,
+                l.p99_us as f64 / 1000.0,
+                l.max_us as f64 / 1000.0
             )?;
         }
         if let Some(e) = self.stopped_at_checkpoint {
@@ -339,6 +358,10 @@ pub struct RunOptions {
     pub state_backend: StateBackendConfig,
     /// Where state comes from.
     pub restore: Restore,
+    /// Sources emit a [latency marker](crate::message::LatencyMarker) this often, and
+    /// sinks record how long markers took to arrive ([`JobSummary::latency`]). Off
+    /// (`None`) by default; `weir bench` turns it on.
+    pub latency_markers: Option<Duration>,
 }
 
 /// Runs `graph` to completion (bounded jobs) or until an error.
@@ -482,6 +505,7 @@ fn start_inner(
                 )
             })
             .collect(),
+        latency: Default::default(),
     });
     let wiring = wire(&graph, &plan, &metrics)?;
     let m2 = metrics.clone();
@@ -557,6 +581,7 @@ fn start_inner(
         stats: checkpoints.clone(),
         cancel: cancel.clone(),
         stopped_at: stopped_at.clone(),
+        latency_markers: options.latency_markers,
     };
     let done = tokio::spawn(supervise(graph, plan, wiring, m2, stop.clone(), run));
     Ok(JobHandle {
@@ -592,6 +617,8 @@ struct RunContext {
     cancel: Arc<tokio::sync::Notify>,
     /// The checkpoint a stop happened after (0: none).
     stopped_at: Arc<std::sync::atomic::AtomicU64>,
+    /// How often sources emit latency markers.
+    latency_markers: Option<Duration>,
 }
 
 /// One output edge of a task, as seen from one upstream subtask.
@@ -774,6 +801,7 @@ async fn supervise(
             let exactly_once = run.links.is_some();
             let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics, exactly_once)?;
             task.stop = stop.clone();
+            task.latency = run.latency_markers.map(|every| (every, metrics.clone()));
             task.backend = backend.clone();
             task.restore = run.restore.clone();
             task.ckpt = run.links.as_ref().map(|l| TaskCheckpointing {
@@ -876,6 +904,7 @@ async fn supervise(
             0 => None,
             e => Some(e),
         },
+        latency: metrics.latency.summary(),
     };
     info!(job = %graph.job, elapsed_ms = summary.elapsed.as_millis() as u64, "job finished");
     Ok(summary)
@@ -944,6 +973,8 @@ struct ChainTask {
     working_dirs: WorkingDirs,
     /// The epoch of the last barrier this task aligned on (older ones are stale).
     last_aligned: u64,
+    /// Latency markers: how often a source emits them, and where sinks record them.
+    latency: Option<(Duration, Arc<JobMetrics>)>,
 }
 
 impl ChainTask {
@@ -1076,6 +1107,7 @@ impl ChainTask {
             sink_name,
             working_dirs: WorkingDirs::default(),
             last_aligned: 0,
+            latency: None,
         })
     }
 
@@ -1136,6 +1168,8 @@ impl ChainTask {
             .filter_map(|m| m.op.tick_interval())
             .min();
         let mut last_tick = Instant::now();
+        let marker_every = self.latency.as_ref().map(|(every, _)| *every);
+        let mut last_marker = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 info!(job = %self.job, source = %source_name, subtask = self.subtask, "stopping: ending input");
@@ -1188,6 +1222,13 @@ impl ChainTask {
                     }
                     if typed.num_rows() > 0 {
                         self.push(0, 0, typed).await?;
+                    }
+                    if marker_every.is_some_and(|every| last_marker.elapsed() >= every) {
+                        last_marker = Instant::now();
+                        // Stamped with the instant the batch was read: the marker
+                        // measures the batch's own hand-off too.
+                        self.on_latency_marker(LatencyMarker { emitted: now })
+                            .await?;
                     }
                 }
                 SourcePoll::SplitEnd(split) => {
@@ -1326,6 +1367,7 @@ impl ChainTask {
                     self.try_complete_alignment(&mut barrier_seen, &finished)
                         .await?;
                 }
+                Some(Message::LatencyMarker(m)) => self.on_latency_marker(m).await?,
                 Some(Message::EndOfStream) => {
                     finished[i] = true;
                     if let Some(inputs) = self.inputs.as_mut() {
@@ -1626,6 +1668,18 @@ impl ChainTask {
         }
         // No consumer: e.g. a `late` side output nobody reads (still counted).
         Ok(())
+    }
+
+    /// A latency marker reached this task: a sink records it, others pass it on
+    /// (after everything the chain did with the data before it).
+    async fn on_latency_marker(&mut self, m: LatencyMarker) -> Result<()> {
+        if self.sink.is_some() {
+            if let Some((_, metrics)) = &self.latency {
+                metrics.latency.record(m.emitted.elapsed());
+            }
+            return Ok(());
+        }
+        self.broadcast(Message::LatencyMarker(m)).await
     }
 
     async fn broadcast(&mut self, msg: Message) -> Result<()> {

@@ -95,6 +95,8 @@ pub struct CheckpointStats {
     pub total_uploaded_bytes: AtomicU64,
     /// Sum of the durations of all completed checkpoints, ms.
     pub total_duration_ms: AtomicU64,
+    /// Longest completed checkpoint, ms.
+    pub max_duration_ms: AtomicU64,
 }
 
 impl CheckpointStats {
@@ -108,6 +110,7 @@ impl CheckpointStats {
         self.total_uploaded_bytes
             .fetch_add(uploaded, Ordering::Relaxed);
         self.total_duration_ms.fetch_add(ms, Ordering::Relaxed);
+        self.max_duration_ms.fetch_max(ms, Ordering::Relaxed);
     }
 }
 

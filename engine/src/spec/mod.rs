@@ -304,6 +304,32 @@ pub fn compile_job_str(
     }
 }
 
+/// Parses YAML text into a JSON value, without checking it as a job (tools such as
+/// `weir bench` edit a job this way before compiling it).
+pub fn parse_yaml(text: &str, file_name: &str) -> Result<Value, SpecErrors> {
+    let parsed = std::panic::catch_unwind(|| yaml::parse(text)).unwrap_or_else(|_| {
+        Err(Problem::new(
+            "",
+            At::Exact(Pos::START),
+            "the YAML parser failed on this file",
+        ))
+    });
+    match parsed {
+        Ok(doc) => match doc.problems.into_iter().next() {
+            None => Ok(doc.value),
+            Some(p) => Err(SpecErrors(vec![place(
+                file_name, &doc.value, &doc.spans, p,
+            )])),
+        },
+        Err(p) => Err(SpecErrors(vec![place(
+            file_name,
+            &Value::Null,
+            &Spans::default(),
+            p,
+        )])),
+    }
+}
+
 /// Reads, checks and compiles a job file into its logical graph. Relative paths in
 /// the job resolve against the file's directory; a missing or unreadable file is one
 /// error naming it.

@@ -269,9 +269,13 @@ impl WindowOperator {
             WindowKind::Session { .. } => return Err(op_error("not a fixed window")),
         };
         let (row_key, uniq) = key_ids(keys);
-        let mut group_of: HashMap<(u32, i64), usize, ahash::RandomState> = HashMap::default();
-        let mut groups: Vec<(u32, i64, Vec<u32>)> = Vec::new();
-        let mut last: Option<(u32, i64, usize)> = None;
+        // Rows are grouped by (key, window) without a vector per group: each row's
+        // group goes into `pairs`, then one counting sort orders the rows by group
+        // (keeping arrival order within a group).
+        let mut group_of: HashMap<(u32, i64), u32, ahash::RandomState> = HashMap::default();
+        let mut groups: Vec<(u32, i64)> = Vec::new();
+        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(times.len());
+        let mut last: Option<(u32, i64, u32)> = None;
         for (row, t) in times.iter().enumerate() {
             let row32 = row as u32;
             let Some(t) = *t else {
@@ -302,14 +306,14 @@ impl WindowOperator {
                         Some((k, st, g)) if k == kid && st == s => g,
                         _ => {
                             let g = *group_of.entry((kid, s)).or_insert_with(|| {
-                                groups.push((kid, s, Vec::new()));
-                                groups.len() - 1
+                                groups.push((kid, s));
+                                (groups.len() - 1) as u32
                             });
                             last = Some((kid, s, g));
                             g
                         }
                     };
-                    groups[g].2.push(row32);
+                    pairs.push((g, row32));
                 }
                 match s.checked_sub(slide) {
                     Some(next) => s = next,
@@ -320,40 +324,56 @@ impl WindowOperator {
                 late.push(row32);
             }
         }
+        let mut offsets = vec![0usize; groups.len() + 1];
+        for &(g, _) in &pairs {
+            offsets[g as usize + 1] += 1;
+        }
+        for i in 1..offsets.len() {
+            offsets[i] += offsets[i - 1];
+        }
+        let mut fill = offsets.clone();
+        let mut ordered = vec![0u32; pairs.len()];
+        for &(g, row) in &pairs {
+            ordered[fill[g as usize]] = row;
+            fill[g as usize] += 1;
+        }
         let mut event_times: Vec<i64> = Vec::new();
-        for (kid, start, rows) in groups {
+        for (g, &(kid, start)) in groups.iter().enumerate() {
+            let rows = &ordered[offsets[g]..offsets[g + 1]];
             let key = uniq[kid as usize];
             let end = start.saturating_add(size);
             event_times.clear();
             event_times.extend(rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
-            let exists = self
-                .keys
-                .get(key)
-                .is_some_and(|kw| kw.windows.contains_key(&start));
-            if !exists {
+            // One map lookup when the window exists (the common case).
+            let existing = match self.keys.get_mut(key) {
+                Some(kw) => match kw.windows.get_mut(&start) {
+                    Some(win) => {
+                        for (acc, arg) in win.accumulators.iter_mut().zip(args) {
+                            acc.update(arg.as_ref(), rows, &event_times)?;
+                        }
+                        win.dirty = true;
+                        if win.fired {
+                            updated.push((end, kw.key.clone(), start));
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            };
+            if !existing {
+                let mut accumulators = self.new_accumulators()?;
+                for (acc, arg) in accumulators.iter_mut().zip(args) {
+                    acc.update(arg.as_ref(), rows, &event_times)?;
+                }
                 let window = Window {
                     end,
-                    accumulators: self.new_accumulators()?,
+                    accumulators,
                     fired: false,
                     dirty: true,
                     persisted: false,
                 };
                 self.insert_window(key, max_parallelism, start, window);
-            }
-            let kw = self
-                .keys
-                .get_mut(key)
-                .ok_or_else(|| op_error("window vanished"))?;
-            let win = kw
-                .windows
-                .get_mut(&start)
-                .ok_or_else(|| op_error("window vanished"))?;
-            for (acc, arg) in win.accumulators.iter_mut().zip(args) {
-                acc.update(arg.as_ref(), &rows, &event_times)?;
-            }
-            win.dirty = true;
-            if win.fired {
-                updated.push((end, kw.key.clone(), start));
             }
         }
         Ok(())
@@ -386,6 +406,20 @@ impl WindowOperator {
         let mut event_times: Vec<i64> = Vec::new();
         for (kid, rows) in rows_of.into_iter().enumerate() {
             let key = uniq[kid];
+            if let [row] = rows[..] {
+                if self.session_fast_path(
+                    key,
+                    row,
+                    times,
+                    args,
+                    w,
+                    max_parallelism,
+                    gap,
+                    updated,
+                )? {
+                    continue;
+                }
+            }
             // The working set starts as the key's live sessions.
             let mut work: BTreeMap<i64, Work> = BTreeMap::new();
             if let Some(kw) = self.keys.get(key) {
@@ -501,6 +535,103 @@ impl WindowOperator {
             }
         }
         Ok(())
+    }
+
+    /// The common case of session windows, without the general merge machinery: one
+    /// row of a key in this batch that either starts a session (no live session of the
+    /// key overlaps it) or falls into exactly one live session at or after its start,
+    /// which it may extend. Returns `false` (nothing done) for any other case, which the
+    /// general path handles.
+    #[allow(clippy::too_many_arguments)]
+    fn session_fast_path(
+        &mut self,
+        key: &[u8],
+        row: u32,
+        times: &[Option<i64>],
+        args: &[Option<ArrayRef>],
+        w: EventTime,
+        max_parallelism: u16,
+        gap: i64,
+        updated: &mut Vec<QueueEntry>,
+    ) -> Result<bool> {
+        let Some(t) = times[row as usize] else {
+            return Ok(false);
+        };
+        let Some(hi) = t.checked_add(gap) else {
+            return Ok(false);
+        };
+        let processing = self.processing();
+        let purge_of = |end: i64| end.saturating_sub(1).saturating_add(self.lateness());
+        let late = |end: i64| !processing && purge_of(end) <= w;
+        // The live sessions of the key that the row's `[t, t + gap)` overlaps.
+        let found = match self.keys.get(key) {
+            None => None,
+            Some(kw) => {
+                let mut overlapping = kw.windows.range(..hi).rev().take_while(|(_, s)| s.end > t);
+                match (overlapping.next(), overlapping.next()) {
+                    (None, _) => None,
+                    (Some((&start, win)), None) if start <= t => Some((start, win.end)),
+                    _ => return Ok(false),
+                }
+            }
+        };
+        let Some((start, old_end)) = found else {
+            // A new session.
+            if late(hi) {
+                return Ok(false);
+            }
+            let mut accumulators = self.new_accumulators()?;
+            for (acc, arg) in accumulators.iter_mut().zip(args) {
+                acc.update(arg.as_ref(), &[row], &[t])?;
+            }
+            let window = Window {
+                end: hi,
+                accumulators,
+                fired: false,
+                dirty: true,
+                persisted: false,
+            };
+            self.insert_window(key, max_parallelism, t, window);
+            return Ok(true);
+        };
+        let new_end = old_end.max(hi);
+        if late(new_end) {
+            return Ok(false); // late: the general path routes it
+        }
+        let (old_purge, new_purge) = (purge_of(old_end), purge_of(new_end));
+        let kw = self
+            .keys
+            .get_mut(key)
+            .ok_or_else(|| op_error("session vanished"))?;
+        let arc = kw.key.clone();
+        let key_group = kw.key_group;
+        let win = kw
+            .windows
+            .get_mut(&start)
+            .ok_or_else(|| op_error("session vanished"))?;
+        for (acc, arg) in win.accumulators.iter_mut().zip(args) {
+            acc.update(arg.as_ref(), &[row], &[t])?;
+        }
+        win.dirty = true;
+        let fired = win.fired;
+        if new_end != old_end {
+            win.end = new_end;
+            // The session's address in keyed state names its end: the old one goes.
+            if win.persisted {
+                win.persisted = false;
+                self.removed.push((key_group, arc.clone(), start, old_end));
+            }
+            if !fired {
+                self.to_fire.remove(&(old_end, arc.clone(), start));
+                self.to_fire.insert((new_end, arc.clone(), start));
+            }
+            self.to_purge.remove(&(old_purge, arc.clone(), start));
+            self.to_purge.insert((new_purge, arc.clone(), start));
+        }
+        if fired {
+            updated.push((new_end, arc, start));
+        }
+        Ok(true)
     }
 
     /// Builds output rows for `windows` (end, key, start), evaluating their aggregates.
