@@ -107,3 +107,80 @@ fn run_writes_output_and_a_summary() {
     let written = std::fs::read_to_string(tmp.path().join("out.jsonl")).expect("output");
     assert_eq!(written.lines().count(), 100);
 }
+
+#[test]
+fn bench_measures_a_workload_in_both_input_modes_and_writes_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("results.json");
+    let data = dir.path().join("data");
+    let (code, stdout, stderr) = weir(&[
+        "bench",
+        "w2-10k",
+        "q8",
+        "-p",
+        "1,2",
+        "--input",
+        "gen,jsonl",
+        "--scale",
+        "0.002",
+        "--checkpoint-every",
+        "20ms",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json");
+    let rows = rows.as_array().expect("a list");
+    // 2 workloads × 2 inputs × 2 parallelisms.
+    assert_eq!(rows.len(), 8, "{rows:#?}");
+    for r in rows {
+        let what = format!("{r}");
+        // w2-10k at scale 0.002: 20,000 events; q8: 20,000 events of which persons and
+        // auctions are 4/50 (jsonl mode reads the same rows from the files).
+        let events = r["events"].as_u64().expect("events");
+        match r["workload"].as_str() {
+            Some("w2-10k") => assert_eq!(events, 20_000, "{what}"),
+            Some("q8") => assert_eq!(events, 1_600, "{what}"),
+            other => panic!("unexpected workload {other:?}"),
+        }
+        assert!(r["events_per_s"].as_f64().expect("rate") > 0.0, "{what}");
+        assert!(r["peak_rss_bytes"].as_u64().expect("rss") > 0, "{what}");
+        assert!(r["output_rows"].as_u64().expect("out") > 0, "{what}");
+        assert!(r["latency_samples"].as_u64().is_some(), "{what}");
+        let with = &r["with_checkpoints"];
+        assert_eq!(with["events"], r["events"], "{what}");
+        assert_eq!(
+            with["output_rows"], r["output_rows"],
+            "same output with checkpoints: {what}"
+        );
+        assert!(
+            with["checkpoints"]["completed"]
+                .as_u64()
+                .expect("completed")
+                >= 1,
+            "{what}"
+        );
+        assert!(r["checkpoint_cost"].is_number(), "{what}");
+    }
+    // The JSON-lines inputs were written once each and reused.
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 3, "w2-10k gen, q8 person, q8 auction");
+    assert!(
+        stdout.contains("w2-10k") && stdout.contains("Mev/s"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bench_rejects_an_unknown_workload() {
+    let (code, _, stderr) = weir(&["bench", "w9"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no workload `w9`"), "{stderr}");
+}
