@@ -1,6 +1,6 @@
 //! Measures `format: json` decoding: one raw batch of 8192 JSON log lines → one Arrow RecordBatch.
 //!
-//! The lines are shaped like benches/generate_logs.py's ({ts, service, level, message,
+//! The lines are shaped like W1's (benches/workloads/w1.yaml) ({ts, service, level, message,
 //! latency_ms}); the decoder is built through the registry (`FormatFactory::build`, then
 //! `DecoderBuild::create`) and called as the runtime's source head calls it:
 //! `Decoder::decode(&raw_batch, description)`. A second case has one malformed line per
@@ -20,7 +20,7 @@ use weir_engine::source::{raw_schema, Decoder};
 
 const ROWS: usize = 8192;
 
-/// `n` log lines shaped like benches/generate_logs.py (no trailing newline: the file
+/// `n` log lines shaped like W1's logs (no trailing newline: the file
 /// source strips it), each with `bad_every`-th line (if any) not valid JSON.
 fn lines(n: usize, bad_every: Option<usize>) -> Vec<Vec<u8>> {
     let mut rng = SmallRng::seed_from_u64(1);
