@@ -39,6 +39,7 @@ use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory
 use weir_engine::source::{Source, SourceContext, SourcePoll};
 
 use crate::options::{kind_of, parse_options, pointer_segment, schema_for};
+use crate::rng::Rng;
 
 /// Default first timestamp: 2024-01-01T00:00:00Z, in ns since the epoch.
 const DEFAULT_START_NS: i128 = 1_704_067_200_000_000_000;
@@ -608,56 +609,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The SplitMix64 finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// A small random stream for one cell (seed, field, row): stable across platforms and
-/// versions, unlike `rand`'s small RNGs.
-struct CellRng(u64);
-
-impl CellRng {
-    fn new(seed: u64, key: u64, row: u64) -> Self {
-        CellRng(mix(
-            seed.wrapping_add(GOLDEN) ^ mix(key ^ mix(row.wrapping_add(GOLDEN)))
-        ))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN);
-        mix(self.0)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[0, n)`, `n > 0`.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `[min, max]`.
-    fn int_in(&mut self, min: i128, max: i128) -> i128 {
-        let span = (max - min) as u128 + 1;
-        if span > u128::from(u64::MAX) {
-            min + i128::from(self.next_u64())
-        } else {
-            min + i128::from(self.below(span as u64))
-        }
-    }
-}
-
 impl FieldGen {
     /// The value of this field in row `row`.
     fn cell(&self, seed: u64, row: u64) -> Option<Cell> {
-        let mut rng = CellRng::new(seed, self.key, row);
+        let mut rng = Rng::new(seed, self.key, row);
         if self.null_rate > 0.0 && rng.next_f64() < self.null_rate {
             return None;
         }

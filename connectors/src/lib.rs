@@ -17,6 +17,7 @@ pub mod file_sink;
 pub mod file_source;
 pub mod nexmark;
 mod options;
+mod rng;
 pub mod stdout_sink;
 
 pub use blackhole_sink::BlackholeSinkFactory;

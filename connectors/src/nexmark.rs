@@ -60,6 +60,7 @@ use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory
 use weir_engine::source::{Source, SourceContext, SourcePoll};
 
 use crate::options::{kind_of, parse_options, schema_for};
+use crate::rng::Rng;
 
 /// Events per block: 1 person, 3 auctions, 46 bids.
 const PROPORTION: u64 = 50;
@@ -293,46 +294,7 @@ fn time_value(v: &Value, path: &str) -> Result<i128, FieldError> {
     }
 }
 
-/// The SplitMix64 finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// A small random stream for one event `(seed, stream, n)`: stable across platforms
-/// and versions, unlike `rand`'s small RNGs.
-struct Rng(u64);
-
 impl Rng {
-    fn new(seed: u64, stream: u64, n: u64) -> Self {
-        Rng(mix(
-            seed.wrapping_add(GOLDEN) ^ mix(stream ^ mix(n.wrapping_add(GOLDEN)))
-        ))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN);
-        mix(self.0)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[0, n)`; 0 for `n = 0`.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// `below` for indexes.
-    fn index(&mut self, n: usize) -> usize {
-        self.below(n as u64) as usize
-    }
-
     /// Beam's price: `round(10^(6u) × 100)`, from 100 to 100,000,000.
     fn price(&mut self) -> i64 {
         (10f64.powf(self.next_f64() * 6.0) * 100.0).round() as i64
