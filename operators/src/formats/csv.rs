@@ -136,7 +136,16 @@ impl CsvDecoder {
 
     /// Feeds one record; `Err` holds why it is not one record of the right width (the
     /// decoder is then unusable).
-    fn feed(decoder: &mut ArrowCsvDecoder, line: &str) -> Result<(), String> {
+    fn feed(&self, decoder: &mut ArrowCsvDecoder, line: &str) -> Result<(), String> {
+        // A record that ends one CSV record and then opens a quote that never closes
+        // (`a,b\n,"`) completes exactly one record but leaves the decoder inside the
+        // next one, which would fail the flush of every record after it: refuse it
+        // here, where it can be pinned to this record.
+        if self.leaves_open_quote(line.as_bytes()) {
+            return Err(
+                "a line break outside quotes followed by an unterminated quoted field".into(),
+            );
+        }
         let capacity = decoder.capacity();
         let mut consumed = decoder.decode(line.as_bytes()).map_err(csv_error)?;
         if consumed == line.len() {
@@ -154,11 +163,47 @@ impl CsvDecoder {
         Ok(())
     }
 
+    /// Whether `line`, followed by a line break, leaves a quoted field open after a
+    /// complete record (the lexical rules of Arrow's CSV reader: a quote opens a
+    /// quoted field only at the start of a field; inside, a doubled quote or the
+    /// escape character escapes).
+    fn leaves_open_quote(&self, line: &[u8]) -> bool {
+        #[derive(Clone, Copy, PartialEq)]
+        enum S {
+            FieldStart,
+            Unquoted,
+            Quoted,
+            QuotedEscape,
+            QuoteInQuoted,
+        }
+        let mut s = S::FieldStart;
+        let mut records_ended = false;
+        for &b in line {
+            let newline = b == b'\n' || b == b'\r';
+            s = match s {
+                S::FieldStart | S::Unquoted | S::QuoteInQuoted if newline => {
+                    records_ended = true;
+                    S::FieldStart
+                }
+                S::FieldStart if b == self.quote => S::Quoted,
+                S::QuoteInQuoted if b == self.quote => S::Quoted,
+                S::FieldStart | S::Unquoted | S::QuoteInQuoted if b == self.delimiter => {
+                    S::FieldStart
+                }
+                S::FieldStart | S::Unquoted | S::QuoteInQuoted => S::Unquoted,
+                S::Quoted if Some(b) == self.escape => S::QuotedEscape,
+                S::Quoted if b == self.quote => S::QuoteInQuoted,
+                S::Quoted | S::QuotedEscape => S::Quoted,
+            };
+        }
+        records_ended && matches!(s, S::Quoted | S::QuotedEscape)
+    }
+
     /// Feeds known-good records and flushes them.
     fn decode_good(&self, lines: &[(u32, &str)]) -> Result<RecordBatch> {
         let mut decoder = self.arrow_decoder(lines.len());
         for (_, line) in lines {
-            Self::feed(&mut decoder, line).map_err(|e| {
+            self.feed(&mut decoder, line).map_err(|e| {
                 EngineError::operator("csv decoder", format!("re-reading a good record: {e}"))
             })?;
         }
@@ -211,7 +256,7 @@ impl TextDecoder for CsvDecoder {
             let mut decoder = self.arrow_decoder(lines.len() - start);
             let mut failure = None;
             for (k, (_, line)) in lines.iter().enumerate().skip(start) {
-                if let Err(reason) = Self::feed(&mut decoder, line) {
+                if let Err(reason) = self.feed(&mut decoder, line) {
                     failure = Some((k, reason));
                     break;
                 }
@@ -279,6 +324,26 @@ mod tests {
         let err = build(&json!({"sep": ","}), Some(s)).err().expect("unknown");
         assert_eq!(err.path, "/sep");
         assert!(build(&Value::Null, None).is_err());
+    }
+
+    #[test]
+    fn a_record_ending_in_an_open_quote_after_a_line_break_is_dead_lettered() {
+        // Found by `garbage_is_conserved`: `,,\n,"` completes one record and leaves the
+        // decoder inside a quoted field, which used to fail the whole batch's flush.
+        let s = schema(&[("a", DataType::Utf8, true), ("b", DataType::Utf8, true)]);
+        let d = decode(
+            "csv",
+            json!({"type": "csv"}),
+            Some(s),
+            &[b"x,1", b",\n,\"", b"y,2", b"\"q\"\"\",3"],
+        );
+        assert_eq!(d.dead_letters.len(), 1, "{:?}", d.dead_letters);
+        assert!(
+            d.dead_letters[0].reason.contains("unterminated"),
+            "{:?}",
+            d.dead_letters
+        );
+        assert_eq!(column_strings(&d.batch, "a"), vec!["x", "y", "q\""]);
     }
 
     #[test]
