@@ -39,7 +39,7 @@ use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory
 use weir_engine::source::{Source, SourceContext, SourcePoll};
 
 use crate::options::{kind_of, parse_options, pointer_segment, schema_for};
-use crate::rng::Rng;
+use crate::rng::{stride_at_or_after, Rng};
 
 /// Default first timestamp: 2024-01-01T00:00:00Z, in ns since the epoch.
 const DEFAULT_START_NS: i128 = 1_704_067_200_000_000_000;
@@ -896,12 +896,7 @@ impl Source for DatagenSource {
                 )
             })?;
         // The first row of this subtask at or after `n`.
-        let rem = n % self.parallelism;
-        let aligned = if rem <= self.subtask {
-            n - rem + self.subtask
-        } else {
-            n - rem + self.parallelism + self.subtask
-        };
+        let aligned = stride_at_or_after(n, self.subtask, self.parallelism);
         if aligned != n {
             tracing::warn!(
                 source = %self.source,

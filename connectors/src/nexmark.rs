@@ -60,7 +60,7 @@ use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory
 use weir_engine::source::{Source, SourceContext, SourcePoll};
 
 use crate::options::{kind_of, parse_options, schema_for};
-use crate::rng::Rng;
+use crate::rng::{stride_at_or_after, Rng};
 
 /// Events per block: 1 person, 3 auctions, 46 bids.
 const PROPORTION: u64 = 50;
@@ -901,12 +901,7 @@ impl Source for NexmarkSource {
         // The first event of this subtask's table at or after `n`, then the first of
         // this subtask's stride from there.
         let k = self.config.table.count_before(n);
-        let rem = k % self.parallelism;
-        let aligned = if rem <= self.subtask {
-            k - rem + self.subtask
-        } else {
-            k - rem + self.parallelism + self.subtask
-        };
+        let aligned = stride_at_or_after(k, self.subtask, self.parallelism);
         if aligned != k || self.config.table.event_of(k) != n {
             tracing::warn!(
                 source = %self.source,

@@ -1,7 +1,8 @@
 //! The deterministic random streams of the generators (`datagen`, `nexmark`):
 //! SplitMix64 keyed by `(seed, stream, index)`, so every value depends only on those
 //! three numbers and is stable across platforms and versions, unlike `rand`'s small
-//! RNGs. Changing anything here changes every generated row.
+//! RNGs. Changing anything here changes every generated row. Also the stride both
+//! generators split their rows by (subtask `s` of `p` takes indexes `s, s + p, …`).
 
 /// The SplitMix64 finalizer.
 fn mix(mut z: u64) -> u64 {
@@ -50,6 +51,36 @@ impl Rng {
             min + i128::from(self.next_u64())
         } else {
             min + i128::from(self.below(span as u64))
+        }
+    }
+}
+
+/// The first index at or after `n` of the stride of subtask `subtask` of
+/// `parallelism` (indexes `subtask, subtask + parallelism, …`).
+pub(crate) fn stride_at_or_after(n: u64, subtask: u64, parallelism: u64) -> u64 {
+    let rem = n % parallelism;
+    if rem <= subtask {
+        n - rem + subtask
+    } else {
+        n - rem + parallelism + subtask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_alignment() {
+        assert_eq!(stride_at_or_after(0, 0, 3), 0);
+        assert_eq!(stride_at_or_after(4, 1, 3), 4);
+        assert_eq!(stride_at_or_after(5, 1, 3), 7);
+        assert_eq!(stride_at_or_after(3, 2, 3), 5);
+        for n in 0..50 {
+            for s in 0..4 {
+                let a = stride_at_or_after(n, s, 4);
+                assert!(a >= n && a < n + 4 && a % 4 == s, "{n} {s} {a}");
+            }
         }
     }
 }
