@@ -265,7 +265,11 @@ fn random_series_of_kills() {
                 None => {
                     child.kill().unwrap(); // SIGKILL
                     let status = child.wait().unwrap();
-                    assert_eq!(status.signal(), Some(9));
+                    if status.signal() != Some(9) {
+                        // It finished between `try_wait` and the kill.
+                        assert!(status.success(), "run ended with {status}");
+                        break;
+                    }
                     kills += 1;
                 }
             }

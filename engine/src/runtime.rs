@@ -648,6 +648,12 @@ impl Route {
                     s.send(Message::Data(batch)).await.map_err(closed)?;
                 }
             }
+            // One downstream subtask: every key goes there, nothing to hash.
+            Partitioning::Hash(_) if n == 1 => {
+                if let Some(Some(s)) = self.senders.first() {
+                    s.send(Message::Data(batch)).await.map_err(closed)?;
+                }
+            }
             Partitioning::Hash(_) => {
                 let hashes = hash_columns(&batch, &self.key_columns)?;
                 let targets: Vec<usize> = hashes

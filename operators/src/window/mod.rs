@@ -30,6 +30,7 @@
 //! The input is hash-partitioned by the key columns (no key: every record goes to one
 //! subtask, as zero columns hash alike).
 
+mod keys;
 mod operator;
 pub(crate) mod plan;
 #[cfg(test)]

@@ -11,14 +11,16 @@
 //!
 //! [`SqlExpr`]: weir_engine::expr::SqlExpr
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use weir_engine::aggregate::Accumulator;
 use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
@@ -30,6 +32,7 @@ use weir_engine::state::{
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
 
+use super::keys::{KeyIds, WKey};
 use super::plan::{TimeMode, WindowKind, WindowPlan, LATE_OUTPUT};
 
 /// Name of the keyed state holding the windows: (key group, key bytes,
@@ -55,7 +58,8 @@ struct StoredWindow {
 /// One live window of one key.
 struct Window {
     end: i64,
-    accumulators: Vec<Box<dyn Accumulator>>,
+    /// One per aggregate; the first two inline (one pointer less to follow per update).
+    accumulators: Accumulators,
     fired: bool,
     /// Changed since the last checkpoint.
     dirty: bool,
@@ -63,15 +67,149 @@ struct Window {
     persisted: bool,
 }
 
-/// The live windows of one key, by start.
+/// The live windows of one key.
 struct KeyWindows {
-    key: Arc<[u8]>,
+    /// `hasher.hash_one(key bytes)`: the key table's hash.
+    hash: u64,
+    key: WKey,
     key_group: u16,
-    windows: BTreeMap<i64, Window>,
+    windows: Windows,
 }
 
+/// The live windows of one key, sorted by start. Most keys have one or a few (one per
+/// pane of a sliding window, a few sessions), so a sorted inline vector beats a tree:
+/// no node allocation and no pointer to chase for the first window.
+#[derive(Default)]
+struct Windows(SmallVec<[(i64, Window); 1]>);
+
+impl Windows {
+    fn position(&self, start: i64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&start, |(s, _)| *s)
+    }
+
+    fn get(&self, start: i64) -> Option<&Window> {
+        let i = self.position(start).ok()?;
+        self.0.get(i).map(|(_, w)| w)
+    }
+
+    fn get_mut(&mut self, start: i64) -> Option<&mut Window> {
+        let i = self.position(start).ok()?;
+        self.0.get_mut(i).map(|(_, w)| w)
+    }
+
+    /// Inserts or replaces the window at `start`; the replaced one is returned.
+    fn insert(&mut self, start: i64, window: Window) -> Option<Window> {
+        match self.position(start) {
+            Ok(i) => self.0.get_mut(i).map(|(_, w)| std::mem::replace(w, window)),
+            Err(i) => {
+                self.0.insert(i, (start, window));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Window> {
+        let i = self.position(start).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (i64, &Window)> {
+        self.0.iter().map(|(s, w)| (*s, w))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (i64, &mut Window)> {
+        self.0.iter_mut().map(|(s, w)| (*s, w))
+    }
+
+    /// The windows starting before `hi`, latest start first.
+    fn before(&self, hi: i64) -> impl Iterator<Item = (i64, &Window)> {
+        let n = self.0.partition_point(|(s, _)| *s < hi);
+        self.0[..n].iter().rev().map(|(s, w)| (*s, w))
+    }
+}
+
+/// The accumulators of one window.
+type Accumulators = SmallVec<[Box<dyn Accumulator>; 2]>;
+
 /// `(end or time, key, start)`: an entry of the fire and purge queues.
-type QueueEntry = (i64, Arc<[u8]>, i64);
+type QueueEntry = (i64, WKey, i64);
+
+/// No group (the end of a key's chain of groups).
+const NO_GROUP: u32 = u32::MAX;
+
+/// Per-batch working memory of the window assignment, kept in the operator so that its
+/// buffers are allocated once, not per batch.
+#[derive(Default)]
+struct Scratch {
+    ids: KeyIds,
+    /// Per key id: its latest group, the head of its chain (tumbling windows).
+    head: Vec<u32>,
+    /// Per group: (key id, window start, the key's previous group or [`NO_GROUP`]).
+    groups: Vec<(u32, i64, u32)>,
+    /// (key id, window start) → group (sliding windows).
+    group_of: std::collections::HashMap<(u32, i64), u32, ahash::RandomState>,
+    /// (group, row) of every row in a window.
+    pairs: Vec<(u32, u32)>,
+    /// `ordered[offsets[g]..offsets[g + 1]]`: the rows of group `g`, in arrival order.
+    offsets: Vec<usize>,
+    fill: Vec<usize>,
+    ordered: Vec<u32>,
+    /// Event times of one group's rows.
+    event_times: Vec<i64>,
+}
+
+impl Scratch {
+    /// The group of (`kid`, `start`), found on the key's chain or added.
+    fn tumbling_group(&mut self, kid: u32, start: i64) -> u32 {
+        let head = self.head[kid as usize];
+        let mut g = head;
+        while g != NO_GROUP {
+            let (_, s, next) = self.groups[g as usize];
+            if s == start {
+                return g;
+            }
+            g = next;
+        }
+        let g = self.groups.len() as u32;
+        self.groups.push((kid, start, head));
+        self.head[kid as usize] = g;
+        g
+    }
+
+    /// The group of (`kid`, `start`), found in the map or added.
+    fn sliding_group(&mut self, kid: u32, start: i64) -> u32 {
+        let groups = &mut self.groups;
+        *self.group_of.entry((kid, start)).or_insert_with(|| {
+            groups.push((kid, start, NO_GROUP));
+            (groups.len() - 1) as u32
+        })
+    }
+
+    /// Orders the rows of `pairs` by group (a counting sort of `groups` groups) into
+    /// `ordered`/`offsets`.
+    fn order_by_group(&mut self, groups: usize) {
+        self.offsets.clear();
+        self.offsets.resize(groups + 1, 0);
+        for &(g, _) in &self.pairs {
+            self.offsets[g as usize + 1] += 1;
+        }
+        for i in 1..self.offsets.len() {
+            self.offsets[i] += self.offsets[i - 1];
+        }
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.offsets);
+        self.ordered.clear();
+        self.ordered.resize(self.pairs.len(), 0);
+        for &(g, row) in &self.pairs {
+            self.ordered[self.fill[g as usize]] = row;
+            self.fill[g as usize] += 1;
+        }
+    }
+}
 
 /// A session being built while a batch is processed.
 struct Work {
@@ -87,13 +225,18 @@ struct Work {
 /// [`WindowPlan`] (what the `window` step factory does for every subtask).
 pub struct WindowOperator {
     plan: Arc<WindowPlan>,
-    keys: HashMap<Arc<[u8]>, KeyWindows, ahash::RandomState>,
-    /// Windows that have not fired, by (end, key, start): the firing order.
+    /// The keys with live windows (probed with `hasher`'s hash of the key bytes).
+    keys: HashTable<KeyWindows>,
+    hasher: ahash::RandomState,
+    /// Per-batch working memory, kept to reuse its buffers.
+    scratch: Scratch,
+    /// Windows that have not fired, by (end, key, start): the firing order. Lazy: an
+    /// entry may be early (a session that grew) or stale (see `fire_and_purge`).
     to_fire: BTreeSet<QueueEntry>,
-    /// Every live window by (purge time, key, start).
+    /// Every live window by (purge time, key, start); lazy like `to_fire`.
     to_purge: BTreeSet<QueueEntry>,
     /// Persisted windows dropped since the last checkpoint: (key group, key, start, end).
-    removed: Vec<(u16, Arc<[u8]>, i64, i64)>,
+    removed: Vec<(u16, WKey, i64, i64)>,
     /// Number of live windows.
     live: usize,
     /// The highest watermark seen (or restored).
@@ -133,7 +276,15 @@ impl WindowOperator {
     pub fn new(plan: Arc<WindowPlan>) -> Self {
         WindowOperator {
             plan,
-            keys: HashMap::default(),
+            keys: HashTable::new(),
+            // Fixed seeds: the same run does the same work (callgrind counts repeat).
+            hasher: ahash::RandomState::with_seeds(
+                0x5745_4952_5f57_494e,
+                0x646f_7773_5f6b_6579,
+                0x7461_626c_655f_6861,
+                0x7368_5f73_6565_6421,
+            ),
+            scratch: Scratch::default(),
             to_fire: BTreeSet::new(),
             to_purge: BTreeSet::new(),
             removed: Vec::new(),
@@ -179,7 +330,7 @@ impl WindowOperator {
         !self.processing() && self.purge_time(end) <= w
     }
 
-    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+    fn new_accumulators(&self) -> Result<Accumulators> {
         self.plan
             .aggregates
             .iter()
@@ -187,53 +338,104 @@ impl WindowOperator {
             .collect()
     }
 
+    /// The hash the key table is probed with.
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The live windows of `key` (whose hash is `hash`).
+    fn find(&self, key: &[u8], hash: u64) -> Option<&KeyWindows> {
+        self.keys
+            .find(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
+    }
+
+    /// The live windows of `key` (whose hash is `hash`), to change.
+    fn find_mut(&mut self, key: &[u8], hash: u64) -> Option<&mut KeyWindows> {
+        self.keys
+            .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
+    }
+
     /// Inserts a new window (fresh accumulators unless given) and queues it.
     fn insert_window(
         &mut self,
         key: &[u8],
+        hash: u64,
         max_parallelism: u16,
         start: i64,
         window: Window,
-    ) -> Arc<[u8]> {
+    ) -> WKey {
         let end = window.end;
         let fired = window.fired;
-        let kw = match self.keys.get_mut(key) {
-            Some(kw) => kw,
-            None => {
-                let arc: Arc<[u8]> = Arc::from(key);
+        let kw = match self
+            .keys
+            .find_entry(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
+        {
+            Ok(entry) => entry.into_mut(),
+            Err(_) => {
                 let key_group = key_group_for_hash(hash_key(key), max_parallelism);
-                self.keys.entry(arc.clone()).or_insert(KeyWindows {
-                    key: arc,
-                    key_group,
-                    windows: BTreeMap::new(),
-                })
+                self.keys
+                    .insert_unique(
+                        hash,
+                        KeyWindows {
+                            hash,
+                            key: WKey::new(key),
+                            key_group,
+                            windows: Windows::default(),
+                        },
+                        |kw| kw.hash,
+                    )
+                    .into_mut()
             }
         };
-        let arc = kw.key.clone();
+        let wkey = kw.key.clone();
         if kw.windows.insert(start, window).is_none() {
             self.live += 1;
         }
         if !fired {
-            self.to_fire.insert((end, arc.clone(), start));
+            self.to_fire.insert((end, wkey.clone(), start));
         }
         let purge = self.purge_time(end);
-        self.to_purge.insert((purge, arc.clone(), start));
-        arc
+        self.to_purge.insert((purge, wkey.clone(), start));
+        wkey
     }
 
     /// Removes a window and its queue entries; remembers it for deletion from keyed
     /// state if it was written there.
-    fn remove_window(&mut self, key: &Arc<[u8]>, start: i64) -> Option<Window> {
-        let kw = self.keys.get_mut(key)?;
-        let w = kw.windows.remove(&start)?;
+    fn remove_window(&mut self, key: &WKey, start: i64) -> Option<Window> {
+        self.remove_window_queued(key, start, true)
+    }
+
+    /// [`Self::remove_window`], where `in_purge_queue` says whether the window is still
+    /// in the purge queue (`false`: its entry was just popped, no search needed).
+    fn remove_window_queued(
+        &mut self,
+        key: &WKey,
+        start: i64,
+        in_purge_queue: bool,
+    ) -> Option<Window> {
+        let bytes = key.as_slice();
+        let hash = self.hash(bytes);
+        let Ok(mut entry) = self
+            .keys
+            .find_entry(hash, |kw| kw.hash == hash && kw.key.as_slice() == bytes)
+        else {
+            return None;
+        };
+        let kw = entry.get_mut();
+        let w = kw.windows.remove(start)?;
         let key_group = kw.key_group;
         if kw.windows.is_empty() {
-            self.keys.remove(key);
+            entry.remove();
         }
         self.live -= 1;
-        self.to_fire.remove(&(w.end, key.clone(), start));
-        let purge = self.purge_time(w.end);
-        self.to_purge.remove(&(purge, key.clone(), start));
+        // Only unfired windows are in the fire queue.
+        if !w.fired {
+            self.to_fire.remove(&(w.end, key.clone(), start));
+        }
+        if in_purge_queue {
+            let purge = self.purge_time(w.end);
+            self.to_purge.remove(&(purge, key.clone(), start));
+        }
         if w.persisted {
             self.removed.push((key_group, key.clone(), start, w.end));
         }
@@ -256,6 +458,19 @@ impl WindowOperator {
         late: &mut Vec<u32>,
         updated: &mut Vec<QueueEntry>,
     ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.process_fixed_with(&mut scratch, input, late, updated);
+        self.scratch = scratch;
+        result
+    }
+
+    fn process_fixed_with(
+        &mut self,
+        sc: &mut Scratch,
+        input: &BatchInput<'_>,
+        late: &mut Vec<u32>,
+        updated: &mut Vec<QueueEntry>,
+    ) -> Result<()> {
         let BatchInput {
             keys,
             times,
@@ -268,13 +483,19 @@ impl WindowOperator {
             WindowKind::Sliding { size, slide } => (size, slide),
             WindowKind::Session { .. } => return Err(op_error("not a fixed window")),
         };
-        let (row_key, uniq) = key_ids(keys);
+        let tumbling = size == slide;
+        sc.ids.assign(keys, &self.hasher);
         // Rows are grouped by (key, window) without a vector per group: each row's
         // group goes into `pairs`, then one counting sort orders the rows by group
-        // (keeping arrival order within a group).
-        let mut group_of: HashMap<(u32, i64), u32, ahash::RandomState> = HashMap::default();
-        let mut groups: Vec<(u32, i64)> = Vec::new();
-        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(times.len());
+        // (keeping arrival order within a group). Tumbling windows find a row's group
+        // on its key's chain of groups (one or two long); sliding ones, where a key
+        // has a group per pane, in a hash map.
+        sc.head.clear();
+        sc.head.resize(sc.ids.len(), NO_GROUP);
+        sc.groups.clear();
+        sc.group_of.clear();
+        sc.pairs.clear();
+        sc.pairs.reserve(times.len());
         let mut last: Option<(u32, i64, u32)> = None;
         for (row, t) in times.iter().enumerate() {
             let row32 = row as u32;
@@ -290,7 +511,7 @@ impl WindowOperator {
                 late.push(row32);
                 continue;
             };
-            let kid = row_key[row];
+            let kid = sc.ids.row_key[row];
             let mut any = false;
             let mut s = newest;
             loop {
@@ -305,15 +526,16 @@ impl WindowOperator {
                     let g = match last {
                         Some((k, st, g)) if k == kid && st == s => g,
                         _ => {
-                            let g = *group_of.entry((kid, s)).or_insert_with(|| {
-                                groups.push((kid, s));
-                                (groups.len() - 1) as u32
-                            });
+                            let g = if tumbling {
+                                sc.tumbling_group(kid, s)
+                            } else {
+                                sc.sliding_group(kid, s)
+                            };
                             last = Some((kid, s, g));
                             g
                         }
                     };
-                    pairs.push((g, row32));
+                    sc.pairs.push((g, row32));
                 }
                 match s.checked_sub(slide) {
                     Some(next) => s = next,
@@ -324,32 +546,21 @@ impl WindowOperator {
                 late.push(row32);
             }
         }
-        let mut offsets = vec![0usize; groups.len() + 1];
-        for &(g, _) in &pairs {
-            offsets[g as usize + 1] += 1;
-        }
-        for i in 1..offsets.len() {
-            offsets[i] += offsets[i - 1];
-        }
-        let mut fill = offsets.clone();
-        let mut ordered = vec![0u32; pairs.len()];
-        for &(g, row) in &pairs {
-            ordered[fill[g as usize]] = row;
-            fill[g as usize] += 1;
-        }
-        let mut event_times: Vec<i64> = Vec::new();
-        for (g, &(kid, start)) in groups.iter().enumerate() {
-            let rows = &ordered[offsets[g]..offsets[g + 1]];
-            let key = uniq[kid as usize];
+        sc.order_by_group(sc.groups.len());
+        for (g, &(kid, start, _)) in sc.groups.iter().enumerate() {
+            let rows = &sc.ordered[sc.offsets[g]..sc.offsets[g + 1]];
+            let (first_row, hash) = sc.ids.uniq[kid as usize];
+            let key = keys.row(first_row as usize);
             let end = start.saturating_add(size);
-            event_times.clear();
-            event_times.extend(rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
-            // One map lookup when the window exists (the common case).
-            let existing = match self.keys.get_mut(key) {
-                Some(kw) => match kw.windows.get_mut(&start) {
+            sc.event_times.clear();
+            sc.event_times
+                .extend(rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
+            // One probe of the key table when the window exists (the common case).
+            let existing = match self.find_mut(key, hash) {
+                Some(kw) => match kw.windows.get_mut(start) {
                     Some(win) => {
                         for (acc, arg) in win.accumulators.iter_mut().zip(args) {
-                            acc.update(arg.as_ref(), rows, &event_times)?;
+                            acc.update(arg.as_ref(), rows, &sc.event_times)?;
                         }
                         win.dirty = true;
                         if win.fired {
@@ -364,7 +575,7 @@ impl WindowOperator {
             if !existing {
                 let mut accumulators = self.new_accumulators()?;
                 for (acc, arg) in accumulators.iter_mut().zip(args) {
-                    acc.update(arg.as_ref(), rows, &event_times)?;
+                    acc.update(arg.as_ref(), rows, &sc.event_times)?;
                 }
                 let window = Window {
                     end,
@@ -373,7 +584,7 @@ impl WindowOperator {
                     dirty: true,
                     persisted: false,
                 };
-                self.insert_window(key, max_parallelism, start, window);
+                self.insert_window(key, hash, max_parallelism, start, window);
             }
         }
         Ok(())
@@ -388,6 +599,19 @@ impl WindowOperator {
         late: &mut Vec<u32>,
         updated: &mut Vec<QueueEntry>,
     ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.process_sessions_with(&mut scratch, input, late, updated);
+        self.scratch = scratch;
+        result
+    }
+
+    fn process_sessions_with(
+        &mut self,
+        sc: &mut Scratch,
+        input: &BatchInput<'_>,
+        late: &mut Vec<u32>,
+        updated: &mut Vec<QueueEntry>,
+    ) -> Result<()> {
         let BatchInput {
             keys,
             times,
@@ -398,17 +622,25 @@ impl WindowOperator {
         let WindowKind::Session { gap } = self.plan.options.kind else {
             return Err(op_error("not a session window"));
         };
-        let (row_key, uniq) = key_ids(keys);
-        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); uniq.len()];
-        for (row, &kid) in row_key.iter().enumerate() {
-            rows_of[kid as usize].push(row as u32);
-        }
+        sc.ids.assign(keys, &self.hasher);
+        // The rows of each key in arrival order: a counting sort by key id.
+        sc.pairs.clear();
+        sc.pairs.extend(
+            sc.ids
+                .row_key
+                .iter()
+                .enumerate()
+                .map(|(row, &kid)| (kid, row as u32)),
+        );
+        sc.order_by_group(sc.ids.len());
         let mut event_times: Vec<i64> = Vec::new();
-        for (kid, rows) in rows_of.into_iter().enumerate() {
-            let key = uniq[kid];
+        for (kid, &(first_row, hash)) in sc.ids.uniq.iter().enumerate() {
+            let rows = &sc.ordered[sc.offsets[kid]..sc.offsets[kid + 1]];
+            let key = keys.row(first_row as usize);
             if let [row] = rows[..] {
                 if self.session_fast_path(
                     key,
+                    hash,
                     row,
                     times,
                     args,
@@ -422,8 +654,8 @@ impl WindowOperator {
             }
             // The working set starts as the key's live sessions.
             let mut work: BTreeMap<i64, Work> = BTreeMap::new();
-            if let Some(kw) = self.keys.get(key) {
-                for (&start, win) in &kw.windows {
+            if let Some(kw) = self.find(key, hash) {
+                for (start, win) in kw.windows.iter() {
                     work.insert(
                         start,
                         Work {
@@ -435,7 +667,7 @@ impl WindowOperator {
                     );
                 }
             }
-            for row in rows {
+            for &row in rows {
                 let Some(t) = times[row as usize] else {
                     late.push(row);
                     continue;
@@ -487,12 +719,12 @@ impl WindowOperator {
                 if ws.rows.is_empty() {
                     continue; // an untouched live session
                 }
-                let arc_key: Option<Arc<[u8]>> = self.keys.get(key).map(|kw| kw.key.clone());
+                let wkey: Option<WKey> = self.find(key, hash).map(|kw| kw.key.clone());
                 ws.existing.sort_unstable();
                 let mut base: Option<Window> = None;
-                if let Some(arc_key) = &arc_key {
+                if let Some(wkey) = &wkey {
                     for old_start in &ws.existing {
-                        let Some(old) = self.remove_window(arc_key, *old_start) else {
+                        let Some(old) = self.remove_window(wkey, *old_start) else {
                             continue;
                         };
                         match base.as_mut() {
@@ -528,9 +760,9 @@ impl WindowOperator {
                 // A new address in keyed state (the old ones are in `removed`).
                 window.persisted = false;
                 let end = window.end;
-                let arc = self.insert_window(key, max_parallelism, start, window);
+                let wkey = self.insert_window(key, hash, max_parallelism, start, window);
                 if ws.fired {
-                    updated.push((end, arc, start));
+                    updated.push((end, wkey, start));
                 }
             }
         }
@@ -546,6 +778,7 @@ impl WindowOperator {
     fn session_fast_path(
         &mut self,
         key: &[u8],
+        hash: u64,
         row: u32,
         times: &[Option<i64>],
         args: &[Option<ArrayRef>],
@@ -564,13 +797,13 @@ impl WindowOperator {
         let purge_of = |end: i64| end.saturating_sub(1).saturating_add(self.lateness());
         let late = |end: i64| !processing && purge_of(end) <= w;
         // The live sessions of the key that the row's `[t, t + gap)` overlaps.
-        let found = match self.keys.get(key) {
+        let found = match self.find(key, hash) {
             None => None,
             Some(kw) => {
-                let mut overlapping = kw.windows.range(..hi).rev().take_while(|(_, s)| s.end > t);
+                let mut overlapping = kw.windows.before(hi).take_while(|(_, s)| s.end > t);
                 match (overlapping.next(), overlapping.next()) {
                     (None, _) => None,
-                    (Some((&start, win)), None) if start <= t => Some((start, win.end)),
+                    (Some((start, win)), None) if start <= t => Some((start, win.end)),
                     _ => return Ok(false),
                 }
             }
@@ -591,23 +824,21 @@ impl WindowOperator {
                 dirty: true,
                 persisted: false,
             };
-            self.insert_window(key, max_parallelism, t, window);
+            self.insert_window(key, hash, max_parallelism, t, window);
             return Ok(true);
         };
         let new_end = old_end.max(hi);
         if late(new_end) {
             return Ok(false); // late: the general path routes it
         }
-        let (old_purge, new_purge) = (purge_of(old_end), purge_of(new_end));
         let kw = self
-            .keys
-            .get_mut(key)
+            .find_mut(key, hash)
             .ok_or_else(|| op_error("session vanished"))?;
         let arc = kw.key.clone();
         let key_group = kw.key_group;
         let win = kw
             .windows
-            .get_mut(&start)
+            .get_mut(start)
             .ok_or_else(|| op_error("session vanished"))?;
         for (acc, arg) in win.accumulators.iter_mut().zip(args) {
             acc.update(arg.as_ref(), &[row], &[t])?;
@@ -621,12 +852,9 @@ impl WindowOperator {
                 win.persisted = false;
                 self.removed.push((key_group, arc.clone(), start, old_end));
             }
-            if !fired {
-                self.to_fire.remove(&(old_end, arc.clone(), start));
-                self.to_fire.insert((new_end, arc.clone(), start));
-            }
-            self.to_purge.remove(&(old_purge, arc.clone(), start));
-            self.to_purge.insert((new_purge, arc.clone(), start));
+            // The queues keep the old, earlier entries: they are corrected when they
+            // come due (see `fire_and_purge`), which costs one re-insertion per
+            // session instead of four tree operations per extending record.
         }
         if fired {
             updated.push((new_end, arc, start));
@@ -642,17 +870,17 @@ impl WindowOperator {
         let plan = &self.plan;
         let mut found: Vec<&Window> = Vec::with_capacity(windows.len());
         for (_, key, start) in windows {
+            let bytes = key.as_slice();
             let w = self
-                .keys
-                .get(key)
-                .and_then(|kw| kw.windows.get(start))
+                .find(bytes, self.hash(bytes))
+                .and_then(|kw| kw.windows.get(*start))
                 .ok_or_else(|| op_error("a window to emit is missing"))?;
             found.push(w);
         }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.output.fields().len());
         let key_arrays = plan
             .codec
-            .decode(windows.iter().map(|(_, k, _)| k.as_ref()))?;
+            .decode(windows.iter().map(|(_, k, _)| k.as_slice()))?;
         for (array, &col) in key_arrays.into_iter().zip(&plan.key_columns) {
             let want = plan.input.field(col).data_type();
             if array.data_type() == want {
@@ -701,25 +929,44 @@ impl WindowOperator {
 
     /// Fires every window with `end - 1 <= time` (in order of end, then key), then
     /// drops every window with `end - 1 + L <= time`.
+    ///
+    /// The queues are corrected lazily: every live window has an entry in `to_purge`
+    /// (and, unfired, in `to_fire`) at or before its due time, but a session that grew
+    /// keeps its earlier entries, and a removed window may leave entries behind. So an
+    /// entry that comes due is checked against the window it names: gone or already
+    /// fired, it is dropped; not yet due (it grew), it is queued again at its real
+    /// time.
     fn fire_and_purge(&mut self, time: i64, out: &mut Collector) -> Result<()> {
         let mut fired: Vec<QueueEntry> = Vec::new();
         while let Some(first) = self.to_fire.first() {
             if first.0.saturating_sub(1) > time {
                 break;
             }
-            let Some(entry) = self.to_fire.pop_first() else {
+            let Some((_, key, start)) = self.to_fire.pop_first() else {
                 break;
             };
-            if let Some(w) = self
-                .keys
-                .get_mut(&entry.1)
-                .and_then(|kw| kw.windows.get_mut(&entry.2))
-            {
-                w.fired = true;
-                w.dirty = true;
-                fired.push(entry);
+            let bytes = key.as_slice();
+            let hash = self.hash(bytes);
+            let Some(w) = self
+                .find_mut(bytes, hash)
+                .and_then(|kw| kw.windows.get_mut(start))
+            else {
+                continue;
+            };
+            if w.fired {
+                continue;
             }
+            let end = w.end;
+            if end.saturating_sub(1) > time {
+                self.to_fire.insert((end, key, start));
+                continue;
+            }
+            w.fired = true;
+            w.dirty = true;
+            fired.push((end, key, start));
         }
+        // Entries queued again come out of order: emit by (end, key, start).
+        fired.sort_unstable();
         if let Some(batch) = self.rows(&fired, false)? {
             out.emit(batch);
         }
@@ -730,7 +977,21 @@ impl WindowOperator {
             let Some((_, key, start)) = self.to_purge.pop_first() else {
                 break;
             };
-            self.remove_window(&key, start);
+            let bytes = key.as_slice();
+            let hash = self.hash(bytes);
+            let Some(end) = self
+                .find(bytes, hash)
+                .and_then(|kw| kw.windows.get(start))
+                .map(|w| w.end)
+            else {
+                continue;
+            };
+            let purge = self.purge_time(end);
+            if purge > time {
+                self.to_purge.insert((purge, key, start));
+            } else {
+                self.remove_window_queued(&key, start, false);
+            }
         }
         Ok(())
     }
@@ -739,11 +1000,22 @@ impl WindowOperator {
 /// The newest window start of a record at `t` in fixed windows of `size` every `slide`
 /// ms, or `None` when one of its windows `[s, s + size)` (`s = newest - k·slide > t -
 /// size`) has a start below `i64::MIN` or an end above `i64::MAX`: such a record is
-/// treated as late. Computed in `i128`, so no input overflows.
+/// treated as late. Computed in `i128` near the limits, so no input overflows.
 fn fixed_windows_fit(t: i64, size: i64, slide: i64) -> Option<i64> {
+    /// Within ±2^60 every window of a size and slide below 2^60 fits, and `i64`
+    /// arithmetic cannot overflow (the hot path: no 128-bit division per record).
+    const SAFE: i64 = 1 << 60;
     if size <= 0 || slide <= 0 {
         return None;
     }
+    if (-SAFE..SAFE).contains(&t) && size < SAFE && slide < SAFE {
+        return Some(t - t.rem_euclid(slide));
+    }
+    fixed_windows_fit_wide(t, size, slide)
+}
+
+/// [`fixed_windows_fit`] in `i128`, for any input (`size`, `slide` positive).
+fn fixed_windows_fit_wide(t: i64, size: i64, slide: i64) -> Option<i64> {
     let (t, size, slide) = (i128::from(t), i128::from(size), i128::from(slide));
     let newest = t - t.rem_euclid(slide);
     // Number of windows: the `k >= 0` with `newest - k·slide > t - size`.
@@ -756,29 +1028,6 @@ fn fixed_windows_fit(t: i64, size: i64, slide: i64) -> Option<i64> {
     } else {
         None
     }
-}
-
-/// Dense ids for the distinct keys of a batch: the id of every row, and the keys.
-fn key_ids(keys: &weir_engine::state::EncodedKeys) -> (Vec<u32>, Vec<&[u8]>) {
-    let mut ids: HashMap<&[u8], u32, ahash::RandomState> = HashMap::default();
-    let mut uniq: Vec<&[u8]> = Vec::new();
-    let mut out = Vec::with_capacity(keys.len());
-    let mut last: Option<(&[u8], u32)> = None;
-    for k in keys.iter() {
-        let id = match last {
-            Some((lk, id)) if lk == k => id,
-            _ => {
-                let id = *ids.entry(k).or_insert_with(|| {
-                    uniq.push(k);
-                    (uniq.len() - 1) as u32
-                });
-                last = Some((k, id));
-                id
-            }
-        };
-        out.push(id);
-    }
-    (out, uniq)
 }
 
 impl Operator for WindowOperator {
@@ -817,8 +1066,9 @@ impl Operator for WindowOperator {
                 dirty: false,
                 persisted: true,
             };
-            self.insert_window(&a.key, ctx.max_parallelism, start, window);
-            if let Some(kw) = self.keys.get_mut(a.key.as_slice()) {
+            let hash = self.hash(&a.key);
+            self.insert_window(&a.key, hash, ctx.max_parallelism, start, window);
+            if let Some(kw) = self.find_mut(&a.key, hash) {
                 kw.key_group = a.key_group;
             }
         }
@@ -925,19 +1175,21 @@ impl Operator for WindowOperator {
         // Deletions first: a merged session may reuse an address it replaced.
         for (kg, key, start, end) in std::mem::take(&mut self.removed) {
             let ns = namespace_window(start, end);
-            ctx.state.value_delete(&self.window_state, kg, &key, &ns)?;
+            let key = key.as_slice();
+            ctx.state.value_delete(&self.window_state, kg, key, &ns)?;
             let fire = end.saturating_sub(1);
             let purge = self.purge_time(end);
             if processing {
-                ctx.timers.delete_processing_timer(fire, kg, &key, &ns);
+                ctx.timers.delete_processing_timer(fire, kg, key, &ns);
             } else {
-                ctx.timers.delete_event_timer(fire, kg, &key, &ns);
-                ctx.timers.delete_event_timer(purge, kg, &key, &ns);
+                ctx.timers.delete_event_timer(fire, kg, key, &ns);
+                ctx.timers.delete_event_timer(purge, kg, key, &ns);
             }
         }
         let lateness = self.lateness();
-        for kw in self.keys.values_mut() {
-            for (&start, w) in kw.windows.iter_mut() {
+        for kw in self.keys.iter_mut() {
+            let key = kw.key.as_slice();
+            for (start, w) in kw.windows.iter_mut() {
                 if !w.dirty {
                     continue;
                 }
@@ -953,20 +1205,20 @@ impl Operator for WindowOperator {
                     .map_err(|e| op_error(format!("serialising a window: {e}")))?;
                 let ns = namespace_window(start, w.end);
                 ctx.state
-                    .value_put(&self.window_state, kw.key_group, &kw.key, &ns, &bytes)?;
+                    .value_put(&self.window_state, kw.key_group, key, &ns, &bytes)?;
                 let fire = w.end.saturating_sub(1);
                 if processing {
                     ctx.timers
-                        .register_processing_timer(fire, kw.key_group, &kw.key, &ns);
+                        .register_processing_timer(fire, kw.key_group, key, &ns);
                 } else {
                     if !w.fired {
                         ctx.timers
-                            .register_event_timer(fire, kw.key_group, &kw.key, &ns);
+                            .register_event_timer(fire, kw.key_group, key, &ns);
                     }
                     ctx.timers.register_event_timer(
                         fire.saturating_add(lateness),
                         kw.key_group,
-                        &kw.key,
+                        key,
                         &ns,
                     );
                 }
@@ -994,5 +1246,28 @@ impl Operator for WindowOperator {
 
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
         vec![(LATE_OUTPUT.to_string(), self.plan.input.clone())]
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn around(v: i64) -> impl Strategy<Value = i64> {
+        (-3i64..=3).prop_map(move |d| v.saturating_add(d))
+    }
+
+    proptest! {
+        /// The `i64` fast path agrees with the `i128` computation, near its bounds too.
+        #[test]
+        fn fast_path_matches_wide(
+            t in prop_oneof![any::<i64>(), -100_000i64..100_000, around(1 << 60), around(-(1 << 60)), around(i64::MAX), around(i64::MIN)],
+            size in prop_oneof![1i64..100_000, around(1 << 60), around(i64::MAX), 1i64..10],
+            slide in prop_oneof![1i64..100_000, around(1 << 60), around(i64::MAX), 1i64..10],
+        ) {
+            prop_assume!(size > 0 && slide > 0);
+            prop_assert_eq!(fixed_windows_fit(t, size, slide), fixed_windows_fit_wide(t, size, slide));
+        }
     }
 }

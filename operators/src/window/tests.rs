@@ -356,6 +356,47 @@ fn sessions_merge_within_a_batch_in_arrival_order() {
 }
 
 #[test]
+fn grown_sessions_fire_in_end_order_and_purge_at_their_real_time() {
+    // The fire/purge queues are corrected lazily: a session that grows keeps its old
+    // entry. Here "b" starts first but grows past "a" and "d", one row per batch (the
+    // fast path), and "c" is merged from two sessions (the general path).
+    let mut h = H::new(count_sum(json!({"session": "10ms"}), 5));
+    h.push(&[r("b", 0, 1)]); // b [0, 10)
+    h.push(&[r("a", 2, 1)]); // a [2, 12)
+    h.push(&[r("b", 8, 1)]); // b [0, 18)
+    h.push(&[r("c", 3, 1), r("c", 16, 1)]); // c [3, 13) and [16, 26)
+    h.push(&[r("d", 9, 1)]); // d [9, 19)
+    h.push(&[r("b", 15, 1)]); // b [0, 25)
+    h.push(&[r("c", 12, 1)]); // c [3, 26): bridges both
+    assert_eq!(h.op.live_windows(), 4);
+    h.wm(26);
+    // b's queue entry (end 10) comes out first; the output is still in end order.
+    assert_eq!(
+        h.take(),
+        vec![
+            "a 2 12 1 1 false",
+            "d 9 19 1 1 false",
+            "b 0 25 3 3 false",
+            "c 3 26 3 3 false"
+        ]
+    );
+    // Purge at end - 1 + 5: a at 16, d at 23 (both gone), b at 29, c at 30.
+    assert_eq!(h.op.live_windows(), 2);
+    // A late row within lateness updates b (fired) and is not late.
+    h.push(&[r("b", 20, 1)]);
+    assert_eq!(h.take(), vec!["b 0 30 4 4 true"]);
+    assert!(h.take_late().is_empty());
+    h.wm(30);
+    assert_eq!(h.op.live_windows(), 1, "c purged at 30, b now at 34");
+    h.wm(33);
+    assert_eq!(h.op.live_windows(), 1);
+    h.wm(34);
+    assert_eq!(h.op.live_windows(), 0);
+    h.end();
+    assert!(h.take().is_empty());
+}
+
+#[test]
 fn a_late_record_merged_session_is_checked_not_its_own() {
     // The merged session decides: a record whose own session [t, t + gap) would be
     // late, but which overlaps a live session ending later, is not late.
