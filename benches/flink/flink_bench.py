@@ -123,27 +123,8 @@ SELECT level, latency_ms FROM src WHERE level = 'ERROR' AND latency_ms > 100"""
 
 # W3: 30-minute session windows per key, 100k keys, count + sum(v);
 # one event per 10 ms of event time (as weir's w3.yaml: ts step 10ms).
-W3_SRC = """
-CREATE TEMPORARY TABLE src (
-    id BIGINT,
-    key INT,
-    v INT,
-    ts AS TO_TIMESTAMP_LTZ(id * 10, 3),
-    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
-) WITH (
-    'connector' = 'datagen',
-    'number-of-rows' = '{rows}',
-    {unthrottled},
-    'fields.id.kind' = 'sequence',
-    'fields.id.start' = '1',
-    'fields.id.end' = '{rows}',
-    'fields.key.kind' = 'random',
-    'fields.key.min' = '0',
-    'fields.key.max' = '99999',
-    'fields.v.kind' = 'random',
-    'fields.v.min' = '0',
-    'fields.v.max' = '1000'
-)"""
+# Same columns as W2's source; only the event-time step and the key range differ.
+W3_SRC = W2_SRC.replace("id / 100", "id * 10").replace("'9999'", "'99999'")
 W3_SINK = """
 CREATE TEMPORARY TABLE snk (
     key INT, window_start TIMESTAMP(3), window_end TIMESTAMP(3), n BIGINT, total BIGINT

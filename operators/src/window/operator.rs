@@ -454,18 +454,6 @@ impl WindowOperator {
     /// Tumbling and sliding windows: group rows by (key, window), one update per group.
     fn process_fixed(
         &mut self,
-        input: &BatchInput<'_>,
-        late: &mut Vec<u32>,
-        updated: &mut Vec<QueueEntry>,
-    ) -> Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = self.process_fixed_with(&mut scratch, input, late, updated);
-        self.scratch = scratch;
-        result
-    }
-
-    fn process_fixed_with(
-        &mut self,
         sc: &mut Scratch,
         input: &BatchInput<'_>,
         late: &mut Vec<u32>,
@@ -594,18 +582,6 @@ impl WindowOperator {
     /// live sessions they overlap; then each changed session gets its merged
     /// accumulators and one update per aggregate.
     fn process_sessions(
-        &mut self,
-        input: &BatchInput<'_>,
-        late: &mut Vec<u32>,
-        updated: &mut Vec<QueueEntry>,
-    ) -> Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = self.process_sessions_with(&mut scratch, input, late, updated);
-        self.scratch = scratch;
-        result
-    }
-
-    fn process_sessions_with(
         &mut self,
         sc: &mut Scratch,
         input: &BatchInput<'_>,
@@ -1115,10 +1091,16 @@ impl Operator for WindowOperator {
             watermark: w,
             max_parallelism: maxp,
         };
-        match plan.options.kind {
-            WindowKind::Session { .. } => self.process_sessions(&input, &mut late, &mut updated)?,
-            _ => self.process_fixed(&input, &mut late, &mut updated)?,
-        }
+        // The batch buffers are taken out of `self` while the operator changes.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = match plan.options.kind {
+            WindowKind::Session { .. } => {
+                self.process_sessions(&mut scratch, &input, &mut late, &mut updated)
+            }
+            _ => self.process_fixed(&mut scratch, &input, &mut late, &mut updated),
+        };
+        self.scratch = scratch;
+        result?;
         if !late.is_empty() {
             late.sort_unstable();
             OperatorMetrics::add(&ctx.metrics.late_records, late.len() as u64);
