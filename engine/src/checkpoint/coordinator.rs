@@ -174,6 +174,10 @@ pub struct Coordinator {
     aborted: HashSet<u64>,
     /// Aborted checkpoints whose directory must be deleted again (a late upload).
     to_discard: Vec<u64>,
+    /// Aborted checkpoints (not savepoints) whose directories were deleted: deleted
+    /// once more when every task has finished, in case a task wrote late files whose
+    /// acknowledgement was never processed.
+    aborted_dirs: Vec<u64>,
     /// A stop request waiting for every sink to commit `epoch`.
     stopping: Option<(u64, HashSet<TaskId>, oneshot::Sender<Result<u64>>)>,
 }
@@ -222,6 +226,7 @@ impl Coordinator {
             stats: setup.stats,
             aborted: HashSet::new(),
             to_discard: Vec::new(),
+            aborted_dirs: Vec::new(),
             stopping: None,
         }
     }
@@ -236,6 +241,7 @@ impl Coordinator {
         let far = Duration::from_secs(86_400 * 365);
         loop {
             if inflight.is_none() && self.finished.len() == self.tasks.len() {
+                self.sweep_aborted().await;
                 return self.final_checkpoint().await;
             }
             let deadline = inflight
@@ -250,7 +256,10 @@ impl Coordinator {
             };
             tokio::select! {
                 ev = self.channels.events.recv() => {
-                    let Some(ev) = ev else { return Ok(()) };
+                    let Some(ev) = ev else {
+                        self.sweep_aborted().await;
+                        return Ok(());
+                    };
                     self.on_event(ev, &mut inflight);
                     for epoch in std::mem::take(&mut self.to_discard) {
                         if let Err(e) = self.storage.discard(epoch).await {
@@ -559,8 +568,18 @@ impl Coordinator {
             None => {}
         }
         if !f.barrier.savepoint {
+            self.aborted_dirs.push(epoch);
             if let Err(e) = self.storage.discard(epoch).await {
                 warn!(job = %self.job, epoch, error = %e, "could not delete the aborted checkpoint");
+            }
+        }
+    }
+
+    /// Deletes the aborted checkpoints' directories again: no task writes any more.
+    async fn sweep_aborted(&mut self) {
+        for epoch in std::mem::take(&mut self.aborted_dirs) {
+            if let Err(e) = self.storage.discard(epoch).await {
+                warn!(job = %self.job, epoch, error = %e, "could not delete the late files of an aborted checkpoint");
             }
         }
     }
