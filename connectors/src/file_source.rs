@@ -53,6 +53,8 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Read buffer per open file.
 const READ_BUFFER: usize = 64 << 10;
+/// How many lines a batch reads between two looks at the linger clock.
+const LINGER_CHECK: usize = 64;
 
 /// Options of `type: file` sources.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -621,7 +623,11 @@ impl Source for FileSource {
             offsets.append_value(self.line);
             rows += 1;
             bytes += buf.len();
-            if rows >= batch_size || bytes >= MAX_BATCH_BYTES || started.elapsed() >= self.linger {
+            // The clock is read every `LINGER_CHECK` lines, not per line.
+            if rows >= batch_size
+                || bytes >= MAX_BATCH_BYTES
+                || (rows % LINGER_CHECK == 0 && started.elapsed() >= self.linger)
+            {
                 break Ok(());
             }
         };
