@@ -626,7 +626,7 @@ impl Source for FileSource {
             // The clock is read every `LINGER_CHECK` lines, not per line.
             if rows >= batch_size
                 || bytes >= MAX_BATCH_BYTES
-                || (rows % LINGER_CHECK == 0 && started.elapsed() >= self.linger)
+                || (rows.is_multiple_of(LINGER_CHECK) && started.elapsed() >= self.linger)
             {
                 break Ok(());
             }
