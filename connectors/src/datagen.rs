@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Date64Array, Float32Array, Float64Array, Int16Array,
-    Int32Array, Int64Array, Int8Array, LargeStringArray, StringArray, TimestampMicrosecondArray,
-    TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt16Array,
-    UInt32Array, UInt64Array, UInt8Array,
+    Int32Array, Int64Array, Int8Array, LargeStringBuilder, StringBuilder,
+    TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+    TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -178,6 +178,29 @@ enum Cell {
     Str(String),
     /// Nanoseconds since the epoch.
     Nanos(i128),
+}
+
+/// A generated value as [`FieldGen::cell`] hands it out: strings borrow the field's
+/// value list or the caller's scratch buffer, so generating one allocates nothing.
+#[derive(Debug, Clone, Copy)]
+enum CellRef<'a> {
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Str(&'a str),
+    Nanos(i128),
+}
+
+impl<'a> From<&'a Cell> for CellRef<'a> {
+    fn from(c: &'a Cell) -> Self {
+        match c {
+            Cell::Int(i) => CellRef::Int(*i),
+            Cell::Float(f) => CellRef::Float(*f),
+            Cell::Bool(b) => CellRef::Bool(*b),
+            Cell::Str(s) => CellRef::Str(s),
+            Cell::Nanos(n) => CellRef::Nanos(*n),
+        }
+    }
 }
 
 /// How a field's values are made.
@@ -610,23 +633,27 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl FieldGen {
-    /// The value of this field in row `row`.
-    fn cell(&self, seed: u64, row: u64) -> Option<Cell> {
+    /// The value of this field in row `row`; a random string is written into `scratch`.
+    fn cell<'a>(&'a self, seed: u64, row: u64, scratch: &'a mut String) -> Option<CellRef<'a>> {
         let mut rng = Rng::new(seed, self.key, row);
         if self.null_rate > 0.0 && rng.next_f64() < self.null_rate {
             return None;
         }
         Some(match &self.kind {
-            GenKind::Values(v) => v[rng.below(v.len() as u64) as usize].clone(),
-            GenKind::IntRange { min, max } => Cell::Int(rng.int_in(*min, *max)),
-            GenKind::IntSequence { start } => Cell::Int(start + i128::from(row)),
-            GenKind::FloatRange { min, max } => Cell::Float(min + rng.next_f64() * (max - min)),
-            GenKind::Bool => Cell::Bool(rng.next_u64() & 1 == 1),
-            GenKind::Str { length } => Cell::Str(
-                (0..*length)
-                    .map(|_| ALPHANUMERIC[rng.below(ALPHANUMERIC.len() as u64) as usize] as char)
-                    .collect(),
-            ),
+            GenKind::Values(v) => CellRef::from(&v[rng.below(v.len() as u64) as usize]),
+            GenKind::IntRange { min, max } => CellRef::Int(rng.int_in(*min, *max)),
+            GenKind::IntSequence { start } => CellRef::Int(start + i128::from(row)),
+            GenKind::FloatRange { min, max } => CellRef::Float(min + rng.next_f64() * (max - min)),
+            GenKind::Bool => CellRef::Bool(rng.next_u64() & 1 == 1),
+            GenKind::Str { length } => {
+                scratch.clear();
+                scratch.extend(
+                    (0..*length).map(|_| {
+                        ALPHANUMERIC[rng.below(ALPHANUMERIC.len() as u64) as usize] as char
+                    }),
+                );
+                CellRef::Str(scratch.as_str())
+            }
             GenKind::Time {
                 start,
                 step,
@@ -637,14 +664,47 @@ impl FieldGen {
                 } else {
                     0
                 };
-                Cell::Nanos(start + step * i128::from(row) - delay)
+                CellRef::Nanos(start + step * i128::from(row) - delay)
             }
         })
     }
 
     /// The column of this field for `rows`.
     fn column(&self, seed: u64, rows: &[u64]) -> Result<ArrayRef> {
-        let cells: Vec<Option<Cell>> = rows.iter().map(|&r| self.cell(seed, r)).collect();
+        let mut scratch = String::new();
+        // Strings go straight into the column's buffers.
+        let strings = |append: &mut dyn FnMut(Option<&str>), scratch: &mut String| {
+            for &r in rows {
+                match self.cell(seed, r, scratch) {
+                    Some(CellRef::Str(s)) => append(Some(s)),
+                    _ => append(None),
+                }
+            }
+        };
+        match &self.data_type {
+            DataType::Utf8 => {
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
+                strings(&mut |v| b.append_option(v), &mut scratch);
+                return Ok(Arc::new(b.finish()));
+            }
+            DataType::LargeUtf8 => {
+                let mut b = LargeStringBuilder::with_capacity(rows.len(), rows.len() * 8);
+                strings(&mut |v| b.append_option(v), &mut scratch);
+                return Ok(Arc::new(b.finish()));
+            }
+            _ => {}
+        }
+        // Other types hold no strings: their cells are plain values.
+        let cells: Vec<Option<Cell>> = rows
+            .iter()
+            .map(|&r| match self.cell(seed, r, &mut scratch)? {
+                CellRef::Int(i) => Some(Cell::Int(i)),
+                CellRef::Float(f) => Some(Cell::Float(f)),
+                CellRef::Bool(b) => Some(Cell::Bool(b)),
+                CellRef::Nanos(n) => Some(Cell::Nanos(n)),
+                CellRef::Str(_) => None,
+            })
+            .collect();
         let ints = || {
             cells.iter().map(|c| match c {
                 Some(Cell::Int(i)) => Some(*i),
@@ -693,16 +753,6 @@ impl FieldGen {
                 Some(Cell::Bool(b)) => Some(*b),
                 _ => None,
             }))),
-            DataType::Utf8 => Arc::new(StringArray::from_iter(cells.iter().map(|c| match c {
-                Some(Cell::Str(s)) => Some(s.as_str()),
-                _ => None,
-            }))),
-            DataType::LargeUtf8 => {
-                Arc::new(LargeStringArray::from_iter(cells.iter().map(|c| match c {
-                    Some(Cell::Str(s)) => Some(s.as_str()),
-                    _ => None,
-                })))
-            }
             DataType::Timestamp(unit, tz) => match unit {
                 TimeUnit::Second => Arc::new(
                     TimestampSecondArray::from(nanos(1_000_000_000)).with_timezone_opt(tz.clone()),

@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, BinaryBuilder, UInt64Builder};
+use arrow::array::{ArrayRef, BinaryArray, UInt64Array};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use schemars::JsonSchema;
@@ -51,8 +52,12 @@ pub use weir_engine::source::{truncated_rows, TRUNCATED_ROWS_METADATA};
 /// long lines stays small.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// Read buffer per open file.
-const READ_BUFFER: usize = 64 << 10;
+/// Read buffer per open file. Lines that lie wholly inside it are copied once, from it
+/// into the batch; a line that straddles its end goes through a line buffer.
+const READ_BUFFER: usize = 256 << 10;
+/// Largest `max_record_bytes`: with it, a batch's payload bytes (at most
+/// `MAX_BATCH_BYTES` plus one line) always fit Arrow's 32-bit offsets.
+const MAX_RECORD_LIMIT: u64 = 1 << 30;
 /// How many lines a batch reads between two looks at the linger clock.
 const LINGER_CHECK: usize = 64;
 
@@ -68,8 +73,8 @@ struct FileSourceOptions {
     #[serde(default)]
     header: bool,
     /// Longest record in bytes (default 1048576 = 1 MiB). A longer line is truncated to
-    /// this many bytes and dead-lettered by the format as too large.
-    #[schemars(range(min = 1))]
+    /// this many bytes and dead-lettered by the format as too large. At most 1 GiB.
+    #[schemars(range(min = 1, max = 1_073_741_824))]
     max_record_bytes: Option<u64>,
     /// Read at most this many records per second per subtask (replaying a file at a
     /// pace, e.g. for demos and tests). Default: as fast as possible.
@@ -166,6 +171,12 @@ impl SourceFactory for FileSourceFactory {
                     "max_record_bytes must be at least 1",
                 ))
             }
+            Some(n) if n > MAX_RECORD_LIMIT => {
+                return Err(FieldError::at(
+                    "/max_record_bytes",
+                    format!("max_record_bytes must be at most {MAX_RECORD_LIMIT} (1 GiB)"),
+                ))
+            }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         if let Some(r) = opts.rate {
@@ -245,8 +256,12 @@ pub struct FileSource {
     batch_size: usize,
     linger: Duration,
     source: String,
-    /// Reused line buffer.
+    /// Line buffer for lines that straddle the end of the read buffer.
     buf: Vec<u8>,
+    /// Capacity of the read buffer of each file ([`READ_BUFFER`]; tests make it tiny).
+    read_buffer: usize,
+    /// Payload bytes per line in the last batch, to size the next one's buffer.
+    line_bytes: usize,
     /// With a `rate`: when this subtask started reading and the records read since.
     paced: Option<(Instant, u64)>,
 }
@@ -326,6 +341,150 @@ fn read_line<R: BufRead>(
     }))
 }
 
+/// Where a batch of lines is closed.
+struct Limits {
+    /// Rows per batch.
+    rows: usize,
+    /// Longest record; longer lines are cut and flagged.
+    max: usize,
+    /// Skip line 1 (a header).
+    header: bool,
+    /// When the batch was started, and how long it may wait for more lines.
+    started: Instant,
+    linger: Duration,
+}
+
+/// The lines of one raw batch, gathered straight into the buffers of its Arrow arrays.
+struct RawLines {
+    /// Payload bytes, one line after the other.
+    values: Vec<u8>,
+    /// Arrow offsets into `values`: one more than there are lines, starting at 0.
+    offsets: Vec<i32>,
+    /// 1-based line number of each line.
+    numbers: Vec<u64>,
+    /// Indexes of the lines that were cut at `max_record_bytes`.
+    truncated: Vec<usize>,
+}
+
+impl RawLines {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        RawLines {
+            values: Vec::with_capacity(bytes),
+            offsets,
+            numbers: Vec::with_capacity(rows),
+            truncated: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.numbers.len()
+    }
+
+    fn push(&mut self, payload: &[u8], number: u64, truncated: bool) -> std::io::Result<()> {
+        if truncated {
+            self.truncated.push(self.len());
+        }
+        self.values.extend_from_slice(payload);
+        // `MAX_RECORD_LIMIT` keeps this in range; a failure is reported, not wrapped.
+        let end = i32::try_from(self.values.len()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a batch of lines exceeds 2 GiB",
+            )
+        })?;
+        self.offsets.push(end);
+        self.numbers.push(number);
+        Ok(())
+    }
+
+    /// Whether the batch is complete: enough rows or bytes, or (looked at every
+    /// `LINGER_CHECK` lines, not per line) it has waited long enough.
+    fn full(&self, limits: &Limits) -> bool {
+        let rows = self.len();
+        rows >= limits.rows
+            || self.values.len() >= MAX_BATCH_BYTES
+            || (rows.is_multiple_of(LINGER_CHECK) && limits.started.elapsed() >= limits.linger)
+    }
+
+    /// The payload and line-number columns (moved, not copied).
+    fn into_columns(self) -> Result<Vec<ArrayRef>> {
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
+        let payloads = BinaryArray::try_new(offsets, Buffer::from_vec(self.values), None)
+            .map_err(|e| EngineError::arrow("building a raw batch", e))?;
+        Ok(vec![
+            Arc::new(payloads),
+            Arc::new(UInt64Array::from(self.numbers)),
+        ])
+    }
+}
+
+/// Reads lines from `reader` into `out` until `out` is full (returns `false`) or the file
+/// ends (returns `true`), advancing `byte_offset` and `line` past every line consumed.
+///
+/// Lines that lie wholly inside the reader's buffer are found with `memchr` and copied
+/// once, from that buffer into `out`; a line that straddles the buffer's end is read
+/// with [`read_line`] into `spill` (which keeps at most `max` bytes of it).
+fn read_lines<R: BufRead>(
+    reader: &mut R,
+    byte_offset: &mut u64,
+    line: &mut u64,
+    out: &mut RawLines,
+    limits: &Limits,
+    spill: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        let len = chunk.len();
+        let mut used = 0;
+        let mut full = false;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            let raw = &chunk[used..nl];
+            *byte_offset += (nl + 1 - used) as u64;
+            used = nl + 1;
+            *line += 1;
+            if limits.header && *line == 1 {
+                continue;
+            }
+            let content = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let truncated = content.len() > limits.max;
+            out.push(&content[..content.len().min(limits.max)], *line, truncated)?;
+            if out.full(limits) {
+                full = true;
+                break;
+            }
+        }
+        reader.consume(used);
+        if full {
+            return Ok(false);
+        }
+        if used < len {
+            // The rest of the buffer is the start of a line that goes on past it (or the
+            // file's last line, without a newline).
+            let Some(read) = read_line(reader, spill, limits.max)? else {
+                return Ok(true);
+            };
+            *byte_offset += read.consumed;
+            *line += 1;
+            if limits.header && *line == 1 {
+                continue;
+            }
+            out.push(spill, *line, read.truncated)?;
+            if out.full(limits) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
 impl FileSource {
     /// A subtask of a file source: it reads files `i` with `i % parallelism == subtask`.
     pub fn new(config: Arc<FileSourceConfig>, ctx: &SourceContext) -> Self {
@@ -346,6 +505,8 @@ impl FileSource {
             linger: ctx.linger,
             source: ctx.source.clone(),
             buf: Vec::new(),
+            read_buffer: READ_BUFFER,
+            line_bytes: 0,
             paced: None,
         }
     }
@@ -372,7 +533,7 @@ impl FileSource {
             "reading file"
         );
         self.open = Some(OpenFile {
-            reader: BufReader::with_capacity(READ_BUFFER, file),
+            reader: BufReader::with_capacity(self.read_buffer, file),
             eof: false,
         });
         Ok(())
@@ -568,8 +729,6 @@ impl Source for FileSource {
         if self.open.is_none() {
             self.open_current()?;
         }
-        let max = self.config.max_record_bytes;
-        let header = self.config.header;
         let mut batch_size = self.batch_size;
         if let Some(rate) = self.config.rate {
             let (start, read) = *self.paced.get_or_insert((Instant::now(), 0));
@@ -580,56 +739,32 @@ impl Source for FileSource {
             }
             batch_size = batch_size.min(usize::try_from(allowed - read).unwrap_or(usize::MAX));
         }
-        let started = Instant::now();
         let path = self.config.files[split_idx].clone();
 
-        let mut payloads = BinaryBuilder::with_capacity(batch_size.min(4096), 0);
-        let mut offsets = UInt64Builder::with_capacity(batch_size.min(4096));
-        let mut rows = 0usize;
-        let mut bytes = 0usize;
-        let mut truncated: Vec<usize> = Vec::new();
+        // Size the payload buffer from the last batch's lines, so that it rarely grows.
+        let expect = batch_size.min(1 << 16);
+        let bytes = (expect * self.line_bytes + expect * self.line_bytes / 8).min(MAX_BATCH_BYTES);
+        let mut out = RawLines::with_capacity(expect, bytes);
+        let limits = Limits {
+            rows: batch_size,
+            max: self.config.max_record_bytes,
+            header: self.config.header,
+            started: Instant::now(),
+            linger: self.linger,
+        };
         let mut buf = std::mem::take(&mut self.buf);
-        let result = loop {
-            let Some(open) = self.open.as_mut() else {
-                break Ok(());
-            };
-            if open.eof {
-                break Ok(());
-            }
-            let read = match read_line(&mut open.reader, &mut buf, max) {
-                Ok(r) => r,
-                Err(e) => break Err(EngineError::io("reading", &path, e)),
-            };
-            let Some(read) = read else {
-                open.eof = true;
-                break Ok(());
-            };
-            self.byte_offset += read.consumed;
-            self.line += 1;
-            if header && self.line == 1 {
-                continue;
-            }
-            if read.truncated {
-                tracing::warn!(
-                    source = %self.source,
-                    path = %path.display(),
-                    line = self.line,
-                    max_record_bytes = max,
-                    "line longer than max_record_bytes: truncated"
-                );
-                truncated.push(rows);
-            }
-            payloads.append_value(&buf);
-            offsets.append_value(self.line);
-            rows += 1;
-            bytes += buf.len();
-            // The clock is read every `LINGER_CHECK` lines, not per line.
-            if rows >= batch_size
-                || bytes >= MAX_BATCH_BYTES
-                || (rows.is_multiple_of(LINGER_CHECK) && started.elapsed() >= self.linger)
-            {
-                break Ok(());
-            }
+        let result = match self.open.as_mut() {
+            Some(open) if !open.eof => read_lines(
+                &mut open.reader,
+                &mut self.byte_offset,
+                &mut self.line,
+                &mut out,
+                &limits,
+                &mut buf,
+            )
+            .map(|eof| open.eof = eof)
+            .map_err(|e| EngineError::io("reading", &path, e)),
+            _ => Ok(()),
         };
         // Do not keep a buffer grown by a huge line.
         buf.clear();
@@ -638,6 +773,19 @@ impl Source for FileSource {
         }
         self.buf = buf;
         result?;
+        let rows = out.len();
+        for &row in &out.truncated {
+            tracing::warn!(
+                source = %self.source,
+                path = %path.display(),
+                line = out.numbers[row],
+                max_record_bytes = limits.max,
+                "line longer than max_record_bytes: truncated"
+            );
+        }
+        if rows > 0 {
+            self.line_bytes = out.values.len() / rows;
+        }
 
         if rows == 0 {
             // Nothing more in this file.
@@ -645,10 +793,11 @@ impl Source for FileSource {
             self.advance();
             return Ok(SourcePoll::SplitEnd(split));
         }
-        let schema = if truncated.is_empty() {
+        let schema = if out.truncated.is_empty() {
             raw_schema()
         } else {
-            let list = truncated
+            let list = out
+                .truncated
                 .iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
@@ -663,8 +812,7 @@ impl Source for FileSource {
         if let Some((_, read)) = self.paced.as_mut() {
             *read += rows as u64;
         }
-        let cols: Vec<ArrayRef> = vec![Arc::new(payloads.finish()), Arc::new(offsets.finish())];
-        let batch = RecordBatch::try_new(schema, cols)
+        let batch = RecordBatch::try_new(schema, out.into_columns()?)
             .map_err(|e| EngineError::arrow("building a raw batch", e))?;
         Ok(SourcePoll::Batch { split, batch })
     }
@@ -1080,6 +1228,84 @@ mod tests {
         );
     }
 
+    /// What `content` holds as records: `(line number, payload, truncated)`.
+    fn oracle(content: &[u8], header: bool, max: usize) -> Vec<(u64, Vec<u8>, bool)> {
+        let mut pieces: Vec<&[u8]> = content.split(|&b| b == b'\n').collect();
+        let terminated = content.ends_with(b"\n");
+        if terminated || content.is_empty() {
+            pieces.pop();
+        }
+        let last = pieces.len();
+        pieces
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !(header && *i == 0))
+            .map(|(i, raw)| {
+                // A `\r` before a newline is part of the terminator, not of the record.
+                let newline = i + 1 < last || terminated;
+                let text = if newline {
+                    raw.strip_suffix(b"\r").unwrap_or(raw)
+                } else {
+                    raw
+                };
+                (
+                    i as u64 + 1,
+                    text[..text.len().min(max)].to_vec(),
+                    text.len() > max,
+                )
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Lines come out as a plain split of the file says, whatever the read buffer's
+        /// size (lines inside it, straddling it, longer than it), the limit, the batch
+        /// size and where a checkpoint stops and restores the reading.
+        #[test]
+        fn lines_match_a_split_of_the_file(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![b'a', b'b', b'\r', b'{']), 0..40),
+                0..30,
+            ),
+            terminated: bool,
+            header: bool,
+            max in 1usize..30,
+            buffers in (1usize..50, 1usize..50),
+            batch in 1usize..8,
+            stop in 0usize..25,
+        ) {
+            let mut content = lines.join(&b'\n');
+            if terminated && !lines.is_empty() {
+                content.push(b'\n');
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f.jsonl");
+            std::fs::write(&path, &content).unwrap();
+            let config = Arc::new(FileSourceConfig {
+                files: Arc::new(vec![path]),
+                header,
+                max_record_bytes: max,
+                rate: None,
+            });
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let c = ctx(0, 1, batch);
+            let mut first = FileSource::new(config.clone(), &c);
+            first.read_buffer = buffers.0;
+            let (mut rows, _, _) = rt.block_on(drain(&mut first, stop));
+            let mut second = FileSource::new(config, &c);
+            second.read_buffer = buffers.1;
+            second.restore(&first.position()).unwrap();
+            let (rest, _, finished) = rt.block_on(drain(&mut second, usize::MAX));
+            proptest::prop_assert!(finished);
+            rows.extend(rest);
+            let got: Vec<(u64, Vec<u8>, bool)> =
+                rows.into_iter().map(|(_, n, p, t)| (n, p, t)).collect();
+            proptest::prop_assert_eq!(got, oracle(&content, header, max));
+        }
+    }
+
     #[tokio::test]
     async fn position_and_restore_resume_exactly() {
         let dir = tempfile::tempdir().unwrap();
@@ -1143,6 +1369,12 @@ mod tests {
             json!({"path": "a.jsonl", "max_record_bytes": 0}),
         ));
         assert_eq!(e.path, "/max_record_bytes");
+        let e = err(build(
+            dir.path(),
+            json!({"path": "a.jsonl", "max_record_bytes": MAX_RECORD_LIMIT + 1}),
+        ));
+        assert_eq!(e.path, "/max_record_bytes");
+        assert!(e.message.contains("at most"), "{}", e.message);
         // A base dir with glob characters is taken literally.
         let weird = dir.path().join("we[ird]");
         std::fs::create_dir(&weird).unwrap();

@@ -1189,7 +1189,12 @@ impl Operator for WindowOperator {
                 ctx.state
                     .value_put(&self.window_state, kw.key_group, key, &ns, &bytes)?;
                 let fire = w.end.saturating_sub(1);
-                if processing {
+                if w.persisted {
+                    // Its timers were registered when it was first written and are
+                    // still there: a fire timer goes when it comes due (then `fired`
+                    // is set), both go when the window is dropped or moves (then
+                    // `persisted` is cleared).
+                } else if processing {
                     ctx.timers
                         .register_processing_timer(fire, kw.key_group, key, &ns);
                 } else {
