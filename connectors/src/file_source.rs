@@ -288,6 +288,20 @@ struct LineRead {
     truncated: bool,
 }
 
+/// `reader.fill_buf()`, retried when a read is interrupted by a signal.
+fn fill_buf<R: BufRead>(reader: &mut R) -> std::io::Result<&[u8]> {
+    loop {
+        match reader.fill_buf() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+            Ok(_) => break,
+        }
+    }
+    // Buffered now: this returns it without reading (at the end of the file it asks
+    // the file once more and gets nothing again).
+    reader.fill_buf()
+}
+
 /// Reads one line into `out` (without `\n` / `\r\n`), keeping at most `max` bytes and
 /// skipping the rest of a longer line. `None` at end of file.
 fn read_line<R: BufRead>(
@@ -300,11 +314,7 @@ fn read_line<R: BufRead>(
     let mut newline = false;
     let mut last: Option<u8> = None;
     loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = fill_buf(reader)?;
         if chunk.is_empty() {
             break;
         }
@@ -435,11 +445,7 @@ fn read_lines<R: BufRead>(
     spill: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
     loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = fill_buf(reader)?;
         if chunk.is_empty() {
             return Ok(true);
         }
