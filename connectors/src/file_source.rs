@@ -789,8 +789,8 @@ impl Source for FileSource {
                 "line longer than max_record_bytes: truncated"
             );
         }
-        if rows > 0 {
-            self.line_bytes = out.values.len() / rows;
+        if let Some(per_line) = out.values.len().checked_div(rows) {
+            self.line_bytes = per_line;
         }
 
         if rows == 0 {
