@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use weir_engine::registry::FieldError;
 use weir_engine::{EngineError, Result};
 
+use super::json_fast::FastJson;
 use super::{
     check_record, max_record_bytes, max_record_bytes_schema, Check, RowError, RowsDecoded,
     TextDecoder, TextFormat,
@@ -82,6 +83,9 @@ pub(crate) struct JsonDecoder {
     /// Columns whose relaxed type differs and must be cast to the declared one.
     cast_columns: Vec<usize>,
     max_record_bytes: usize,
+    /// The one-pass decoder for flat schemas (see [`super::json_fast`]); records it
+    /// does not take go through Arrow's decoder.
+    fast: Option<FastJson>,
 }
 
 /// One record fed to Arrow's decoder: its input row and its text.
@@ -122,6 +126,7 @@ impl JsonDecoder {
             .build_decoder()
             .map_err(|e| format!("the json format cannot decode this schema: {e}"))?;
         Ok(JsonDecoder {
+            fast: FastJson::new(&relaxed),
             schema,
             relaxed,
             cast_columns,
@@ -291,7 +296,16 @@ impl TextDecoder for JsonDecoder {
 
         let mut pieces = Vec::new();
         let mut rows = Vec::with_capacity(lines.len());
-        self.decode_lines(&lines, &mut pieces, &mut rows, &mut errors)?;
+        let mut fast_done = 0;
+        if let Some(fast) = &self.fast {
+            let (batch, n) = fast.decode_prefix(lines.iter().map(|(_, l)| *l))?;
+            if n > 0 {
+                pieces.push(batch);
+                rows.extend(lines[..n].iter().map(|(r, _)| *r));
+            }
+            fast_done = n;
+        }
+        self.decode_lines(&lines[fast_done..], &mut pieces, &mut rows, &mut errors)?;
         let relaxed = match pieces.len() {
             0 => RecordBatch::new_empty(self.relaxed.clone()),
             1 => pieces.swap_remove(0),
@@ -438,6 +452,263 @@ mod tests {
                 l.reason
             );
         }
+    }
+
+    /// Values of every kind, well-formed and not, in the forms the fast path takes and
+    /// the ones it leaves to Arrow.
+    const VALUES: &[&str] = &[
+        r#""abc""#,
+        r#""a\"b\\c\/d""#,
+        r#""\u00e9t\u00e9 \n\t""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800""#,
+        "\"tab\there\"",
+        r#""héllo wörld""#,
+        r#""""#,
+        r#""\x""#,
+        r#""\u12""#,
+        "0",
+        "-0",
+        "12",
+        "-7",
+        "1.5",
+        "1e3",
+        "-2.5E-3",
+        "01",
+        "1.",
+        ".5",
+        "-",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "1e400",
+        "+1",
+        r#""12""#,
+        "NaN",
+        "true",
+        "false",
+        "tru",
+        r#""true""#,
+        "null",
+        "nul",
+        r#"{"a":[1,{"b":null}],"c":"\u0041"}"#,
+        "[]",
+        "{}",
+        "[1,2",
+        r#"[1,,2]"#,
+        "[[[[[[1]]]]]]",
+        r#""2024-05-01T12:00:00Z""#,
+        r#""2024-05-01T12:00:00.123456+02:00""#,
+        r#""2024-05-01 12:00:00""#,
+        r#""2024-02-30T00:00:00Z""#,
+        "1714564800000",
+        "1714564800000.5",
+        r#""2024-05-01""#,
+        r#""1969-12-31T23:59:59.9999Z""#,
+        r#""2024-05-01T12:00:00.1234567891Z""#,
+        r#""2024-05-01T12:00:00z""#,
+    ];
+    const KEYS: &[&str] = &[
+        r#""s""#,
+        r#""n""#,
+        r#""f""#,
+        r#""b""#,
+        r#""t""#,
+        r#""tu""#,
+        r#""zz""#,
+        r#""\u0073""#,
+        r#""s\n""#,
+        r#""""#,
+    ];
+    /// Mostly a value of the right kind for the key (so that whole records take the
+    /// fast path), sometimes any value.
+    fn value_for(key: usize, pick: usize) -> &'static str {
+        const STRINGS: &[&str] = &[
+            r#""abc""#,
+            r#""a\"b\\c\/d""#,
+            r#""\u00e9t\u00e9 \n\t""#,
+            r#""héllo wörld""#,
+            r#""""#,
+            "null",
+        ];
+        const INTS: &[&str] = &[
+            "0",
+            "-0",
+            "12",
+            "-7",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "null",
+        ];
+        const FLOATS: &[&str] = &["0", "1.5", "1e3", "-2.5E-3", "12", "-0", "0.1", "null"];
+        const BOOLS: &[&str] = &["true", "false", "null"];
+        const TIMES: &[&str] = &[
+            r#""2024-05-01T12:00:00Z""#,
+            r#""2024-05-01T12:00:00.123456+02:00""#,
+            r#""1969-12-31T23:59:59.9999Z""#,
+            r#""2000-02-29T23:59:59.5-11:30""#,
+            r#""1970-01-01T00:00:00.0Z""#,
+            "1714564800000",
+            "-1",
+            "null",
+        ];
+        const OTHER: &[&str] = &[
+            r#"{"a":[1,{"b":null}],"c":"\u0041"}"#,
+            "[]",
+            "{}",
+            "[[[[[[1]]]]]]",
+            r#""x""#,
+            "-1.5e-7",
+            "true",
+        ];
+        if pick % 10 >= 7 {
+            return VALUES[(pick / 10) % VALUES.len()];
+        }
+        let table = match KEYS[key] {
+            r#""s""# | r#""\u0073""# => STRINGS,
+            r#""n""# => INTS,
+            r#""f""# => FLOATS,
+            r#""b""# => BOOLS,
+            r#""t""# | r#""tu""# => TIMES,
+            _ => OTHER,
+        };
+        table[(pick / 10) % table.len()]
+    }
+
+    const SPACES: &[&str] = &["", "", "", " ", "\t", "\r\n", "  "];
+
+    /// One record built from `picks` (indexes into the tables above) and maybe mangled.
+    fn record(picks: &[(usize, usize, usize)], mangle: (u8, usize, u8)) -> Vec<u8> {
+        let mut out = String::from(SPACES[mangle.1 % SPACES.len()]);
+        out.push('{');
+        for (k, &(key, value, space)) in picks.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            let sp = SPACES[space % SPACES.len()];
+            out.push_str(sp);
+            out.push_str(KEYS[key % KEYS.len()]);
+            out.push_str(sp);
+            out.push(':');
+            out.push_str(sp);
+            out.push_str(value_for(key % KEYS.len(), value));
+        }
+        out.push('}');
+        let mut bytes = out.into_bytes();
+        let at = mangle.1 % (bytes.len() + 1);
+        match mangle.0 % 12 {
+            0 => bytes.truncate(at),
+            1 => bytes.insert(at, mangle.2),
+            2 if at < bytes.len() => bytes[at] = mangle.2,
+            3 => bytes.extend_from_slice(b" {}"),
+            4 => bytes.push(b'\n'),
+            _ => {}
+        }
+        bytes
+    }
+
+    /// The fast path and Arrow's decoder alone give the same batch, rows and errors.
+    fn same_as_arrow(schema: &SchemaRef, records: &[Vec<u8>]) {
+        let fast = JsonDecoder::new(schema.clone(), 1 << 20).expect("decoder");
+        assert!(fast.fast.is_some());
+        let mut slow = JsonDecoder::new(schema.clone(), 1 << 20).expect("decoder");
+        slow.fast = None;
+        let values = BinaryArray::from_iter_values(records.iter());
+        let a = fast.decode_values(&values).expect("decodes");
+        let b = slow.decode_values(&values).expect("decodes");
+        let shown: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert_eq!(a.batch, b.batch, "{shown:#?}");
+        assert_eq!(a.rows, b.rows, "{shown:#?}");
+        assert_eq!(a.errors, b.errors, "{shown:#?}");
+    }
+
+    fn oracle_schemas() -> [SchemaRef; 2] {
+        [
+            schema(&[
+                ("s", DataType::Utf8, true),
+                ("n", DataType::Int64, true),
+                ("f", DataType::Float64, true),
+                ("b", DataType::Boolean, true),
+                ("t", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+                (
+                    "tu",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
+            ]),
+            schema(&[
+                ("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+                ("s", DataType::Utf8, false),
+                ("n", DataType::Int64, true),
+            ]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn fast_path_decodes_as_arrow_does(
+            records in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0..KEYS.len() + 3, 0..1000usize, 0..20usize), 0..7),
+                    (0u8..40, 0..400usize, proptest::prelude::any::<u8>()),
+                ),
+                1..24,
+            ),
+        ) {
+            let records: Vec<Vec<u8>> = records
+                .iter()
+                .map(|(picks, mangle)| record(picks, *mangle))
+                .collect();
+            for s in oracle_schemas() {
+                same_as_arrow(&s, &records);
+                for r in &records {
+                    same_as_arrow(&s, std::slice::from_ref(r));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_usual_records() {
+        let s = &oracle_schemas()[0];
+        let fast = FastJson::new(
+            &JsonDecoder::new(s.clone(), 1 << 20)
+                .expect("decoder")
+                .relaxed,
+        )
+        .expect("flat schema");
+        let lines = [
+            r#"{"t":"2024-01-01T00:00:00.001Z","s":"cart","n":196,"b":true,"f":1.5e3}"#,
+            r#" { "s" : "a\"b\u00e9" , "zz" : {"x":[1,2.5,"q",null,true,{}]}, "tu": 1714564800000 } "#,
+            r#"{"s":null,"n":-3,"f":-0,"b":false,"t":"2024-02-29T23:59:59+05:30"}"#,
+            "{}",
+        ];
+        let (batch, n) = fast.decode_prefix(lines.iter().copied()).expect("decodes");
+        assert_eq!(n, lines.len());
+        assert_eq!(batch.num_rows(), lines.len());
+        assert_eq!(
+            column_strings(&batch, "s"),
+            vec!["cart", "a\"bé", "null", "null"]
+        );
+        assert_eq!(
+            column_strings(&batch, "t"),
+            vec![
+                "2024-01-01T00:00:00.001",
+                "null",
+                "2024-02-29T18:29:59",
+                "null"
+            ]
+        );
+        // A string in an integer field leaves the fast path there.
+        let (_, n) = fast
+            .decode_prefix([r#"{"n":1}"#, r#"{"n":"2"}"#, r#"{"n":3}"#].into_iter())
+            .expect("decodes");
+        assert_eq!(n, 1);
     }
 
     #[test]

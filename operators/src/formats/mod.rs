@@ -31,6 +31,7 @@
 
 mod csv;
 mod json;
+mod json_fast;
 mod text;
 mod typed;
 
