@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Apache Flink (PyFlink Table API / SQL) counterpart of weir's w1/w2/w3 benchmarks.
+"""Apache Flink (PyFlink Table API / SQL) counterpart of weir's w1/w2/w3/w4 benchmarks.
 
 Local MiniCluster, streaming mode, parallelism 1. Each workload reads from the
 built-in `datagen` connector (bounded by `number-of-rows`) and writes to a
@@ -11,6 +11,7 @@ Usage:
     python flink_bench.py --workload w2 --rows 10000000
     python flink_bench.py --workload w1 --rows 5000000
     python flink_bench.py --workload w3 --rows 5000000
+    python flink_bench.py --workload w4 --rows 2000000   # rows per side; events = 2 x rows
     W1_JSONL=target/weir-bench/w1-logs-*.jsonl python flink_bench.py --workload w1json --rows 0
 Set-up (Java 17 on the machine): python3 -m venv venv && venv/bin/pip install apache-flink
 Options:
@@ -152,6 +153,42 @@ CREATE TEMPORARY TABLE src (
     'format' = 'json'
 )"""
 
+# W4: ±5 s interval join on key, as weir's w4.yaml: two sources of `rows` events each, one
+# event per millisecond of event time per side, 10k keys, watermarks 1 s behind.
+W4_SIDE = """
+CREATE TEMPORARY TABLE {name} (
+    id BIGINT,
+    key INT,
+    {value} INT,
+    ts AS TO_TIMESTAMP_LTZ(id, 3),
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH (
+    'connector' = 'datagen',
+    'number-of-rows' = '{{rows}}',
+    {{unthrottled}},
+    'fields.id.kind' = 'sequence',
+    'fields.id.start' = '1',
+    'fields.id.end' = '{{rows}}',
+    'fields.key.kind' = 'random',
+    'fields.key.min' = '0',
+    'fields.key.max' = '9999',
+    'fields.{value}.kind' = 'random',
+    'fields.{value}.min' = '0',
+    'fields.{value}.max' = '1000'
+)"""
+W4_SRC = (W4_SIDE.format(name="src", value="v"), W4_SIDE.format(name="src2", value="w"))
+W4_SINK = """
+CREATE TEMPORARY TABLE snk (
+    key INT, lts TIMESTAMP_LTZ(3), v INT, rts TIMESTAMP_LTZ(3), w INT
+) WITH ('connector' = 'blackhole')"""
+W4_QUERY = """
+SELECT l.key, l.ts, l.v, CAST(r.ts AS TIMESTAMP_LTZ(3)), r.w FROM src AS l, src2 AS r
+WHERE l.key = r.key
+  AND r.ts BETWEEN l.ts - INTERVAL '5' SECOND AND l.ts + INTERVAL '5' SECOND"""
+
+# Events per `--rows`: W4 reads `rows` from each of its two sources.
+EVENTS_PER_ROW = {"w4": 2}
+
 WORKLOADS = {
     "w1json": (W1JSON_SRC, W1_SINK, W1_QUERY),
     "w1": (W1_SRC, W1_SINK, W1_QUERY),
@@ -159,6 +196,7 @@ WORKLOADS = {
     "w2": (W2_SRC, W2_SINK, W2_QUERY),
     "w3": (W3_SRC, W3_SINK, W3_QUERY),
     "w3legacy": (W3_SRC, W3_SINK, W3_QUERY_LEGACY),
+    "w4": (W4_SRC, W4_SINK, W4_QUERY),
 }
 
 
@@ -175,9 +213,11 @@ def make_env():
 
 def define(t_env, workload, rows):
     src, snk, query = WORKLOADS[workload]
-    t_env.execute_sql("DROP TEMPORARY TABLE IF EXISTS src")
-    t_env.execute_sql("DROP TEMPORARY TABLE IF EXISTS snk")
-    t_env.execute_sql(src.format(rows=rows, unthrottled=UNTHROTTLED, path=os.environ.get('W1_JSONL', '')))
+    for table in ("src", "src2", "snk"):
+        t_env.execute_sql(f"DROP TEMPORARY TABLE IF EXISTS {table}")
+    for ddl in src if isinstance(src, tuple) else (src,):
+        t_env.execute_sql(ddl.format(rows=rows, unthrottled=UNTHROTTLED,
+                                     path=os.environ.get('W1_JSONL', '')))
     t_env.execute_sql(snk)
     return query
 
@@ -233,11 +273,12 @@ def main():
         print(f"warmup workload={args.workload} rows={args.warmup_rows} seconds={w:.3f}",
               file=sys.stderr)
     secs, net = run_blackhole(t_env, args.workload, args.rows)
+    events = args.rows * EVENTS_PER_ROW.get(args.workload, 1)
     extra = ""
     if net:
-        extra = f" job_net_seconds={net:.3f} job_net_rows_per_s={args.rows / net:.0f}"
-    print(f"workload={args.workload} rows={args.rows} seconds={secs:.3f} "
-          f"rows_per_s={args.rows / secs:.0f}{extra}", flush=True)
+        extra = f" job_net_seconds={net:.3f} job_net_rows_per_s={events / net:.0f}"
+    print(f"workload={args.workload} rows={args.rows} events={events} seconds={secs:.3f} "
+          f"rows_per_s={events / secs:.0f}{extra}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 //!
 //! [`KeyCodec::encode`]: weir_engine::state::KeyCodec::encode
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -54,35 +54,51 @@ struct StoredRow {
 
 /// A buffered row.
 struct Entry {
+    ts: i64,
     row: Box<[u8]>,
     /// Whether it met a partner (outer interval joins emit it padded if not).
     matched: bool,
 }
 
-/// One side's rows of one key, by event time.
+/// One side's rows of one key, ordered by event time (rows of equal time in arrival
+/// order). A sorted vector: rows mostly arrive in time order (an append), a key holds
+/// few rows, and a drained buffer keeps its allocation for the key's next rows.
 #[derive(Default)]
 struct Buffer {
-    rows: BTreeMap<i64, Vec<Entry>>,
-    len: usize,
+    rows: Vec<Entry>,
 }
 
 impl Buffer {
-    fn insert(&mut self, ts: i64, entry: Entry) {
-        self.rows.entry(ts).or_default().push(entry);
-        self.len += 1;
+    fn len(&self) -> usize {
+        self.rows.len()
     }
 
-    /// Removes and returns the rows at or before `bound`.
-    fn take_until(&mut self, bound: i64) -> BTreeMap<i64, Vec<Entry>> {
-        let taken = match bound.checked_add(1) {
-            Some(b) => {
-                let keep = self.rows.split_off(&b);
-                std::mem::replace(&mut self.rows, keep)
-            }
-            None => std::mem::take(&mut self.rows),
+    fn insert(&mut self, entry: Entry) {
+        let at = match self.rows.last() {
+            Some(last) if last.ts > entry.ts => self.rows.partition_point(|e| e.ts <= entry.ts),
+            _ => self.rows.len(),
         };
-        self.len -= taken.values().map(Vec::len).sum::<usize>();
-        taken
+        self.rows.insert(at, entry);
+    }
+
+    /// The rows with `lo <= ts <= hi`.
+    fn range_mut(&mut self, lo: i64, hi: i64) -> &mut [Entry] {
+        let start = self.rows.partition_point(|e| e.ts < lo);
+        let end = self.rows.partition_point(|e| e.ts <= hi).max(start);
+        &mut self.rows[start..end]
+    }
+
+    /// The rows with `lo <= ts < hi`.
+    fn range_below(&self, lo: i64, hi: i64) -> &[Entry] {
+        let start = self.rows.partition_point(|e| e.ts < lo);
+        let end = self.rows.partition_point(|e| e.ts < hi).max(start);
+        &self.rows[start..end]
+    }
+
+    /// Removes the rows at or before `bound`; they are yielded in order.
+    fn take_until(&mut self, bound: i64) -> std::vec::Drain<'_, Entry> {
+        let n = self.rows.partition_point(|e| e.ts <= bound);
+        self.rows.drain(..n)
     }
 }
 
@@ -99,7 +115,7 @@ struct KeyState {
 
 impl KeyState {
     fn is_empty(&self) -> bool {
-        self.sides[0].len == 0 && self.sides[1].len == 0
+        self.sides[0].len() == 0 && self.sides[1].len() == 0
     }
 }
 
@@ -156,6 +172,9 @@ pub struct JoinOperator {
     /// Persisted keys dropped since the last checkpoint.
     removed: Vec<(u16, Arc<[u8]>, [bool; 2])>,
     buffered: usize,
+    /// Keys in `keys` whose buffers are both empty. They stay (a key that comes back
+    /// soon costs no allocation) until they are half of all keys; see [`Self::sweep`].
+    empty_keys: usize,
     watermark: EventTime,
     /// Number of key groups (from the context), to file new keys under theirs.
     max_parallelism: u16,
@@ -217,6 +236,7 @@ impl JoinOperator {
             queue: BTreeSet::new(),
             removed: Vec::new(),
             buffered: 0,
+            empty_keys: 0,
             watermark: EventTime::MIN,
             max_parallelism: 128,
             states: [
@@ -234,7 +254,7 @@ impl JoinOperator {
 
     /// Keys with buffered rows.
     pub fn buffered_keys(&self) -> usize {
-        self.keys.len()
+        self.keys.len() - self.empty_keys
     }
 
     fn current_watermark(&self, ctx: &OperatorContext) -> EventTime {
@@ -306,7 +326,8 @@ impl JoinOperator {
 
     /// The key's state, created if missing.
     fn key_state(&mut self, key: &[u8]) -> &mut KeyState {
-        if !self.keys.contains_key(key) {
+        let existed = self.keys.contains_key(key);
+        if !existed {
             let k: Arc<[u8]> = Arc::from(key);
             let state = KeyState {
                 key: k.clone(),
@@ -318,9 +339,15 @@ impl JoinOperator {
             self.keys.insert(k, state);
         }
         // Inserted just above when missing.
-        self.keys
+        let ks = self
+            .keys
             .get_mut(key)
-            .unwrap_or_else(|| unreachable!("key state inserted above"))
+            .unwrap_or_else(|| unreachable!("key state inserted above"));
+        if existed && ks.is_empty() {
+            // An empty key kept by `advance` is about to get a row.
+            self.empty_keys -= 1;
+        }
+        ks
     }
 
     /// Buffers one row of `side` and, in an interval join, pairs it with the other
@@ -345,22 +372,18 @@ impl JoinOperator {
             } else {
                 (t.saturating_add(lower), t.saturating_add(upper))
             };
-            for entries in ks.sides[other].rows.range_mut(lo..=hi).map(|(_, v)| v) {
-                for e in entries.iter_mut() {
-                    e.matched = true;
-                    matched = true;
-                    out.pairs[side].push(row);
-                    out.pairs[other].push(&e.row);
-                }
+            for e in ks.sides[other].range_mut(lo, hi) {
+                e.matched = true;
+                matched = true;
+                out.pairs[side].push(row);
+                out.pairs[other].push(&e.row);
             }
         }
-        ks.sides[side].insert(
-            t,
-            Entry {
-                row: row.into(),
-                matched,
-            },
-        );
+        ks.sides[side].insert(Entry {
+            ts: t,
+            row: row.into(),
+            matched,
+        });
         ks.dirty = true;
         let k = ks.key.clone();
         self.buffered += 1;
@@ -401,15 +424,20 @@ impl JoinOperator {
         }
     }
 
-    /// Drops `key` if it holds nothing any more.
-    fn drop_if_empty(&mut self, key: &[u8]) {
-        if self.keys.get(key).is_some_and(KeyState::is_empty) {
-            if let Some(ks) = self.keys.remove(key) {
-                if ks.persisted.iter().any(|p| *p) {
-                    self.removed.push((ks.key_group, ks.key, ks.persisted));
-                }
+    /// Drops the keys that hold nothing (their keyed state, if any, is deleted at the
+    /// next checkpoint).
+    fn sweep(&mut self) {
+        let removed = &mut self.removed;
+        self.keys.retain(|_, ks| {
+            if !ks.is_empty() {
+                return true;
             }
-        }
+            if ks.persisted.iter().any(|p| *p) {
+                removed.push((ks.key_group, ks.key.clone(), ks.persisted));
+            }
+            false
+        });
+        self.empty_keys = 0;
     }
 
     /// Handles every queued entry due at watermark `w`: expiries, windows, sessions.
@@ -447,8 +475,7 @@ impl JoinOperator {
                     } else {
                         w.saturating_sub(upper)
                     };
-                    let expired = ks.sides[side].take_until(bound);
-                    for e in expired.values().flatten() {
+                    for e in ks.sides[side].take_until(bound) {
                         dropped += 1;
                         if !e.matched && jt.keeps(side) {
                             out.only[side].push(&e.row);
@@ -467,7 +494,12 @@ impl JoinOperator {
             }
             ks.dirty = true;
             self.buffered -= dropped;
-            self.drop_if_empty(&key);
+            if dropped > 0 && ks.is_empty() {
+                self.empty_keys += 1;
+            }
+        }
+        if self.empty_keys > 1024 && self.empty_keys * 2 > self.keys.len() {
+            self.sweep();
         }
     }
 
@@ -560,26 +592,18 @@ fn fire_window(
 ) -> usize {
     let end = start.saturating_add(size);
     let window = (start, end);
-    let lefts: Vec<&Entry> = ks.sides[0]
-        .rows
-        .range(start..end)
-        .flat_map(|(_, v)| v.iter())
-        .collect();
-    let rights: Vec<&Entry> = ks.sides[1]
-        .rows
-        .range(start..end)
-        .flat_map(|(_, v)| v.iter())
-        .collect();
-    pair_up(&lefts, &rights, window, jt, out);
+    pair_up(
+        ks.sides[0].range_below(start, end),
+        ks.sides[1].range_below(start, end),
+        window,
+        jt,
+        out,
+    );
     // Rows whose newest window starts at `start`: every window of theirs has fired.
     let bound = start.saturating_add(slide).saturating_sub(1);
     let mut dropped = 0;
     for side in 0..2 {
-        dropped += ks.sides[side]
-            .take_until(bound)
-            .values()
-            .map(Vec::len)
-            .sum::<usize>();
+        dropped += ks.sides[side].take_until(bound).len();
     }
     dropped
 }
@@ -587,8 +611,8 @@ fn fire_window(
 /// Pairs every left row with every right row of one window; in outer joins, a side
 /// alone is emitted padded.
 fn pair_up(
-    lefts: &[&Entry],
-    rights: &[&Entry],
+    lefts: &[Entry],
+    rights: &[Entry],
     window: (i64, i64),
     jt: super::plan::JoinType,
     out: &mut Output,
@@ -626,9 +650,9 @@ fn fire_sessions(
 ) -> usize {
     let mut times: Vec<i64> = ks.sides[0]
         .rows
-        .keys()
-        .chain(ks.sides[1].rows.keys())
-        .copied()
+        .iter()
+        .chain(&ks.sides[1].rows)
+        .map(|e| e.ts)
         .collect();
     times.sort_unstable();
     times.dedup();
@@ -652,17 +676,14 @@ fn fire_sessions(
         if end.saturating_sub(1) > w && w != EventTime::MAX {
             break;
         }
-        let lefts: Vec<&Entry> = ks.sides[0]
-            .rows
-            .range(first..=last)
-            .flat_map(|(_, v)| v.iter())
-            .collect();
-        let rights: Vec<&Entry> = ks.sides[1]
-            .rows
-            .range(first..=last)
-            .flat_map(|(_, v)| v.iter())
-            .collect();
-        pair_up(&lefts, &rights, (first, end), jt, out);
+        let [lefts, rights] = &mut ks.sides;
+        pair_up(
+            lefts.range_mut(first, last),
+            rights.range_mut(first, last),
+            (first, end),
+            jt,
+            out,
+        );
         last_complete = Some(last);
     }
     let Some(bound) = last_complete else {
@@ -670,11 +691,7 @@ fn fire_sessions(
     };
     let mut dropped = 0;
     for side in 0..2 {
-        dropped += ks.sides[side]
-            .take_until(bound)
-            .values()
-            .map(Vec::len)
-            .sum::<usize>();
+        dropped += ks.sides[side].take_until(bound).len();
     }
     dropped
 }
@@ -726,13 +743,11 @@ impl Operator for JoinOperator {
                 ks.persisted[side] = true;
                 let key = ks.key.clone();
                 for r in rows {
-                    ks.sides[side].insert(
-                        r.ts,
-                        Entry {
-                            row: r.row.into_boxed_slice(),
-                            matched: r.matched,
-                        },
-                    );
+                    ks.sides[side].insert(Entry {
+                        ts: r.ts,
+                        row: r.row.into_boxed_slice(),
+                        matched: r.matched,
+                    });
                     restored.push((side, r.ts, key.clone(), a.key_group));
                 }
             }
@@ -833,7 +848,7 @@ impl Operator for JoinOperator {
             }
             for side in 0..2 {
                 let buffer = &ks.sides[side];
-                if buffer.len == 0 {
+                if buffer.len() == 0 {
                     if ks.persisted[side] {
                         ctx.state.value_delete(
                             &self.states[side],
@@ -848,12 +863,10 @@ impl Operator for JoinOperator {
                 let rows: Vec<StoredRow> = buffer
                     .rows
                     .iter()
-                    .flat_map(|(&ts, v)| {
-                        v.iter().map(move |e| StoredRow {
-                            ts,
-                            matched: e.matched,
-                            row: e.row.to_vec(),
-                        })
+                    .map(|e| StoredRow {
+                        ts: e.ts,
+                        matched: e.matched,
+                        row: e.row.to_vec(),
                     })
                     .collect();
                 let bytes = postcard::to_allocvec(&rows)
@@ -869,6 +882,8 @@ impl Operator for JoinOperator {
             }
             ks.dirty = false;
         }
+        // Empty keys were deleted from keyed state just above.
+        self.sweep();
         store_watermark(
             &mut *ctx.state,
             &self.watermark_state,
