@@ -274,6 +274,9 @@ def main():
               file=sys.stderr)
     secs, net = run_blackhole(t_env, args.workload, args.rows)
     events = args.rows * EVENTS_PER_ROW.get(args.workload, 1)
+    if args.workload == "w1json":  # the file's lines
+        with open(os.environ["W1_JSONL"], "rb") as f:
+            events = sum(1 for _ in f)
     extra = ""
     if net:
         extra = f" job_net_seconds={net:.3f} job_net_rows_per_s={events / net:.0f}"

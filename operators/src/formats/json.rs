@@ -1,8 +1,9 @@
-//! The `json` format: JSON Lines, one object per record, decoded with Arrow's JSON
-//! decoder on whole batches.
+//! The `json` format: JSON Lines, one object per record, decoded on whole batches.
 //!
-//! The fast path feeds every record of a raw batch to one Arrow decoder and flushes
-//! once. Records that break it are isolated without losing their neighbours: a record
+//! Flat schemas first go through the one-pass decoder of [`super::json_fast`], which
+//! takes records until the first one it is not sure of; the rest of the batch (or all
+//! of it, for other schemas) goes to Arrow's JSON decoder. There, every record of the
+//! range is fed to one Arrow decoder, flushed once. Records that break it are isolated without losing their neighbours: a record
 //! that is not well-formed JSON is found while feeding (the decoder must have taken
 //! exactly one complete value from it) and cut out; a record whose values do not fit the
 //! schema fails the flush, and the failing range is bisected until the culprit is a
