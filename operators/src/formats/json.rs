@@ -1,9 +1,9 @@
 //! The `json` format: JSON Lines, one object per record, decoded on whole batches.
 //!
-//! Flat schemas first go through the one-pass decoder of [`super::json_fast`], which
-//! takes records until the first one it is not sure of; the rest of the batch (or all
-//! of it, for other schemas) goes to Arrow's JSON decoder. There, every record of the
-//! range is fed to one Arrow decoder, flushed once. Records that break it are isolated without losing their neighbours: a record
+//! Flat schemas go through the one-pass decoder of [`super::json_fast`]; the records it
+//! is not sure of (and every record, for other schemas) go to Arrow's JSON decoder in
+//! ranges, and the fast path resumes after each. In a range, every record is fed to one
+//! Arrow decoder, flushed once. Records that break it are isolated without losing their neighbours: a record
 //! that is not well-formed JSON is found while feeding (the decoder must have taken
 //! exactly one complete value from it) and cut out; a record whose values do not fit the
 //! schema fails the flush, and the failing range is bisected until the culprit is a
@@ -297,16 +297,32 @@ impl TextDecoder for JsonDecoder {
 
         let mut pieces = Vec::new();
         let mut rows = Vec::with_capacity(lines.len());
-        let mut fast_done = 0;
-        if let Some(fast) = &self.fast {
-            let (batch, n) = fast.decode_prefix(lines.iter().map(|(_, l)| *l))?;
-            if n > 0 {
-                pieces.push(batch);
-                rows.extend(lines[..n].iter().map(|(r, _)| *r));
+        match &self.fast {
+            None => self.decode_lines(&lines, &mut pieces, &mut rows, &mut errors)?,
+            Some(fast) => {
+                // Fast runs, and in between Arrow's decoder for the records the fast path
+                // stops at: one record, or twice as many as last time when the fast path
+                // stopped at once (so a batch of records it does not take costs a few
+                // failed attempts, not one per record).
+                let mut at = 0;
+                let mut chunk = 1;
+                while at < lines.len() {
+                    let rest = &lines[at..];
+                    let (batch, n) = fast.decode_prefix(rest.iter().map(|(_, l)| *l))?;
+                    if n > 0 {
+                        pieces.push(batch);
+                        rows.extend(rest[..n].iter().map(|(r, _)| *r));
+                        at += n;
+                        chunk = 1;
+                    } else {
+                        chunk = (chunk * 2).min(lines.len());
+                    }
+                    let end = (at + chunk).min(lines.len());
+                    self.decode_lines(&lines[at..end], &mut pieces, &mut rows, &mut errors)?;
+                    at = end;
+                }
             }
-            fast_done = n;
         }
-        self.decode_lines(&lines[fast_done..], &mut pieces, &mut rows, &mut errors)?;
         let relaxed = match pieces.len() {
             0 => RecordBatch::new_empty(self.relaxed.clone()),
             1 => pieces.swap_remove(0),

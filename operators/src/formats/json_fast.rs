@@ -15,8 +15,8 @@
 //! integer of epoch milliseconds for a timestamp). At the first record that is anything
 //! else — bad JSON, a duplicate key, an escaped key, a string in an integer field, a
 //! timestamp in another form, nesting deeper than [`MAX_DEPTH`] in an ignored field — it
-//! stops, and that record and the rest of the batch go through Arrow's decoder, which
-//! decodes them or finds the bad records and says why. A property test holds the two
+//! stops, and that record goes through Arrow's decoder, which decodes it or says why it
+//! is bad; then the fast path goes on (see `JsonDecoder::decode_values`). A property test holds the two
 //! paths to the same output on arbitrary input.
 
 use std::sync::Arc;
