@@ -155,28 +155,10 @@ CREATE TEMPORARY TABLE src (
 
 # W4: ±5 s interval join on key, as weir's w4.yaml: two sources of `rows` events each, one
 # event per millisecond of event time per side, 10k keys, watermarks 1 s behind.
-W4_SIDE = """
-CREATE TEMPORARY TABLE {name} (
-    id BIGINT,
-    key INT,
-    {value} INT,
-    ts AS TO_TIMESTAMP_LTZ(id, 3),
-    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
-) WITH (
-    'connector' = 'datagen',
-    'number-of-rows' = '{{rows}}',
-    {{unthrottled}},
-    'fields.id.kind' = 'sequence',
-    'fields.id.start' = '1',
-    'fields.id.end' = '{{rows}}',
-    'fields.key.kind' = 'random',
-    'fields.key.min' = '0',
-    'fields.key.max' = '9999',
-    'fields.{value}.kind' = 'random',
-    'fields.{value}.min' = '0',
-    'fields.{value}.max' = '1000'
-)"""
-W4_SRC = (W4_SIDE.format(name="src", value="v"), W4_SIDE.format(name="src2", value="w"))
+W4_LEFT = W2_SRC.replace("id / 100", "id")
+W4_RIGHT = (W4_LEFT.replace("TABLE src (", "TABLE src2 (")
+            .replace("    v INT,", "    w INT,").replace("'fields.v.", "'fields.w."))
+W4_SRC = (W4_LEFT, W4_RIGHT)
 W4_SINK = """
 CREATE TEMPORARY TABLE snk (
     key INT, lts TIMESTAMP_LTZ(3), v INT, rts TIMESTAMP_LTZ(3), w INT

@@ -185,36 +185,28 @@ impl FastJson {
         scratch: &mut String,
     ) -> Option<()> {
         c.ws();
-        c.eat(b'{')?;
-        c.ws();
-        if c.peek() == Some(b'}') {
-            c.i += 1;
-        } else {
-            let mut guess = 0;
-            loop {
-                c.eat(b'"')?;
-                let key = c.plain_string()?;
-                c.ws();
-                c.eat(b':')?;
-                c.ws();
-                match self.field(key, guess) {
-                    Some(f) => {
-                        if !matches!(slots[f], Slot::Absent) {
-                            return None; // duplicate key: Arrow's rules decide
-                        }
-                        slots[f] = c.value(self.kinds[f], scratch)?;
-                        guess = f + 1;
-                    }
-                    None => c.skip_value(0)?,
-                }
-                c.ws();
-                match c.next()? {
-                    b',' => c.ws(),
-                    b'}' => break,
-                    _ => return None,
-                }
-            }
+        if c.peek()? != b'{' {
+            return None;
         }
+        let mut guess = 0;
+        c.items(b'}', |c| {
+            c.eat(b'"')?;
+            let key = c.plain_string()?;
+            c.ws();
+            c.eat(b':')?;
+            c.ws();
+            match self.field(key, guess) {
+                Some(f) => {
+                    if !matches!(slots[f], Slot::Absent) {
+                        return None; // duplicate key: Arrow's rules decide
+                    }
+                    slots[f] = c.value(self.kinds[f], scratch)?;
+                    guess = f + 1;
+                    Some(())
+                }
+                None => c.skip_value(0),
+            }
+        })?;
         c.ws();
         (c.i == c.s.len()).then_some(())
     }
@@ -471,6 +463,26 @@ impl<'a> Cursor<'a, '_> {
         }
     }
 
+    /// At an opening bracket: the items `item` reads, separated by commas, up to the
+    /// bracket `close`.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.i += 1;
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b if b == close => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
     /// Checks and skips any JSON value (of a field not in the schema).
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         if depth >= MAX_DEPTH {
@@ -481,45 +493,15 @@ impl<'a> Cursor<'a, '_> {
                 self.i += 1;
                 self.string(None).map(|_| ())
             }
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.eat(b'"')?;
-                    self.string(None)?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
+            b'{' => self.items(b'}', |c| {
+                c.eat(b'"')?;
+                c.string(None)?;
+                c.ws();
+                c.eat(b':')?;
+                c.ws();
+                c.skip_value(depth + 1)
+            }),
+            b'[' => self.items(b']', |c| c.skip_value(depth + 1)),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
