@@ -382,26 +382,23 @@ impl<'a> Cursor<'a, '_> {
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
+        // The end of a run of at least one digit from `i`.
+        let digits = |mut i: usize| {
+            let start = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        };
         match b.get(i)? {
             b'0' => i += 1,
-            b'1'..=b'9' => {
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
+            b'1'..=b'9' => i = digits(i)?,
             _ => return None,
         }
         let mut integer = true;
         if b.get(i) == Some(&b'.') {
             integer = false;
-            i += 1;
-            let digits = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = digits(i + 1)?;
         }
         if let Some(b'e' | b'E') = b.get(i) {
             integer = false;
@@ -409,13 +406,7 @@ impl<'a> Cursor<'a, '_> {
             if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
             }
-            let digits = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = digits(i)?;
         }
         self.i = i;
         Some((self.s.get(start..i)?, integer))
