@@ -105,7 +105,10 @@ impl FastJson {
         &self,
         lines: impl ExactSizeIterator<Item = &'a str>,
     ) -> Result<(RecordBatch, usize)> {
-        let capacity = lines.len();
+        // Capped: after a record left to Arrow, the decoder is called again for the rest
+        // of the batch, and a batch of alternating records must not allocate its whole
+        // size each time. Builders grow past the cap as needed.
+        let capacity = lines.len().min(4096);
         let mut columns: Vec<Column> = self
             .schema
             .fields()
