@@ -89,6 +89,10 @@ pub(crate) struct JsonDecoder {
     fast: Option<FastJson>,
 }
 
+/// A run of at least this many records taken by the fast path sets Arrow's share of the
+/// next records back to one.
+const LONG_FAST_RUN: usize = 64;
+
 /// One record fed to Arrow's decoder: its input row and its text.
 type Line<'a> = (u32, &'a str);
 
@@ -196,6 +200,16 @@ impl JsonDecoder {
                     rows.extend(range.iter().map(|(r, _)| *r));
                 }
                 Err(Failure::Record(k, reason)) => {
+                    // The reason as the record alone gives it: in a longer range, what
+                    // the decoder reads past a record's first value depends on how many
+                    // records the range has room for.
+                    let reason = match range.len() {
+                        1 => reason,
+                        _ => match self.try_decode(&range[k..k + 1])? {
+                            Err(Failure::Record(_, alone) | Failure::Flush(alone)) => alone,
+                            Ok(_) => reason,
+                        },
+                    };
                     errors.push(RowError {
                         row: range[k].0 as usize,
                         reason,
@@ -301,9 +315,9 @@ impl TextDecoder for JsonDecoder {
             None => self.decode_lines(&lines, &mut pieces, &mut rows, &mut errors)?,
             Some(fast) => {
                 // Fast runs, and in between Arrow's decoder for the records the fast path
-                // stops at: one record, or twice as many as last time when the fast path
-                // stopped at once (so a batch of records it does not take costs a few
-                // failed attempts, not one per record).
+                // stops at: one record after a long fast run, else twice as many as last
+                // time (so records it does not take, in a row or every other one, cost a
+                // few attempts and pieces, not one per record).
                 let mut at = 0;
                 let mut chunk = 1;
                 while at < lines.len() {
@@ -313,10 +327,12 @@ impl TextDecoder for JsonDecoder {
                         pieces.push(batch);
                         rows.extend(rest[..n].iter().map(|(r, _)| *r));
                         at += n;
-                        chunk = 1;
-                    } else {
-                        chunk = (chunk * 2).min(lines.len());
                     }
+                    chunk = if n >= LONG_FAST_RUN.max(2 * chunk) {
+                        1
+                    } else {
+                        (chunk * 2).min(lines.len())
+                    };
                     let end = (at + chunk).min(lines.len());
                     self.decode_lines(&lines[at..end], &mut pieces, &mut rows, &mut errors)?;
                     at = end;

@@ -12,7 +12,7 @@
 //!
 //! [`KeyCodec::encode`]: weir_engine::state::KeyCodec::encode
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -61,12 +61,17 @@ struct Entry {
 }
 
 /// One side's rows of one key, ordered by event time (rows of equal time in arrival
-/// order). A sorted vector: rows mostly arrive in time order (an append), a key holds
-/// few rows, and a drained buffer keeps its allocation for the key's next rows.
+/// order). A sorted ring buffer: rows mostly arrive in time order (a push at the back),
+/// expire from the front (a pop, however many rows the key holds), a row out of order
+/// moves the nearer end only, and a drained buffer keeps its allocation for the key's
+/// next rows (up to [`Buffer::shrink`]).
 #[derive(Default)]
 struct Buffer {
-    rows: Vec<Entry>,
+    rows: VecDeque<Entry>,
 }
+
+/// Buffered rows in time order.
+type Rows<'a> = std::collections::vec_deque::Iter<'a, Entry>;
 
 impl Buffer {
     fn len(&self) -> usize {
@@ -74,31 +79,52 @@ impl Buffer {
     }
 
     fn insert(&mut self, entry: Entry) {
-        let at = match self.rows.last() {
+        let at = match self.rows.back() {
             Some(last) if last.ts > entry.ts => self.rows.partition_point(|e| e.ts <= entry.ts),
             _ => self.rows.len(),
         };
         self.rows.insert(at, entry);
     }
 
-    /// The rows with `lo <= ts <= hi`.
-    fn range_mut(&mut self, lo: i64, hi: i64) -> &mut [Entry] {
+    /// The index range of the rows with `lo <= ts` and `ts <= hi` (`inclusive`) or
+    /// `ts < hi`.
+    fn bounds(&self, lo: i64, hi: i64, inclusive: bool) -> std::ops::Range<usize> {
         let start = self.rows.partition_point(|e| e.ts < lo);
-        let end = self.rows.partition_point(|e| e.ts <= hi).max(start);
-        &mut self.rows[start..end]
+        let end = if inclusive {
+            self.rows.partition_point(|e| e.ts <= hi)
+        } else {
+            self.rows.partition_point(|e| e.ts < hi)
+        };
+        start..end.max(start)
+    }
+
+    /// The rows with `lo <= ts <= hi`.
+    fn range_mut(&mut self, lo: i64, hi: i64) -> std::collections::vec_deque::IterMut<'_, Entry> {
+        let r = self.bounds(lo, hi, true);
+        self.rows.range_mut(r)
+    }
+
+    /// The rows with `lo <= ts <= hi`.
+    fn range(&self, lo: i64, hi: i64) -> Rows<'_> {
+        self.rows.range(self.bounds(lo, hi, true))
     }
 
     /// The rows with `lo <= ts < hi`.
-    fn range_below(&self, lo: i64, hi: i64) -> &[Entry] {
-        let start = self.rows.partition_point(|e| e.ts < lo);
-        let end = self.rows.partition_point(|e| e.ts < hi).max(start);
-        &self.rows[start..end]
+    fn range_below(&self, lo: i64, hi: i64) -> Rows<'_> {
+        self.rows.range(self.bounds(lo, hi, false))
     }
 
     /// Removes the rows at or before `bound`; they are yielded in order.
-    fn take_until(&mut self, bound: i64) -> std::vec::Drain<'_, Entry> {
+    fn take_until(&mut self, bound: i64) -> std::collections::vec_deque::Drain<'_, Entry> {
         let n = self.rows.partition_point(|e| e.ts <= bound);
         self.rows.drain(..n)
+    }
+
+    /// Gives back most of the memory of a buffer that once held many more rows.
+    fn shrink(&mut self) {
+        if self.rows.capacity() > 64 && self.rows.len() * 4 < self.rows.capacity() {
+            self.rows.shrink_to(self.rows.len() * 2);
+        }
     }
 }
 
@@ -254,7 +280,7 @@ impl JoinOperator {
 
     /// Keys with buffered rows.
     pub fn buffered_keys(&self) -> usize {
-        self.keys.len() - self.empty_keys
+        self.keys.len().saturating_sub(self.empty_keys)
     }
 
     fn current_watermark(&self, ctx: &OperatorContext) -> EventTime {
@@ -345,7 +371,7 @@ impl JoinOperator {
             .unwrap_or_else(|| unreachable!("key state inserted above"));
         if existed && ks.is_empty() {
             // An empty key kept by `advance` is about to get a row.
-            self.empty_keys -= 1;
+            self.empty_keys = self.empty_keys.saturating_sub(1);
         }
         ks
     }
@@ -494,6 +520,9 @@ impl JoinOperator {
             }
             ks.dirty = true;
             self.buffered -= dropped;
+            for b in &mut ks.sides {
+                b.shrink();
+            }
             if dropped > 0 && ks.is_empty() {
                 self.empty_keys += 1;
             }
@@ -611,15 +640,15 @@ fn fire_window(
 /// Pairs every left row with every right row of one window; in outer joins, a side
 /// alone is emitted padded.
 fn pair_up(
-    lefts: &[Entry],
-    rights: &[Entry],
+    lefts: Rows<'_>,
+    rights: Rows<'_>,
     window: (i64, i64),
     jt: super::plan::JoinType,
     out: &mut Output,
 ) {
-    if !lefts.is_empty() && !rights.is_empty() {
+    if lefts.len() > 0 && rights.len() > 0 {
         for l in lefts {
-            for r in rights {
+            for r in rights.clone() {
                 out.pairs[0].push(&l.row);
                 out.pairs[1].push(&r.row);
                 out.pair_windows.push(window);
@@ -676,10 +705,9 @@ fn fire_sessions(
         if end.saturating_sub(1) > w && w != EventTime::MAX {
             break;
         }
-        let [lefts, rights] = &mut ks.sides;
         pair_up(
-            lefts.range_mut(first, last),
-            rights.range_mut(first, last),
+            ks.sides[0].range(first, last),
+            ks.sides[1].range(first, last),
             (first, end),
             jt,
             out,
@@ -738,6 +766,10 @@ impl Operator for JoinOperator {
                     .ok_or_else(|| op_error("join state vanished while restoring"))?;
                 let rows: Vec<StoredRow> = postcard::from_bytes(&bytes)
                     .map_err(|e| op_error(format!("corrupt join state: {e}")))?;
+                if rows.is_empty() {
+                    // Never written so; an empty key would not be counted as one.
+                    continue;
+                }
                 let ks = self.key_state(&a.key);
                 ks.key_group = a.key_group;
                 ks.persisted[side] = true;
