@@ -89,6 +89,9 @@ impl Buffer {
     /// The index range of the rows with `lo <= ts` and `ts <= hi` (`inclusive`) or
     /// `ts < hi`.
     fn bounds(&self, lo: i64, hi: i64, inclusive: bool) -> std::ops::Range<usize> {
+        if self.rows.is_empty() {
+            return 0..0;
+        }
         let start = self.rows.partition_point(|e| e.ts < lo);
         let end = if inclusive {
             self.rows.partition_point(|e| e.ts <= hi)
@@ -116,7 +119,11 @@ impl Buffer {
 
     /// Removes the rows at or before `bound`; they are yielded in order.
     fn take_until(&mut self, bound: i64) -> std::collections::vec_deque::Drain<'_, Entry> {
-        let n = self.rows.partition_point(|e| e.ts <= bound);
+        let n = match (self.rows.front(), self.rows.back()) {
+            (Some(first), _) if first.ts > bound => 0,
+            (_, Some(last)) if last.ts <= bound => self.rows.len(),
+            _ => self.rows.partition_point(|e| e.ts <= bound),
+        };
         self.rows.drain(..n)
     }
 
@@ -193,7 +200,7 @@ pub struct JoinOperator {
     plan: Arc<JoinPlan>,
     converters: [RowConverter; 2],
     parsers: [RowParser; 2],
-    keys: HashMap<Arc<[u8]>, KeyState, ahash::RandomState>,
+    keys: hashbrown::HashMap<Arc<[u8]>, KeyState, ahash::RandomState>,
     queue: BTreeSet<QueueEntry>,
     /// Persisted keys dropped since the last checkpoint.
     removed: Vec<(u16, Arc<[u8]>, [bool; 2])>,
@@ -258,7 +265,7 @@ impl JoinOperator {
             plan,
             converters,
             parsers,
-            keys: HashMap::default(),
+            keys: hashbrown::HashMap::default(),
             queue: BTreeSet::new(),
             removed: Vec::new(),
             buffered: 0,
@@ -350,30 +357,29 @@ impl JoinOperator {
         }
     }
 
-    /// The key's state, created if missing.
+    /// The key's state, created if missing (one hash lookup either way).
     fn key_state(&mut self, key: &[u8]) -> &mut KeyState {
-        let existed = self.keys.contains_key(key);
-        if !existed {
-            let k: Arc<[u8]> = Arc::from(key);
-            let state = KeyState {
-                key: k.clone(),
-                key_group: key_group_for_hash(hash_key(key), self.max_parallelism),
-                sides: [Buffer::default(), Buffer::default()],
-                dirty: false,
-                persisted: [false, false],
-            };
-            self.keys.insert(k, state);
+        match self.keys.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => {
+                let ks = e.into_mut();
+                if ks.is_empty() {
+                    // An empty key kept by `advance` is about to get a row.
+                    self.empty_keys = self.empty_keys.saturating_sub(1);
+                }
+                ks
+            }
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                let k: Arc<[u8]> = Arc::from(key);
+                let state = KeyState {
+                    key: k.clone(),
+                    key_group: key_group_for_hash(hash_key(key), self.max_parallelism),
+                    sides: [Buffer::default(), Buffer::default()],
+                    dirty: false,
+                    persisted: [false, false],
+                };
+                e.insert_with_key(k, state)
+            }
         }
-        // Inserted just above when missing.
-        let ks = self
-            .keys
-            .get_mut(key)
-            .unwrap_or_else(|| unreachable!("key state inserted above"));
-        if existed && ks.is_empty() {
-            // An empty key kept by `advance` is about to get a row.
-            self.empty_keys = self.empty_keys.saturating_sub(1);
-        }
-        ks
     }
 
     /// Buffers one row of `side` and, in an interval join, pairs it with the other
