@@ -223,26 +223,29 @@ impl FastJson {
     }
 }
 
-/// Appends one slot's value (the parser made sure it fits the column).
+/// Appends one slot's value (the parser made sure it fits the column; debug builds
+/// check it).
 fn append(column: &mut Column, slot: Slot, line: &str, scratch: &str) {
     match (column, slot) {
-        (Column::Utf8(b), Slot::Null | Slot::Absent) => b.append_null(),
-        (Column::Int64(b), Slot::Null | Slot::Absent) => b.append_null(),
-        (Column::Float64(b), Slot::Null | Slot::Absent) => b.append_null(),
-        (Column::Bool(b), Slot::Null | Slot::Absent) => b.append_null(),
-        (Column::TimestampMs(b), Slot::Null | Slot::Absent) => b.append_null(),
         (Column::Utf8(b), Slot::Raw(start, end)) => b.append_option(line.get(start..end)),
         (Column::Utf8(b), Slot::Unescaped(start, end)) => b.append_option(scratch.get(start..end)),
         (Column::Int64(b), Slot::Int(v)) => b.append_value(v),
         (Column::Float64(b), Slot::Float(v)) => b.append_value(v),
         (Column::Bool(b), Slot::Bool(v)) => b.append_value(v),
         (Column::TimestampMs(b), Slot::Int(v)) => b.append_value(v),
-        // Not produced by the parser for these columns.
-        (Column::Utf8(b), _) => b.append_null(),
-        (Column::Int64(b), _) => b.append_null(),
-        (Column::Float64(b), _) => b.append_null(),
-        (Column::Bool(b), _) => b.append_null(),
-        (Column::TimestampMs(b), _) => b.append_null(),
+        (column, slot) => {
+            debug_assert!(
+                matches!(slot, Slot::Null | Slot::Absent),
+                "{slot:?} does not fit its column"
+            );
+            match column {
+                Column::Utf8(b) => b.append_null(),
+                Column::Int64(b) => b.append_null(),
+                Column::Float64(b) => b.append_null(),
+                Column::Bool(b) => b.append_null(),
+                Column::TimestampMs(b) => b.append_null(),
+            }
+        }
     }
 }
 
