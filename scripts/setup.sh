@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: installs the system packages weir's build needs on a
-# Debian machine (mold, the linker set in .cargo/config.toml; libclang for the RocksDB
-# bindings' bindgen; a C++ compiler for RocksDB itself) and picks a target dir
-# outside the clone so that repeated runs on one machine reuse the build.
+# Debian machine and picks a target dir outside the clone so that repeated runs on one
+# machine reuse the build.
+#
+# Always: mold (the linker set in .cargo/config.toml) and a C compiler. For the default
+# features (RocksDB's C++ and its bindgen bindings) also a C++ compiler and libclang;
+# a script that builds with `--no-default-features` sets WEIR_SETUP_MINIMAL=1 first and
+# skips them (libclang alone is ~100 MB of packages).
 set -euo pipefail
 need=()
 command -v mold >/dev/null 2>&1 || need+=(mold)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
-command -v c++ >/dev/null 2>&1 || need+=(g++)
-dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+if [ "${WEIR_SETUP_MINIMAL:-0}" != 1 ]; then
+  command -v c++ >/dev/null 2>&1 || need+=(g++)
+  dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "setup: installing ${need[*]}" >&2

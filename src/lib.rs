@@ -62,6 +62,10 @@ pub enum WeirError {
     /// The job failed while running.
     #[error(transparent)]
     Engine(#[from] weir_engine::EngineError),
+    /// A command could not do what was asked (e.g. `weir savepoint` for a process that
+    /// is not running); the job file itself is fine.
+    #[error("{0}")]
+    Command(String),
     /// The user interrupted the job (Ctrl-C); sinks did not publish their output.
     #[error("interrupted: the job was stopped before the end of its input; file sinks left only their in-progress files")]
     Interrupted,
@@ -109,6 +113,61 @@ pub fn run_options(
         restore,
         latency_markers: None,
     }
+}
+
+/// What [`start_over`] removed before a job started from scratch.
+#[derive(Debug, Default)]
+pub struct FreshStart {
+    /// Checkpoints deleted and the store they were in, when the job checkpoints.
+    pub checkpoints: Option<(usize, String)>,
+    /// Files of earlier runs removed, per sink (the dead-letter output included).
+    pub outputs: Vec<(String, Vec<std::path::PathBuf>)>,
+}
+
+impl std::fmt::Display for FreshStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((n, store)) = &self.checkpoints {
+            writeln!(
+                f,
+                "fresh start: deleted {n} checkpoint(s) in {store} (savepoints kept)"
+            )?;
+        }
+        for (sink, files) in &self.outputs {
+            if !files.is_empty() {
+                let first = files[0].display();
+                let more = match files.len() {
+                    1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                };
+                writeln!(
+                    f,
+                    "fresh start: removed {} earlier output file(s) of `{sink}`: {first}{more}",
+                    files.len()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a job over (`weir run --fresh`): deletes its checkpoints (savepoints are
+/// kept) and the output its sinks published in earlier runs, so that the new run
+/// neither resumes nor writes beside (or refuses to overwrite) the old output.
+pub async fn start_over(job: &weir_engine::spec::CompiledJob) -> Result<FreshStart, WeirError> {
+    let mut fresh = FreshStart::default();
+    if let Some(c) = &job.checkpoint {
+        let storage = weir_engine::checkpoint::CheckpointStorage::open(&c.storage, &job.graph.job)?;
+        let n = storage.clear_checkpoints().await?;
+        fresh.checkpoints = Some((n, storage.describe()));
+    }
+    for node in &job.graph.nodes {
+        if let weir_engine::graph::NodeKind::Sink(b) = &node.kind {
+            if let Some(clear) = &b.clear {
+                fresh.outputs.push((node.name.clone(), clear()?));
+            }
+        }
+    }
+    Ok(fresh)
 }
 
 /// Runs a job graph to completion on the current tokio runtime.

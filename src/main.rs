@@ -12,12 +12,49 @@ use weir::WeirError;
 use weir_engine::metrics::JobMetrics;
 use weir_engine::runtime::Restore;
 
+/// `weir --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WEIR_COMMIT"),
+    ")"
+);
+
 /// weir: a dataflow stream processing engine.
 #[derive(Parser)]
-#[command(name = "weir", version, about, long_about = None)]
+#[command(name = "weir", version = VERSION, about, long_about = None)]
 struct Cli {
+    /// How log lines are written to stderr: `text` (colours only on a terminal and
+    /// unless NO_COLOR is set) or `json` (one JSON object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--log-format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default `warn`), stderr only.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -128,19 +165,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match &e {
                 WeirError::Spec(_) | WeirError::Pipeline(_) => 2,
                 WeirError::Engine(weir_engine::EngineError::Config(_)) => 2,
-                WeirError::Engine(_) => 1,
+                WeirError::Engine(_) | WeirError::Command(_) => 1,
                 WeirError::Interrupted => 130,
             };
             eprintln!("error: {e}");
@@ -172,7 +204,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&schema)
-                    .map_err(|e| WeirError::Pipeline(e.to_string()))?
+                    .map_err(|e| WeirError::Command(e.to_string()))?
             );
             Ok(())
         }
@@ -192,6 +224,10 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             };
             let options = weir::run_options(&job, restore);
             let rt = runtime()?;
+            if fresh {
+                let cleared = rt.block_on(weir::start_over(&job))?;
+                eprint!("{cleared}");
+            }
             let show = !no_progress && std::io::stderr().is_terminal();
             let summary = rt.block_on(run_with_progress(job.graph, options, show))?;
             eprint!("{summary}");
@@ -232,7 +268,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 }
             }
             let data_dir = std::path::absolute(&data_dir).map_err(|e| {
-                WeirError::Pipeline(format!("bad data dir {}: {e}", data_dir.display()))
+                WeirError::Command(format!("bad data dir {}: {e}", data_dir.display()))
             })?;
             let plan = BenchPlan {
                 names,
@@ -247,9 +283,9 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             let results = run_bench(&plan)?;
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&results)
-                    .map_err(|e| WeirError::Pipeline(format!("cannot write JSON: {e}")))?;
+                    .map_err(|e| WeirError::Command(format!("cannot write JSON: {e}")))?;
                 std::fs::write(&path, text + "\n").map_err(|e| {
-                    WeirError::Pipeline(format!("cannot write {}: {e}", path.display()))
+                    WeirError::Command(format!("cannot write {}: {e}", path.display()))
                 })?;
                 eprintln!("results written to {}", path.display());
             }
@@ -276,7 +312,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             let rt = runtime()?;
             let result = rt.block_on(weir::bench::run_measured(&spec))?;
             let line = serde_json::to_string(&result)
-                .map_err(|e| WeirError::Pipeline(format!("cannot encode the result: {e}")))?;
+                .map_err(|e| WeirError::Command(format!("cannot encode the result: {e}")))?;
             println!("{line}");
             Ok(())
         }
@@ -307,7 +343,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, WeirError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| WeirError::Pipeline(format!("cannot start the runtime: {e}")))
+        .map_err(|e| WeirError::Command(format!("cannot start the runtime: {e}")))
 }
 
 /// Signals the running job and waits for a new savepoint to appear in its storage.
@@ -319,15 +355,7 @@ async fn take_savepoint(
 ) -> Result<(), WeirError> {
     let storage = weir_engine::checkpoint::CheckpointStorage::open(&config.storage, job)?;
     let before = storage.list_savepoints().await?;
-    let status = std::process::Command::new("kill")
-        .args(["-USR1", &pid.to_string()])
-        .status()
-        .map_err(|e| WeirError::Pipeline(format!("cannot run `kill`: {e}")))?;
-    if !status.success() {
-        return Err(WeirError::Pipeline(format!(
-            "cannot signal process {pid}: is `weir run` running with that pid?"
-        )));
-    }
+    signal_savepoint(pid)?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let now = storage.list_savepoints().await?;
@@ -336,7 +364,7 @@ async fn take_savepoint(
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            return Err(WeirError::Pipeline(format!(
+            return Err(WeirError::Command(format!(
                 "no savepoint of job `{job}` appeared in {} within {timeout:?}",
                 storage.describe()
             )));
@@ -352,6 +380,21 @@ async fn run_with_progress(
 ) -> Result<weir_engine::runtime::JobSummary, WeirError> {
     let checkpoints = options.checkpoint.is_some();
     let handle = weir_engine::runtime::start_with(graph, options).await?;
+    // Said on the terminal, not only in the log: a run that resumes reads only what is
+    // new, and one resumed from a final checkpoint reads nothing.
+    match &handle.restored_from {
+        Some((epoch, weir_engine::checkpoint::CheckpointKind::Final)) => eprintln!(
+            "resuming from checkpoint {epoch}: the job already finished there, so there is \
+             nothing new to read (`weir run --fresh` starts over)"
+        ),
+        Some((epoch, weir_engine::checkpoint::CheckpointKind::Savepoint { name })) => {
+            eprintln!("resuming from savepoint {name} (checkpoint {epoch})")
+        }
+        Some((epoch, _)) => {
+            eprintln!("resuming from checkpoint {epoch} (`weir run --fresh` starts over instead)")
+        }
+        None => {}
+    }
     let bar = if show {
         let b = ProgressBar::new_spinner();
         b.set_style(
@@ -406,6 +449,34 @@ async fn run_with_progress(
             }
         }
     }
+}
+
+/// Asks the `weir run` with process id `pid` for a savepoint (SIGUSR1).
+#[cfg(unix)]
+fn signal_savepoint(pid: u32) -> Result<(), WeirError> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| WeirError::Command(format!("{pid} is not a process id")))?;
+    kill_process(target, Signal::USR1).map_err(|e| {
+        let why = match e {
+            rustix::io::Errno::SRCH => "no such process".to_string(),
+            rustix::io::Errno::PERM => "not permitted (another user's process?)".to_string(),
+            other => other.to_string(),
+        };
+        WeirError::Command(format!(
+            "cannot signal process {pid}: {why}; give the pid of the running `weir run` \
+             of this job file"
+        ))
+    })
+}
+
+#[cfg(not(unix))]
+fn signal_savepoint(_pid: u32) -> Result<(), WeirError> {
+    Err(WeirError::Command(
+        "`weir savepoint` signals the job and needs a Unix system".into(),
+    ))
 }
 
 #[cfg(unix)]
@@ -582,7 +653,7 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
         }
     }
     if failed > 0 {
-        return Err(WeirError::Pipeline(format!(
+        return Err(WeirError::Command(format!(
             "{failed} benchmark run(s) failed (see above)"
         )));
     }
@@ -601,13 +672,13 @@ fn best_of(spec: &weir::bench::RunSpec, runs: usize) -> Result<weir::bench::RunR
             best = Some(r);
         }
     }
-    best.ok_or_else(|| WeirError::Pipeline("no run".into()))
+    best.ok_or_else(|| WeirError::Command("no run".into()))
 }
 
 /// Runs one measurement in a child process (`weir bench-child`).
 fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, WeirError> {
     let exe = std::env::current_exe()
-        .map_err(|e| WeirError::Pipeline(format!("cannot find the weir binary: {e}")))?;
+        .map_err(|e| WeirError::Command(format!("cannot find the weir binary: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("bench-child")
         .args(["--workload", &spec.workload])
@@ -623,9 +694,9 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| WeirError::Pipeline(format!("cannot start a benchmark run: {e}")))?;
+        .map_err(|e| WeirError::Command(format!("cannot start a benchmark run: {e}")))?;
     if !out.status.success() {
-        return Err(WeirError::Pipeline(format!(
+        return Err(WeirError::Command(format!(
             "benchmark run of `{}` ({}, p={}) failed ({}):\n{}",
             spec.workload,
             spec.input.name(),
@@ -637,7 +708,7 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).map_err(|e| {
-        WeirError::Pipeline(format!(
+        WeirError::Command(format!(
             "benchmark run of `{}` printed no result ({e}): {stdout}",
             spec.workload
         ))

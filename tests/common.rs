@@ -241,10 +241,9 @@ impl SinkFactory for CollectFactory {
     ) -> Result<SinkBuild, FieldError> {
         let slot = options["slot"].as_str().unwrap_or("main").to_string();
         let (into, rows, delay) = (self.into.clone(), self.rows.clone(), self.delay);
-        Ok(SinkBuild {
-            describe: format!("collect into {slot}"),
-            max_parallelism: Some(1),
-            create: Arc::new(move |_| {
+        Ok(SinkBuild::new(
+            format!("collect into {slot}"),
+            Arc::new(move |_| {
                 Ok(Box::new(CollectSink {
                     slot: slot.clone(),
                     into: into.clone(),
@@ -252,7 +251,8 @@ impl SinkFactory for CollectFactory {
                     delay,
                 }))
             }),
-        })
+        )
+        .max_parallelism(1))
     }
 }
 

@@ -10,6 +10,8 @@ mod event_time;
 mod fault_injection;
 mod golden;
 mod joins_oracle;
+#[cfg(unix)]
+mod newcomer;
 mod partitioning;
 mod rust_api;
 #[cfg(unix)]

@@ -41,13 +41,10 @@ impl SinkFactory for BlackholeSinkFactory {
         _input: SchemaRef,
     ) -> Result<SinkBuild, FieldError> {
         let _: BlackholeOptions = parse_options(options)?;
-        Ok(SinkBuild {
-            describe: "blackhole".into(),
-            create: Arc::new(|ctx: &SinkContext| {
-                Ok(Box::new(BlackholeSink::new(ctx)) as Box<dyn Sink>)
-            }),
-            max_parallelism: None,
-        })
+        Ok(SinkBuild::new(
+            "blackhole",
+            Arc::new(|ctx: &SinkContext| Ok(Box::new(BlackholeSink::new(ctx)) as Box<dyn Sink>)),
+        ))
     }
 }
 

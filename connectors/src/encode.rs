@@ -42,6 +42,24 @@ impl TextFormat {
             TextFormat::Table => "table",
         }
     }
+
+    /// Checks at build time that rows of `schema` can be written in this format: CSV
+    /// has no place for nested values (structs, lists). The error is for the sink's
+    /// `format` key.
+    pub fn check_schema(self, schema: &arrow::datatypes::Schema) -> Result<(), String> {
+        if self != TextFormat::Csv {
+            return Ok(());
+        }
+        match schema.fields().iter().find(|f| f.data_type().is_nested()) {
+            Some(f) => Err(format!(
+                "CSV cannot hold the nested field `{}` ({}): write `format: jsonl`, or \
+                 select its parts into plain columns first",
+                f.name(),
+                weir_engine::spec::field_type_text(f.data_type(), false)
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A timestamp column without a time zone as UTC instants at `unit`, one per value.

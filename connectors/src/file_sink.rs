@@ -139,20 +139,118 @@ impl SinkFactory for FileSinkFactory {
             ));
         }
         let format = opts.format;
+        TextFormat::from(format)
+            .check_schema(&input)
+            .map_err(|m| FieldError::at("/format", m))?;
         let sink_name = name.to_string();
-        Ok(SinkBuild {
-            describe: format!("file {} ({})", opts.path, TextFormat::from(format).name()),
-            create: Arc::new(move |sctx: &SinkContext| {
+        let shown = display_path(&target);
+        let cleared = target.clone();
+        let created = target.clone();
+        Ok(SinkBuild::new(
+            format!("file {} ({})", opts.path, TextFormat::from(format).name()),
+            Arc::new(move |sctx: &SinkContext| {
                 Ok(Box::new(FileSink::new(
                     &sink_name,
-                    target.clone(),
+                    created.clone(),
                     format,
                     input.clone(),
                     sctx,
                 )) as Box<dyn Sink>)
             }),
-            max_parallelism: None,
-        })
+        )
+        .output_with(Arc::new(move |exactly_once, parallelism| {
+            let name = |suffix: &str| {
+                shown
+                    .with_file_name(with_suffix(&shown, suffix))
+                    .display()
+                    .to_string()
+            };
+            match (exactly_once, parallelism) {
+                (true, _) => format!("{} (one file per subtask and checkpoint)", name("-*-*")),
+                (false, 0 | 1) => shown.display().to_string(),
+                (false, _) => format!("{} (one file per subtask)", name("-*")),
+            }
+        }))
+        .clear_with(Arc::new(move || clear_output(&cleared))))
+    }
+}
+
+/// `path` relative to the working directory when it lies under it (shorter in the run
+/// summary), else as it is; without `.` components.
+fn display_path(path: &Path) -> PathBuf {
+    let path: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or(path)
+}
+
+/// Removes what earlier runs of a file sink writing `path` left: the file itself, the
+/// per-subtask files (`name-<i>.ext`), published and hidden parts of checkpoints
+/// (`name-<i>-<epoch>.ext`, `.name-<i>-<epoch>.ext.inprogress`) and in-progress files.
+/// Files of other sinks in the directory are left alone: only the exact names this sink
+/// makes are matched.
+pub fn clear_output(path: &Path) -> Result<Vec<PathBuf>> {
+    let Some(dir) = path.parent() else {
+        return Ok(Vec::new());
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(EngineError::io("listing", dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("listing", dir, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if is_output_of(path, &file_name) {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| EngineError::io("removing", &p, e))?;
+            removed.push(p);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Whether `file_name` (in the directory of `path`) is one a file sink writing `path`
+/// makes: see [`clear_output`].
+fn is_output_of(path: &Path, file_name: &str) -> bool {
+    let visible = file_name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(IN_PROGRESS_SUFFIX))
+        .unwrap_or(file_name);
+    let own = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if visible == own {
+        return true;
+    }
+    let (stem, ext) = stem_and_extension(path);
+    let name = match &ext {
+        Some(ext) => match visible
+            .strip_suffix(ext.as_str())
+            .and_then(|n| n.strip_suffix('.'))
+        {
+            Some(n) => n,
+            None => return false,
+        },
+        None => visible,
+    };
+    let Some(rest) = name
+        .strip_prefix(stem.as_str())
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match rest.split_once('-') {
+        Some((subtask, epoch)) => digits(subtask) && digits(epoch),
+        None => digits(rest),
     }
 }
 
@@ -252,8 +350,18 @@ impl InProgressPart {
     pub fn create(path: PathBuf) -> Result<Self> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| EngineError::io("creating directory", dir, e))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    // "File exists" says little when a file stands where the directory
+                    // should be.
+                    let e = match dir.ancestors().find(|a| a.is_file()) {
+                        Some(file) => std::io::Error::other(format!(
+                            "{} is a file, not a directory",
+                            file.display()
+                        )),
+                        None => e,
+                    };
+                    EngineError::io("creating directory", dir, e)
+                })?;
             }
         }
         let file = OpenOptions::new()

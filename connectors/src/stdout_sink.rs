@@ -45,17 +45,21 @@ impl SinkFactory for StdoutSinkFactory {
         _ctx: &BuildContext,
         _name: &str,
         options: &serde_json::Value,
-        _input: SchemaRef,
+        input: SchemaRef,
     ) -> Result<SinkBuild, FieldError> {
         let opts: StdoutOptions = parse_options(options)?;
         let format = opts.format;
-        Ok(SinkBuild {
-            describe: format!("stdout {}", format.name()),
-            create: Arc::new(move |_ctx: &SinkContext| {
+        format
+            .check_schema(&input)
+            .map_err(|m| FieldError::at("/format", m))?;
+        Ok(SinkBuild::new(
+            format!("stdout {}", format.name()),
+            Arc::new(move |_ctx: &SinkContext| {
                 Ok(Box::new(StdoutSink::new(format)) as Box<dyn Sink>)
             }),
-            max_parallelism: Some(1),
-        })
+        )
+        .max_parallelism(1)
+        .output("standard output"))
     }
 }
 

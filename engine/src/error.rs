@@ -49,9 +49,19 @@ pub enum EngineError {
     /// A task of the runtime died or a channel closed unexpectedly.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A neighbouring task of the job stopped (its channel closed): the consequence of
+    /// another task's failure, never reported in place of that failure.
+    #[error("runtime: {0}")]
+    Disconnected(&'static str),
 }
 
 impl EngineError {
+    /// Whether this error only says that another task stopped (see
+    /// [`EngineError::Disconnected`]).
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, EngineError::Disconnected(_))
+    }
+
     /// Wraps an Arrow error with what was being done.
     pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
         EngineError::Arrow {

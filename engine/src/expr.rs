@@ -35,7 +35,11 @@ use std::sync::{Arc, OnceLock};
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, SchemaError};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -50,7 +54,12 @@ fn session() -> &'static SessionContext {
         let options = config.options_mut();
         options.sql_parser.enable_ident_normalization = false;
         options.sql_parser.map_string_types_to_utf8view = false;
-        SessionContext::new_with_config(config)
+        let mut ctx = SessionContext::new_with_config(config);
+        // json_get_str(raw, 'user', 'id') and friends, for JSON kept as a string.
+        if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
+            tracing::warn!(error = %e, "the JSON functions could not be registered");
+        }
+        ctx
     })
 }
 
@@ -111,6 +120,7 @@ fn describe_error(e: &DataFusionError, schema: &SchemaRef) -> String {
     }
     let msg = e.find_root().strip_backtrace();
     // DataFusion prefixes its messages with the error kind; keep the substance.
+    let mut text = msg.trim();
     for prefix in [
         "Error during planning: ",
         "SQL error: ",
@@ -118,12 +128,212 @@ fn describe_error(e: &DataFusionError, schema: &SchemaRef) -> String {
         "Internal error: ",
         "Schema error: ",
         "Execution error: ",
+        "Arrow error: ",
+        "Parser error: ",
+        "Optimizer rule 'type_coercion' failed\ncaused by\n",
     ] {
-        if let Some(rest) = msg.strip_prefix(prefix) {
-            return rest.trim().to_string();
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = rest.trim();
         }
     }
-    msg.trim().to_string()
+    reword(text)
+}
+
+/// Turns the wording of sqlparser and DataFusion into a user's: parser errors lose
+/// their `ParserError("…")` wrapping, Arrow type names become weir's field types.
+fn reword(text: &str) -> String {
+    if let Some(inner) = text
+        .strip_prefix("ParserError(\"")
+        .or_else(|| text.strip_prefix("TokenizerError(\""))
+        .and_then(|t| t.strip_suffix("\")"))
+    {
+        let inner = inner
+            .replace("Expected: ", "expected ")
+            .replace("found: EOF", "found the end of the expression")
+            .replace(", found: ", ", found ");
+        let inner = match inner.find(" at Line: ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        return format!("syntax error: {inner}");
+    }
+    if text.starts_with("Dot access not supported for non-string expr") {
+        return "cannot read a field with `.` here: a struct field is read as `column.field` \
+                (or `column['field']`); a name that is a SQL keyword (user, date, time, …) \
+                must be quoted, e.g. `\"user\".id`"
+            .to_string();
+    }
+    if let Some(rest) = text.strip_prefix("Cannot coerce arithmetic expression ") {
+        // "Utf8 + Int64 to valid types"
+        let rest = rest.trim_end_matches(" to valid types");
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if let [left, op, right] = words.as_slice() {
+            return format!(
+                "type error: `{op}` cannot combine {} and {}",
+                type_words_of(left),
+                type_words_of(right)
+            );
+        }
+    }
+    text.to_string()
+}
+
+/// "a string", "an int", … for an Arrow type's name as DataFusion prints it.
+fn type_words_of(arrow_name: &str) -> String {
+    let name = match arrow_name {
+        "Utf8" | "LargeUtf8" | "Utf8View" => "string",
+        "Int8" | "Int16" | "Int32" | "Int64" | "UInt8" | "UInt16" | "UInt32" | "UInt64" => "int",
+        "Float16" | "Float32" | "Float64" => "float",
+        "Boolean" => "bool",
+        "Date32" | "Date64" => "date",
+        "Binary" | "LargeBinary" | "BinaryView" => "binary",
+        t if t.starts_with("Timestamp") => "timestamp",
+        t if t.starts_with("Decimal") => "decimal",
+        t if t.starts_with("Struct") => "struct",
+        t if t.starts_with("List") || t.starts_with("LargeList") => "list",
+        t => return format!("a value of type {t}"),
+    };
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
+}
+
+/// weir's name for an Arrow type, as in a `schema:` (`string`, `int`, …).
+fn type_words(t: &DataType) -> String {
+    type_words_of(&t.to_string())
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// Rejects what DataFusion's type coercion would do silently at run time: turning a
+/// string that is not a constant into a number, timestamp, date or bool (`k > 5` on a
+/// string `k` casts every `k` to a number, and a row where that fails would become a
+/// dead letter). `original` is the expression as written, `coerced` after coercion; a
+/// cast the user wrote (`CAST(k AS BIGINT) > 5`) is theirs to make, and a string
+/// constant (`ts > '2024-01-01T00:00:00Z'`) is converted once, at build time.
+fn check_implicit_casts(
+    original: &Expr,
+    coerced: &Expr,
+    schema: &DFSchema,
+) -> std::result::Result<(), String> {
+    let mut explicit: Vec<(&Expr, &DataType)> = Vec::new();
+    let _ = original.apply(|e| {
+        match e {
+            Expr::Cast(c) => explicit.push((c.expr.as_ref(), c.field.data_type())),
+            Expr::TryCast(c) => explicit.push((c.expr.as_ref(), c.field.data_type())),
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    // The implicit string cast `e` is, if it is one: (the string expression, the type).
+    let implicit = |e: &Expr| -> Option<(String, DataType)> {
+        let Expr::Cast(c) = e else { return None };
+        if matches!(c.expr.as_ref(), Expr::Literal(..)) || is_string(c.field.data_type()) {
+            return None;
+        }
+        let from = c.expr.get_type(schema).ok()?;
+        if !is_string(&from) {
+            return None;
+        }
+        if explicit
+            .iter()
+            .any(|(inner, to)| *inner == c.expr.as_ref() && *to == c.field.data_type())
+        {
+            return None;
+        }
+        Some((c.expr.to_string(), c.field.data_type().clone()))
+    };
+    let mut problem = None;
+    let _ = coerced.apply(|e| {
+        let found = match e {
+            Expr::BinaryExpr(b) => [(&b.left, &b.right), (&b.right, &b.left)]
+                .into_iter()
+                .find_map(|(side, other)| {
+                    implicit(side).map(|(what, to)| {
+                        let other_type = other
+                            .get_type(schema)
+                            .map(|t| type_words(&t))
+                            .unwrap_or_else(|_| "a value".into());
+                        format!(
+                            "type error: `{what}` is a string and `{}` {other_type}: `{}` would \
+                             convert every `{what}` to {} at run time, failing on values that \
+                             are not; compare with a string, or convert explicitly with \
+                             CAST({what} AS {})",
+                            unquote(&other.to_string()),
+                            b.op,
+                            type_words(&to),
+                            sql_type_name(&to)
+                        )
+                    })
+                }),
+            Expr::ScalarFunction(f) => f.args.iter().find_map(|a| {
+                implicit(a).map(|(what, to)| {
+                    format!(
+                        "type error: `{}` takes {} where `{what}` is a string; convert it \
+                         explicitly with CAST({what} AS {}) if that is meant",
+                        f.func.name(),
+                        type_words(&to),
+                        sql_type_name(&to)
+                    )
+                })
+            }),
+            other => implicit(other).map(|(what, to)| {
+                format!(
+                    "type error: `{what}` is a string where {} is expected; convert it \
+                     explicitly with CAST({what} AS {}) if that is meant",
+                    type_words(&to),
+                    sql_type_name(&to)
+                )
+            }),
+        };
+        Ok(match found {
+            Some(m) => {
+                problem = Some(m);
+                TreeNodeRecursion::Stop
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    match problem {
+        Some(m) => Err(m),
+        None => Ok(()),
+    }
+}
+
+/// `Utf8("x")` → `'x'`, `Int64(5)` → `5`: DataFusion's display of literals, as SQL.
+fn unquote(text: &str) -> String {
+    for prefix in ["Utf8(\"", "Utf8View(\"", "LargeUtf8(\""] {
+        if let Some(inner) = text
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_suffix("\")"))
+        {
+            return format!("'{inner}'");
+        }
+    }
+    for prefix in ["Int64(", "Float64(", "Boolean(", "Int32("] {
+        if let Some(inner) = text.strip_prefix(prefix).and_then(|t| t.strip_suffix(')')) {
+            return inner.to_string();
+        }
+    }
+    text.to_string()
+}
+
+/// The SQL name of a type for a suggested CAST.
+fn sql_type_name(t: &DataType) -> &'static str {
+    match t {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "BIGINT",
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => "DOUBLE",
+        DataType::Boolean => "BOOLEAN",
+        DataType::Date32 | DataType::Date64 => "DATE",
+        DataType::Timestamp(..) => "TIMESTAMP",
+        DataType::Decimal128(..) | DataType::Decimal256(..) => "DECIMAL",
+        _ => "…",
+    }
 }
 
 impl SqlExpr {
@@ -142,8 +352,24 @@ impl SqlExpr {
         let logical = ctx
             .parse_sql_expr(sql, &df_schema)
             .map_err(|e| fail(describe_error(&e, schema)))?;
+        // Coerce types first (as DataFusion would), check what the coercion did, then
+        // fold constants, so that a bad constant (`ts > 'yesterday'`) fails here and
+        // not on every row.
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(df_schema.clone()))
+                .with_config_options(ctx.copied_config().options().clone())
+                .build(),
+        );
+        let coerced = simplifier
+            .coerce(logical.clone(), &df_schema)
+            .map_err(|e| fail(describe_error(&e, schema)))?;
+        check_implicit_casts(&logical, &coerced, &df_schema).map_err(fail)?;
+        let simplified = simplifier
+            .simplify(coerced)
+            .map_err(|e| fail(describe_error(&e, schema)))?;
         let physical = ctx
-            .create_physical_expr(logical, &df_schema)
+            .create_physical_expr(simplified, &df_schema)
             .map_err(|e| fail(describe_error(&e, schema)))?;
         let df_type = physical
             .data_type(schema)

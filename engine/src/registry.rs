@@ -95,6 +95,14 @@ pub struct DecoderBuild {
     pub create: DecoderCreate,
 }
 
+/// Where a sink's output goes, given whether the job is exactly-once (checkpointing)
+/// and the sink's parallelism.
+pub type SinkOutput = Arc<dyn Fn(bool, usize) -> String + Send + Sync>;
+
+/// Removes what earlier runs of a sink published (`weir run --fresh`); the paths it
+/// removed.
+pub type SinkClear = Arc<dyn Fn() -> Result<Vec<std::path::PathBuf>> + Send + Sync>;
+
 /// A sink as the planner needs it.
 #[derive(Clone)]
 pub struct SinkBuild {
@@ -104,6 +112,54 @@ pub struct SinkBuild {
     pub create: SinkCreate,
     /// Largest parallelism the sink supports (stdout: 1).
     pub max_parallelism: Option<usize>,
+    /// Where the output goes, in the user's words, for the end-of-run summary (a path,
+    /// a pattern of part files, a topic); `None` when there is nothing to point at.
+    pub output: Option<SinkOutput>,
+    /// Removes the published output of earlier runs, for a job started over with
+    /// `--fresh` (file sinks: their part files); `None` when the sink cannot (or need
+    /// not) clear anything.
+    pub clear: Option<SinkClear>,
+}
+
+impl SinkBuild {
+    /// A sink described by `describe` whose subtasks `create` makes; no parallelism
+    /// limit, no output location, nothing to clear.
+    pub fn new(describe: impl Into<String>, create: SinkCreate) -> Self {
+        SinkBuild {
+            describe: describe.into(),
+            create,
+            max_parallelism: None,
+            output: None,
+            clear: None,
+        }
+    }
+
+    /// Limits the sink's parallelism.
+    pub fn max_parallelism(mut self, max: usize) -> Self {
+        self.max_parallelism = Some(max);
+        self
+    }
+
+    /// Says where the output goes (shown in the run summary), the same with or
+    /// without checkpoints.
+    pub fn output(mut self, output: impl Into<String>) -> Self {
+        let output = output.into();
+        self.output = Some(Arc::new(move |_, _| output.clone()));
+        self
+    }
+
+    /// Says where the output goes, depending on whether the job checkpoints and on the
+    /// sink's parallelism.
+    pub fn output_with(mut self, output: SinkOutput) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    /// Sets how `--fresh` removes earlier runs' output.
+    pub fn clear_with(mut self, clear: SinkClear) -> Self {
+        self.clear = Some(clear);
+        self
+    }
 }
 
 /// How records travel from an upstream subtask to the downstream subtasks.

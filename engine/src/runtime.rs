@@ -82,6 +82,12 @@ pub struct JobSummary {
     /// Ingestion-to-sink latency from latency markers, when they were on
     /// ([`RunOptions::latency_markers`]) and at least one reached a sink.
     pub latency: Option<crate::metrics::LatencySummary>,
+    /// The checkpoint the job resumed from, if it did: its epoch and whether the job had
+    /// already finished in it (then nothing new was read).
+    pub restored_from: Option<(u64, bool)>,
+    /// Where each sink's output went (sink name, location), in graph order; the
+    /// dead-letter output is the sink named [`crate::graph::DEAD_LETTER_SINK`].
+    pub outputs: Vec<(String, String)>,
 }
 
 /// Checkpoint figures of a job.
@@ -160,6 +166,23 @@ impl std::fmt::Display for JobSummary {
             self.records_read() as f64 / secs,
             self.dead_letters()
         )?;
+        match self.restored_from {
+            Some((epoch, true)) => writeln!(
+                f,
+                "  resumed from checkpoint {epoch}, in which the job had already finished: \
+                 nothing new to read (`weir run --fresh` starts over)"
+            )?,
+            Some((epoch, false)) => writeln!(f, "  resumed from checkpoint {epoch}")?,
+            None => {}
+        }
+        for (sink, location) in &self.outputs {
+            let rows = self.sink_rows(sink).unwrap_or(0);
+            if sink == crate::graph::DEAD_LETTER_SINK {
+                writeln!(f, "  dead letters: {rows} -> {location}")?;
+            } else {
+                writeln!(f, "  output {sink}: {rows} rows -> {location}")?;
+            }
+        }
         if let Some(c) = &self.checkpoints {
             writeln!(
                 f,
@@ -683,7 +706,7 @@ impl Route {
 }
 
 fn closed(_: crate::channel::Closed) -> EngineError {
-    EngineError::Runtime("a downstream task stopped".into())
+    EngineError::Disconnected("a downstream task stopped")
 }
 
 /// Channels of one chain subtask.
@@ -788,12 +811,13 @@ async fn supervise(
 ) -> Result<JobSummary> {
     let started = Instant::now();
     let graph = Arc::new(graph);
+    let exactly_once = run.links.is_some();
     let mut set: JoinSet<Result<()>> = JoinSet::new();
     let channel_stats = wiring.channel_stats;
     if let Some(c) = run.links.as_mut().and_then(|l| l.coordinator.take()) {
         set.spawn(async move {
             c.run().await.map_err(|e| {
-                tracing::error!(error = %e, "checkpoint coordinator failed");
+                debug!(error = %e, "checkpoint coordinator failed");
                 e
             })
         });
@@ -804,7 +828,6 @@ async fn supervise(
     let cancelling = Arc::new(AtomicBool::new(false));
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
-            let exactly_once = run.links.is_some();
             let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics, exactly_once)?;
             task.stop = stop.clone();
             task.latency = run.latency_markers.map(|every| (every, metrics.clone()));
@@ -834,10 +857,12 @@ async fn supervise(
             let cancelling = cancelling.clone();
             set.spawn(async move {
                 task.run().await.map_err(|e| {
+                    // The job's error is returned (and shown) once, by whoever waits
+                    // for the job; here only the trace of which task saw what.
                     if cancelling.load(Ordering::Relaxed) {
                         debug!(task = %name, error = %e, "task ended while the job was cancelled");
                     } else {
-                        tracing::error!(task = %name, error = %e, "task failed");
+                        debug!(task = %name, error = %e, "task failed");
                     }
                     e
                 })
@@ -868,9 +893,19 @@ async fn supervise(
             Err(e) => Some(EngineError::Runtime(format!("a task panicked: {e}"))),
         };
         if let Some(e) = err {
-            if first_err.is_none() {
-                first_err = Some(e);
-                set.abort_all();
+            // The first real failure is the job's error: a task that failed only
+            // because a neighbour's channel closed reports a consequence, so a real
+            // cause found later (tasks that already ended still report after the
+            // abort) replaces it.
+            match &first_err {
+                None => {
+                    first_err = Some(e);
+                    set.abort_all();
+                }
+                Some(first) if first.is_disconnected() && !e.is_disconnected() => {
+                    first_err = Some(e);
+                }
+                Some(_) => {}
             }
         }
     }
@@ -911,6 +946,21 @@ async fn supervise(
             e => Some(e),
         },
         latency: metrics.latency.summary(),
+        restored_from: run
+            .restore
+            .as_ref()
+            .map(|r| (r.metadata.epoch, r.metadata.kind == CheckpointKind::Final)),
+        outputs: graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Sink(b) => b
+                    .output
+                    .as_ref()
+                    .map(|o| (n.name.clone(), o(exactly_once, n.parallelism))),
+                _ => None,
+            })
+            .collect(),
     };
     info!(job = %graph.job, elapsed_ms = summary.elapsed.as_millis() as u64, "job finished");
     Ok(summary)
@@ -1331,8 +1381,8 @@ impl ChainTask {
             };
             match msg {
                 None => {
-                    return Err(EngineError::Runtime(
-                        "an upstream task stopped without end of stream".into(),
+                    return Err(EngineError::Disconnected(
+                        "an upstream task stopped without end of stream",
                     ))
                 }
                 Some(Message::Data(batch)) => {

@@ -59,7 +59,8 @@ pub struct S3Options {
     pub allow_http: bool,
 }
 
-/// The default checkpoint store: `./.weir/checkpoints` in the working directory.
+/// The default checkpoint store of a job built in Rust: `./.weir/checkpoints` in the
+/// working directory. A YAML job's default is `.weir/checkpoints` next to its job file.
 pub const DEFAULT_STORAGE_URL: &str = "file://./.weir/checkpoints";
 
 /// How a job checkpoints.

@@ -44,18 +44,19 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
+#[cfg(feature = "s3")]
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
+#[cfg(feature = "s3")]
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    BackoffConfig, ClientConfigKey, GetResultPayload, ObjectStore, ObjectStoreExt, RetryConfig,
-    WriteMultipart,
-};
+#[cfg(feature = "s3")]
+use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart};
 use tracing::{debug, info, warn};
 
 use super::metadata::{
@@ -207,7 +208,7 @@ impl CheckpointStorage {
             Location::S3 { bucket, prefix } => {
                 let store = build_s3(url, &bucket, &config.s3)?;
                 let root = join_url(&format!("s3://{bucket}"), &prefix);
-                (Arc::new(store), prefix, root)
+                (store, prefix, root)
             }
             Location::Memory { name, prefix } => {
                 let store = {
@@ -621,6 +622,26 @@ impl CheckpointStorage {
             "applied retention"
         );
         Ok(report)
+    }
+
+    /// Deletes the job's checkpoints, for a job started over (`weir run --fresh`):
+    /// every `chk-*` directory, completed or half-written (`_metadata` first), then the
+    /// shared and final files no savepoint refers to. Savepoints are kept. The number of
+    /// checkpoint directories deleted.
+    pub async fn clear_checkpoints(&self) -> Result<usize> {
+        let mut deleted = 0;
+        for (epoch, rel) in self.chk_dirs().await? {
+            if let Some(m) = self.load_dir(&rel).await? {
+                if matches!(m.kind, CheckpointKind::Savepoint { .. }) {
+                    continue;
+                }
+            }
+            let n = self.delete_dir(&rel, &HashSet::new()).await?;
+            debug!(storage = %self.inner.url, epoch, objects = n, "deleted a checkpoint (fresh start)");
+            deleted += 1;
+        }
+        self.sweep_orphans().await?;
+        Ok(deleted)
     }
 
     /// Names of the complete savepoints (with `_metadata`), sorted.
@@ -1223,7 +1244,8 @@ fn split_checkpoint_dir(dir: &str) -> Result<(String, String, String)> {
 
 /// An S3 client: the environment's settings (`AWS_*`), overridden by `options`, with
 /// bounded timeouts and retries so that an unreachable endpoint fails in seconds.
-fn build_s3(url: &str, bucket: &str, options: &S3Options) -> Result<object_store::aws::AmazonS3> {
+#[cfg(feature = "s3")]
+fn build_s3(url: &str, bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(endpoint) = &options.endpoint {
         b = b.with_endpoint(endpoint);
@@ -1266,8 +1288,22 @@ fn build_s3(url: &str, bucket: &str, options: &S3Options) -> Result<object_store
             max_retries: 3,
             retry_timeout: Duration::from_secs(30),
         });
-    b.build()
-        .map_err(|e| storage_error(url, format!("cannot configure the S3 client: {e}")))
+    match b.build() {
+        Ok(s3) => Ok(Arc::new(s3)),
+        Err(e) => Err(storage_error(
+            url,
+            format!("cannot configure the S3 client: {e}"),
+        )),
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+fn build_s3(url: &str, _bucket: &str, _options: &S3Options) -> Result<Arc<dyn ObjectStore>> {
+    Err(storage_error(
+        url,
+        "this weir was built without S3 support (cargo feature `s3`, on by default): \
+         build it with default features, e.g. `cargo install --path .`",
+    ))
 }
 
 #[cfg(test)]
@@ -2094,6 +2130,7 @@ mod tests {
     /// the bucket `WEIR_TEST_S3_BUCKET` (default `weir-test`) exists. Unset, it fails
     /// under `CI=true` (`scripts/test.sh` starts the server) and is skipped with a note
     /// otherwise.
+    #[cfg(feature = "s3")]
     #[tokio::test]
     async fn s3_server_when_configured() {
         let Some(endpoint) = std::env::var("WEIR_TEST_S3_ENDPOINT")
@@ -2142,6 +2179,7 @@ mod tests {
         restore_from_dir(&c, |d| format!("{root}/my%20job/{d}")).await;
     }
 
+    #[cfg(feature = "s3")]
     #[tokio::test]
     async fn s3_unreachable_endpoint_fails_fast_with_the_url() {
         let config = StorageConfig {

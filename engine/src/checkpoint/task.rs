@@ -17,9 +17,10 @@ use super::StateBackendConfig;
 use crate::error::{EngineError, Result};
 use crate::message::CheckpointBarrier;
 use crate::state::{
-    InMemoryStateBackend, KeyGroupRange, KeyedStateBackend, PreparedSnapshot, RocksDbStateBackend,
-    SystemClock, TimerService,
+    InMemoryStateBackend, KeyGroupRange, KeyedStateBackend, PreparedSnapshot, TimerService,
 };
+#[cfg(feature = "rocksdb")]
+use crate::state::{RocksDbStateBackend, SystemClock};
 
 /// Shared files known to be in storage, by `"{instance}/{name}"`.
 pub type KnownFiles = HashMap<String, FileHandle>;
@@ -237,6 +238,7 @@ pub fn overlapping_subtasks(
 }
 
 /// A suffix unique to this process and moment, for instance ids of restored databases.
+#[cfg(feature = "rocksdb")]
 fn restore_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -306,64 +308,20 @@ pub async fn open_backend(
             },
             true,
         ) => {
-            let base = dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(".weir").join("state"));
-            let db_dir = rocksdb_dir(&base, job, node, subtask);
-            remove_stale_dirs(&base.join(sanitize(job)));
-            working_dir = Some(db_dir.clone());
-            let clock = Arc::new(SystemClock);
-            // Same key groups as one old subtask: open its files directly.
-            let same = match (handles.as_slice(), restore) {
-                ([StateHandle::Files { instance, files }], Some(r)) => {
-                    let ns = r.metadata.nodes.get(node);
-                    (ns.map(|n| n.parallelism) == Some(parallelism))
-                        .then(|| (instance.clone(), files.clone()))
-                }
-                _ => None,
-            };
-            if let (Some((instance, files)), Some(r)) = (same, restore) {
-                if db_dir.exists() {
-                    std::fs::remove_dir_all(&db_dir)
-                        .map_err(|e| EngineError::io("removing", &db_dir, e))?;
-                }
-                r.storage.download_files(&handles[0], &db_dir).await?;
-                // A new instance id: RocksDB numbers new SST files on from the restored
-                // checkpoint, and a later checkpoint of the old instance may already
-                // have uploaded other contents under those names. The restored files
-                // stay known under the new id, so they are not uploaded again.
-                let fresh = format!("{instance}.{}", restore_suffix());
-                for f in files.iter().filter(|f| f.shared) {
-                    known.insert(format!("{fresh}/{}", f.name), f.clone());
-                }
-                let db = RocksDbStateBackend::open_restored(
-                    &db_dir,
-                    &fresh,
-                    *memory_budget_bytes,
-                    clock,
-                )?;
-                Box::new(db)
-            } else {
-                let mut db = RocksDbStateBackend::create(&db_dir, *memory_budget_bytes, clock)?;
-                for (i, h) in handles.iter().enumerate() {
-                    let r =
-                        restore.ok_or_else(|| EngineError::Runtime("no restore point".into()))?;
-                    match h {
-                        StateHandle::Full { .. } => {
-                            let snap = r.storage.read_full(h).await?;
-                            db.restore(&snap, range)?;
-                        }
-                        StateHandle::Files { .. } => {
-                            let tmp = db_dir.with_extension(format!("import-{i}"));
-                            r.storage.download_files(h, &tmp).await?;
-                            let res = db.import_range(&tmp, range);
-                            let _ = std::fs::remove_dir_all(&tmp);
-                            res?;
-                        }
-                    }
-                }
-                Box::new(db)
-            }
+            open_rocksdb(
+                dir,
+                memory_budget_bytes,
+                job,
+                node,
+                subtask,
+                parallelism,
+                range,
+                restore,
+                &handles,
+                &mut known,
+                &mut working_dir,
+            )
+            .await?
         }
         _ => {
             let mut mem = InMemoryStateBackend::new();
@@ -379,13 +337,7 @@ pub async fn open_backend(
                             sanitize(node)
                         ));
                         r.storage.download_files(h, &tmp).await?;
-                        let snap = RocksDbStateBackend::open_restored(
-                            &tmp,
-                            instance,
-                            8 * 1024 * 1024,
-                            Arc::new(SystemClock),
-                        )
-                        .and_then(|db| db.snapshot());
+                        let snap = read_rocksdb_files(&tmp, instance);
                         let _ = std::fs::remove_dir_all(&tmp);
                         snap?
                     }
@@ -424,6 +376,109 @@ pub async fn open_backend(
         known,
         working_dir,
     })
+}
+
+/// Opens a subtask's RocksDB backend in its working directory under `dir` (default
+/// `.weir/state`): the restored files directly when the subtask owns the same key groups
+/// as one old subtask, else a fresh database into which the owned key groups are imported.
+#[cfg(feature = "rocksdb")]
+#[allow(clippy::too_many_arguments)]
+async fn open_rocksdb(
+    dir: &Option<PathBuf>,
+    memory_budget_bytes: &usize,
+    job: &str,
+    node: &str,
+    subtask: usize,
+    parallelism: usize,
+    range: &KeyGroupRange,
+    restore: Option<&RestorePoint>,
+    handles: &[StateHandle],
+    known: &mut KnownFiles,
+    working_dir: &mut Option<PathBuf>,
+) -> Result<Box<dyn KeyedStateBackend>> {
+    let base = dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".weir").join("state"));
+    let db_dir = rocksdb_dir(&base, job, node, subtask);
+    remove_stale_dirs(&base.join(sanitize(job)));
+    *working_dir = Some(db_dir.clone());
+    let clock = Arc::new(SystemClock);
+    // Same key groups as one old subtask: open its files directly.
+    let same = match (handles, restore) {
+        ([StateHandle::Files { instance, files }], Some(r)) => {
+            let ns = r.metadata.nodes.get(node);
+            (ns.map(|n| n.parallelism) == Some(parallelism))
+                .then(|| (instance.clone(), files.clone()))
+        }
+        _ => None,
+    };
+    if let (Some((instance, files)), Some(r)) = (same, restore) {
+        if db_dir.exists() {
+            std::fs::remove_dir_all(&db_dir)
+                .map_err(|e| EngineError::io("removing", &db_dir, e))?;
+        }
+        r.storage.download_files(&handles[0], &db_dir).await?;
+        // A new instance id: RocksDB numbers new SST files on from the restored
+        // checkpoint, and a later checkpoint of the old instance may already
+        // have uploaded other contents under those names. The restored files
+        // stay known under the new id, so they are not uploaded again.
+        let fresh = format!("{instance}.{}", restore_suffix());
+        for f in files.iter().filter(|f| f.shared) {
+            known.insert(format!("{fresh}/{}", f.name), f.clone());
+        }
+        let db = RocksDbStateBackend::open_restored(&db_dir, &fresh, *memory_budget_bytes, clock)?;
+        Ok(Box::new(db))
+    } else {
+        let mut db = RocksDbStateBackend::create(&db_dir, *memory_budget_bytes, clock)?;
+        for (i, h) in handles.iter().enumerate() {
+            let r = restore.ok_or_else(|| EngineError::Runtime("no restore point".into()))?;
+            match h {
+                StateHandle::Full { .. } => {
+                    let snap = r.storage.read_full(h).await?;
+                    db.restore(&snap, range)?;
+                }
+                StateHandle::Files { .. } => {
+                    let tmp = db_dir.with_extension(format!("import-{i}"));
+                    r.storage.download_files(h, &tmp).await?;
+                    let res = db.import_range(&tmp, range);
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    res?;
+                }
+            }
+        }
+        Ok(Box::new(db))
+    }
+}
+
+#[cfg(not(feature = "rocksdb"))]
+#[allow(clippy::too_many_arguments)]
+async fn open_rocksdb(
+    _dir: &Option<PathBuf>,
+    _memory_budget_bytes: &usize,
+    _job: &str,
+    _node: &str,
+    _subtask: usize,
+    _parallelism: usize,
+    _range: &KeyGroupRange,
+    _restore: Option<&RestorePoint>,
+    _handles: &[StateHandle],
+    _known: &mut KnownFiles,
+    _working_dir: &mut Option<PathBuf>,
+) -> Result<Box<dyn KeyedStateBackend>> {
+    Err(EngineError::Config(crate::state::NO_ROCKSDB.into()))
+}
+
+/// Reads a RocksDB checkpoint's files (downloaded to `dir`) into a full snapshot, for a
+/// job restored onto the in-memory backend.
+#[cfg(feature = "rocksdb")]
+fn read_rocksdb_files(dir: &Path, instance: &str) -> Result<crate::state::StateSnapshot> {
+    RocksDbStateBackend::open_restored(dir, instance, 8 * 1024 * 1024, Arc::new(SystemClock))
+        .and_then(|db| db.snapshot())
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn read_rocksdb_files(_dir: &Path, _instance: &str) -> Result<crate::state::StateSnapshot> {
+    Err(EngineError::Config(crate::state::NO_ROCKSDB.into()))
 }
 
 /// A subtask's state backend, opened and restored.
@@ -467,6 +522,7 @@ fn remove_with_checkpoints(dir: &Path) {
 
 /// Removes working directories of earlier runs of the job whose process is gone (a
 /// killed run cannot clean up after itself). Directory names end in `-<pid>`.
+#[cfg(feature = "rocksdb")]
 fn remove_stale_dirs(job_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(job_dir) else {
         return;
@@ -486,7 +542,7 @@ fn remove_stale_dirs(job_dir: &Path) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rocksdb"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

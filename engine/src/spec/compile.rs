@@ -43,6 +43,14 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 /// A storage URL from the job file: relative local paths resolve against the job
 /// file's directory, like every other path in the job.
+/// Where a YAML job's checkpoints go without `checkpoint.storage`: relative to the job
+/// file's directory, like its outputs.
+pub const LOCAL_CHECKPOINT_DIR: &str = ".weir/checkpoints";
+
+/// Where a YAML job's RocksDB working files go without `state.dir`: relative to the job
+/// file's directory.
+pub const LOCAL_STATE_DIR: &str = ".weir/state";
+
 fn resolve_storage_url(url: &str, base_dir: &Path) -> String {
     let local = match url.strip_prefix("file://") {
         Some(rest) => rest,
@@ -338,10 +346,13 @@ impl<'a> Compiler<'a> {
             );
             return None;
         }
+        // Everything a job keeps between runs sits next to its job file, as its
+        // outputs do: `.weir/checkpoints` unless `storage:` says otherwise.
         let mut config = CheckpointConfig {
             interval,
             ..CheckpointConfig::default()
         };
+        config.storage.url = resolve_storage_url(LOCAL_CHECKPOINT_DIR, base_dir);
         match duration_key(obj, "timeout") {
             Ok(Some(d)) if d.is_zero() => self.problem(
                 "/checkpoint/timeout",
@@ -388,10 +399,14 @@ impl<'a> Compiler<'a> {
         }
         match obj.get("backend").and_then(Value::as_str) {
             Some("rocksdb") => {
-                let dir = obj
-                    .get("dir")
-                    .and_then(Value::as_str)
-                    .map(|d| base_dir.join(d));
+                if !cfg!(feature = "rocksdb") {
+                    self.problem("/state/backend", At::Value, crate::state::NO_ROCKSDB);
+                }
+                let dir = Some(
+                    obj.get("dir")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| base_dir.join(LOCAL_STATE_DIR), |d| base_dir.join(d)),
+                );
                 let budget = match obj.get("memory_budget") {
                     None | Some(Value::Null) => DEFAULT_ROCKSDB_MEMORY_BUDGET,
                     Some(Value::Number(n)) => n

@@ -48,7 +48,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use compile::{parse_size, CompiledJob};
-pub use fields::{field_data_type, parse_event_time, parse_schema, FIELD_TYPES};
+pub use fields::{
+    field_data_type, field_type_text, parse_event_time, parse_field_type, parse_schema,
+    FIELD_TYPES, MAX_TYPE_DEPTH,
+};
 pub use schema::{job_json_schema, DURATION_PATTERN, NAME_PATTERN};
 
 use crate::error::EngineError;

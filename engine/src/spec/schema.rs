@@ -213,8 +213,26 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
         (
             defs::FIELD_TYPE,
             json!({
-                "description": "A field type; a trailing `?` makes the field nullable.",
-                "enum": field_types
+                "description": "A field type; a trailing `?` makes the field nullable. Nested: list<T>, struct<name: T, …>, or in YAML a mapping (a struct) or a one-item sequence (a list).",
+                "anyOf": [
+                    { "enum": field_types },
+                    {
+                        "type": "string",
+                        "pattern": r"^\s*(list|struct)\s*<.*>\s*\??\s*$",
+                        "examples": ["list<string>", "struct<id: int, name: string?>?"]
+                    },
+                    {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": def_ref(defs::FIELD_TYPE)
+                    },
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 1,
+                        "items": def_ref(defs::FIELD_TYPE)
+                    }
+                ]
             }),
         ),
         (
@@ -294,7 +312,7 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                     "storage": {
                         "type": "string",
                         "minLength": 1,
-                        "description": "Where checkpoints are kept: a directory (relative to the job file), a file:// URL, s3://bucket/prefix, or memory:// (tests). Default: file://./.weir/checkpoints in the working directory."
+                        "description": "Where checkpoints are kept: a directory (relative to the job file), a file:// URL, s3://bucket/prefix, or memory:// (tests). Default: .weir/checkpoints next to the job file."
                     },
                     "retain": {
                         "type": "integer",
@@ -335,7 +353,7 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                     "dir": {
                         "type": "string",
                         "minLength": 1,
-                        "description": "Directory of RocksDB's working files, relative to the job file (default .weir/state in the working directory)."
+                        "description": "Directory of RocksDB's working files, relative to the job file (default .weir/state next to the job file)."
                     },
                     "memory_budget": {
                         "type": ["string", "integer"],

@@ -347,11 +347,10 @@ impl SinkFactory for FileSink {
             .get("path")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        Ok(SinkBuild {
-            describe: format!("file {path}"),
-            create: Arc::new(|_| Ok(Box::new(NoSink))),
-            max_parallelism: None,
-        })
+        Ok(SinkBuild::new(
+            format!("file {path}"),
+            Arc::new(|_| Ok(Box::new(NoSink))),
+        ))
     }
 }
 

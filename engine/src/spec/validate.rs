@@ -273,8 +273,24 @@ fn describe(schema: &Value, root: &Value, err: &ValidationError<'_>, out: &mut V
                 if let Some(m) = step_kind_message(schema, root, &pointer, instance, false) {
                     push(out, At::Key, m);
                 }
+            } else if def.as_deref() == Some(defs::FIELD_TYPE)
+                && !(instance.is_object() || instance.is_array())
+            {
+                let found = match instance {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                push(
+                    out,
+                    At::Value,
+                    unknown_field_type_message(&last_segment(&pointer), &found),
+                );
+            } else if let Some(values) = constant_branches(context, &pointer) {
+                // A choice among constants (a serde enum: `oneOf` of `const`s): name
+                // them all, not only the last branch's.
+                push(out, At::Value, one_of_values_message(&values, instance));
             } else {
-                for e in most_specific_branch(context) {
+                for e in most_specific_branch(context, &pointer) {
                     describe(schema, root, e, out);
                 }
             }
@@ -366,8 +382,56 @@ fn step_kind_message(
 
 /// The branch of a failed `oneOf`/`anyOf` that got furthest: deepest instance path,
 /// then fewest errors.
+/// The allowed values when every branch of a `oneOf`/`anyOf` failed only for not
+/// being one constant (or enum) value at `pointer`; `None` for any other shape.
+fn constant_branches(
+    context: &[Vec<ValidationError<'static>>],
+    pointer: &str,
+) -> Option<Vec<String>> {
+    let mut values = Vec::new();
+    for branch in context {
+        if branch.is_empty() {
+            return None;
+        }
+        for e in branch {
+            if e.instance_path().as_str() != pointer {
+                return None;
+            }
+            match e.kind() {
+                ValidationErrorKind::Constant { expected_value } => {
+                    values.push(as_text(expected_value))
+                }
+                ValidationErrorKind::Enum { options } => values.extend(
+                    options
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(as_text)
+                        .filter(|s| !s.is_empty()),
+                ),
+                _ => return None,
+            }
+        }
+    }
+    values.dedup();
+    (!values.is_empty()).then_some(values)
+}
+
+/// "expected one of: a, b; found `c`, did you mean `b`?"
+fn one_of_values_message(values: &[String], found: &Value) -> String {
+    let hint = did_you_mean(&as_text(found), values.iter().map(String::as_str))
+        .map(|m| format!(", did you mean `{m}`?"))
+        .unwrap_or_default();
+    format!(
+        "expected one of: {}; found {}{hint}",
+        values.join(", "),
+        describe_value(found)
+    )
+}
+
 fn most_specific_branch<'a>(
     context: &'a [Vec<ValidationError<'static>>],
+    pointer: &str,
 ) -> &'a [ValidationError<'static>] {
     let depth = |errs: &[ValidationError<'static>]| {
         errs.iter()
@@ -375,9 +439,23 @@ fn most_specific_branch<'a>(
             .max()
             .unwrap_or(0)
     };
+    // A branch that rejects the value for its very type (a list where a mapping is
+    // given) is about another form; one that took the form and found a fault in it
+    // says more.
+    let of_the_form = |errs: &[ValidationError<'static>]| {
+        !errs.iter().any(|e| {
+            e.instance_path().as_str() == pointer
+                && matches!(e.kind(), ValidationErrorKind::Type { .. })
+        })
+    };
     context
         .iter()
-        .max_by(|a, b| depth(a).cmp(&depth(b)).then_with(|| b.len().cmp(&a.len())))
+        .max_by(|a, b| {
+            depth(a)
+                .cmp(&depth(b))
+                .then_with(|| of_the_form(a).cmp(&of_the_form(b)))
+                .then_with(|| b.len().cmp(&a.len()))
+        })
         .map(Vec::as_slice)
         .unwrap_or(&[])
 }

@@ -69,6 +69,7 @@ mod backend;
 mod key_group;
 mod keys;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod snapshot;
 mod timers;
@@ -91,7 +92,13 @@ pub use key_group::{
 };
 pub use keys::{hash_columns, hash_key, key_bytes, key_groups_for_batch, EncodedKeys, KeyCodec};
 pub use memory::InMemoryStateBackend;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksDbStateBackend;
+
+/// The error of a job that asks for RocksDB from a binary built without it.
+pub const NO_ROCKSDB: &str = "this weir was built without the RocksDB state backend \
+(cargo feature `rocksdb`, on by default): build it with default features, e.g. \
+`cargo install --path .`, or use `state: { backend: memory }`";
 pub use snapshot::{
     restore_keyed_state, snapshot_keyed_state, EntryData, KeyGroupSnapshot, SnapshotEntry,
     SnapshotTimer, Stamped, StateInfo, StateSnapshot,

@@ -173,7 +173,15 @@ impl JsonDecoder {
         match decoder.flush() {
             Ok(Some(batch)) => Ok(Ok(batch)),
             Ok(None) => Ok(Ok(RecordBatch::new_empty(self.relaxed.clone()))),
-            Err(e) => Ok(Err(Failure::Flush(value_error(&e.to_string())))),
+            Err(e) => {
+                // One record: its value is shown from its own text (Arrow's rendering
+                // of nested values drops separators).
+                let line = match lines {
+                    [(_, line)] => Some(*line),
+                    _ => None,
+                };
+                Ok(Err(Failure::Flush(value_error(&e.to_string(), line))))
+            }
         }
     }
 
@@ -248,8 +256,9 @@ fn syntax_error(line: &str, fallback: &str) -> String {
     }
 }
 
-/// Arrow's conversion error as `invalid value for field "a.b": …`.
-fn value_error(message: &str) -> String {
+/// Arrow's conversion error as `invalid value for field "a.b": …`; with the record's
+/// text, "expected T got V" shows V as the record has it (compact JSON, shortened).
+fn value_error(message: &str, line: Option<&str>) -> String {
     let mut rest = message.strip_prefix("Json error: ").unwrap_or(message);
     let mut path: Vec<&str> = Vec::new();
     while let Some(r) = rest.strip_prefix("whilst decoding field '") {
@@ -261,10 +270,39 @@ fn value_error(message: &str) -> String {
             None => break,
         }
     }
+    let shown;
+    if let (Some(line), Some((expected, _))) = (line, rest.split_once(" got ")) {
+        if let Some(expected) = expected.strip_prefix("expected ") {
+            let value = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+                path.iter().try_fold(v, |v, name| match v {
+                    Value::Object(mut m) => m.remove(*name),
+                    _ => None,
+                })
+            });
+            if let Some(value) = value {
+                let expected = match expected {
+                    "[" => "a list",
+                    "{" => "an object",
+                    other => other,
+                };
+                shown = format!("expected {expected}, found {}", shorten(&value.to_string()));
+                rest = &shown;
+            }
+        }
+    }
     if path.is_empty() {
         format!("invalid value: {rest}")
     } else {
         format!("invalid value for field \"{}\": {rest}", path.join("."))
+    }
+}
+
+/// At most 120 characters of `text`, with `…` when cut.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 120;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
     }
 }
 
@@ -755,9 +793,39 @@ mod tests {
     }
 
     #[test]
+    fn a_nested_value_in_a_reason_is_shown_as_the_record_has_it() {
+        let schema = Arc::new(Schema::new(vec![Field::new("user", DataType::Utf8, true)]));
+        let decoder = JsonDecoder::new(schema, 1 << 20).expect("decoder");
+        let values = BinaryArray::from_iter_values([
+            r#"{"user": {"id": 1, "name": "a"}}"#.as_bytes(),
+            r#"{"user": "ok"}"#.as_bytes(),
+        ]);
+        let decoded = decoder.decode_values(&values).expect("decodes");
+        assert_eq!(decoded.errors.len(), 1);
+        assert_eq!(
+            decoded.errors[0].reason,
+            r#"invalid value for field "user": expected string, found {"id":1,"name":"a"}"#
+        );
+        assert_eq!(
+            value_error(
+                "Json error: whilst decoding field 'a': expected [ got 1",
+                Some(r#"{"a": {"b": [1, 2, 3]}}"#)
+            ),
+            r#"invalid value for field "a": expected a list, found {"b":[1,2,3]}"#
+        );
+        let long = format!(r#"{{"a": "{}"}}"#, "x".repeat(500));
+        let shown = value_error(
+            "Json error: whilst decoding field 'a': expected int got …",
+            Some(&long),
+        );
+        assert!(shown.ends_with("…"), "{shown}");
+        assert!(shown.chars().count() < 200, "{shown}");
+    }
+
+    #[test]
     fn value_errors_name_nested_fields() {
         assert_eq!(
-            value_error("Json error: whilst decoding field 'a': whilst decoding field 'b': failed to parse \"x\" as Int64"),
+            value_error("Json error: whilst decoding field 'a': whilst decoding field 'b': failed to parse \"x\" as Int64", None),
             "invalid value for field \"a.b\": failed to parse \"x\" as Int64"
         );
     }
