@@ -66,9 +66,14 @@ pub enum WeirError {
     /// is not running); the job file itself is fine.
     #[error("{0}")]
     Command(String),
-    /// The user interrupted the job (Ctrl-C); sinks did not publish their output.
-    #[error("interrupted: the job was stopped before the end of its input; file sinks left only their in-progress files")]
-    Interrupted,
+    /// A second stop signal aborted the job; sinks did not publish what was in flight.
+    #[error("aborted by a second {signal}: the job was stopped before the end of its input; sinks published only what earlier checkpoints committed")]
+    Interrupted {
+        /// The signal's name (`SIGINT`, `SIGTERM`).
+        signal: &'static str,
+        /// The exit code that reports it (130, 143).
+        code: u8,
+    },
 }
 
 /// The registry with every built-in connector, format and step.

@@ -41,9 +41,13 @@ enum LogFormat {
     Json,
 }
 
-/// Installs the log subscriber: `RUST_LOG` filters (default `warn`), stderr only.
+/// Installs the log subscriber: `RUST_LOG` filters (default: warnings and S3 retries),
+/// stderr only.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Warnings, and the object store's retries (a slow or unreachable S3 endpoint is
+    // otherwise a silent wait).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,object_store::client::retry=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -74,9 +78,14 @@ enum Command {
         /// it a checkpointing job resumes from its latest checkpoint when there is one.
         #[arg(long, value_name = "latest|N|NAME|PATH", conflicts_with = "fresh")]
         restore: Option<String>,
-        /// Start with empty state even if checkpoints of this job exist.
+        /// Start over: delete the job's checkpoints (savepoints are kept) and the files
+        /// its sinks published in earlier runs, and start with empty state.
         #[arg(long)]
         fresh: bool,
+        /// After SIGINT or SIGTERM, how long the job may take to stop (checkpoint and
+        /// commit, or drain and publish) before it is aborted.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        stop_timeout: Duration,
     },
     /// Take a savepoint of a running job (`weir run` of the same file, process PID): it
     /// is signalled (SIGUSR1) and the savepoint's path is printed once complete.
@@ -169,15 +178,19 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = match &e {
-                WeirError::Spec(_) | WeirError::Pipeline(_) => 2,
-                WeirError::Engine(weir_engine::EngineError::Config(_)) => 2,
-                WeirError::Engine(_) | WeirError::Command(_) => 1,
-                WeirError::Interrupted => 130,
-            };
             eprintln!("error: {e}");
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 2 for an invalid job, 1 for a failure while running, 128 + the signal for an abort.
+fn exit_code(e: &WeirError) -> u8 {
+    match e {
+        WeirError::Spec(_) | WeirError::Pipeline(_) => 2,
+        WeirError::Engine(weir_engine::EngineError::Config(_)) => 2,
+        WeirError::Engine(_) | WeirError::Command(_) => 1,
+        WeirError::Interrupted { code, .. } => *code,
     }
 }
 
@@ -214,6 +227,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             no_progress,
             restore,
             fresh,
+            stop_timeout,
         } => {
             let job = weir::load_job_file(&file, parallelism)?;
             let restore = match (restore, fresh) {
@@ -229,8 +243,11 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 eprint!("{cleared}");
             }
             let show = !no_progress && std::io::stderr().is_terminal();
-            let summary = rt.block_on(run_with_progress(job.graph, options, show))?;
-            eprint!("{summary}");
+            let result = rt.block_on(run_with_progress(job.graph, options, show, stop_timeout));
+            // A failed job's tasks are cancelled; whatever is still inside a blocking
+            // call does not hold the exit up for long.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            eprint!("{}", result?);
             Ok(())
         }
         Command::Bench {
@@ -377,8 +394,12 @@ async fn run_with_progress(
     graph: weir_engine::graph::LogicalGraph,
     options: weir_engine::runtime::RunOptions,
     show: bool,
+    stop_timeout: Duration,
 ) -> Result<weir_engine::runtime::JobSummary, WeirError> {
     let checkpoints = options.checkpoint.is_some();
+    // Listening starts before the job does: a signal sent at any moment of the run is
+    // seen.
+    let mut signals = StopSignals::new()?;
     let handle = weir_engine::runtime::start_with(graph, options).await?;
     // Said on the terminal, not only in the log: a run that resumes reads only what is
     // new, and one resumed from a final checkpoint reads nothing.
@@ -409,6 +430,7 @@ async fn run_with_progress(
     let mut last = (std::time::Instant::now(), 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut stopping = false;
+    let mut deadline = None;
     let control = handle.control();
     let mut done = Box::pin(handle.wait());
     let mut usr1 = signal_usr1();
@@ -433,20 +455,121 @@ async fn run_with_progress(
                     b.tick();
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            sig = signals.next() => {
                 if stopping {
                     control.abort();
                     if let Some(b) = &bar { b.finish_and_clear(); }
-                    return Err(WeirError::Interrupted);
+                    exit_now(WeirError::Interrupted { signal: sig.name(), code: sig.exit_code() });
                 }
                 stopping = true;
+                deadline = Some(tokio::time::Instant::now() + stop_timeout);
                 control.stop();
-                if checkpoints {
-                    eprintln!("stopping: taking a checkpoint; the job resumes from it when run again (Ctrl-C again to abort)");
+                if let Some(b) = &bar { b.suspend(|| ()); }
+                let how = if checkpoints {
+                    "taking a checkpoint; the job resumes from it when run again"
                 } else {
-                    eprintln!("stopping: sources end their input and sinks publish what they have (Ctrl-C again to abort)");
-                }
+                    "sources end their input and sinks publish what they have"
+                };
+                eprintln!(
+                    "stopping ({}): {how} (within {}; a second signal aborts)",
+                    sig.name(),
+                    humantime::format_duration(stop_timeout)
+                );
             }
+            _ = sleep_until(deadline) => {
+                control.abort();
+                if let Some(b) = &bar { b.finish_and_clear(); }
+                exit_now(WeirError::Command(format!(
+                    "the job did not stop within {} (--stop-timeout) and was aborted: \
+                     sinks published only what earlier checkpoints committed",
+                    humantime::format_duration(stop_timeout)
+                )));
+            }
+        }
+    }
+}
+
+/// Ends the process at once with `e`'s message and exit code: an abort does not wait
+/// for tasks to notice it (a task inside a long write, a blocking call).
+fn exit_now(e: WeirError) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(i32::from(exit_code(&e)))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A signal that stops a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (systemd, Docker, Kubernetes).
+    Terminate,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The shell's exit code for a process ended by this signal (128 + its number).
+    fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, listened to from the start of the run to its end: a signal that
+/// arrives while the run loop is busy elsewhere waits in its stream instead of being
+/// lost (a `ctrl_c()` future made anew each turn misses what comes in between).
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self, WeirError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| WeirError::Command(format!("cannot listen for {name}: {e}")))
+            };
+            Ok(StopSignals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+                terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    async fn next(&mut self) -> StopSignal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => StopSignal::Interrupt,
+                _ = self.terminate.recv() => StopSignal::Terminate,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            StopSignal::Interrupt
         }
     }
 }

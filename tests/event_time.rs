@@ -46,6 +46,7 @@ fn event_time(idle: Option<Duration>) -> EventTimeConfig {
         field: "ts".into(),
         max_out_of_orderness: Duration::ZERO,
         idle_timeout: idle,
+        max_future: Default::default(),
     }
 }
 

@@ -481,6 +481,7 @@ fn event_time(ooo: i64) -> EventTimeConfig {
         field: "ts".into(),
         max_out_of_orderness: Duration::from_millis(u64::try_from(ooo).expect("ooo >= 0")),
         idle_timeout: None,
+        max_future: Default::default(),
     }
 }
 
@@ -524,8 +525,9 @@ fn take(collected: &Collected, slot: &str) -> Vec<RecordBatch> {
 
 /// A duration the way a job writes it: `"-2000ms"`, `"0s"`, or a number of ms.
 fn dur(ms: i64, as_number: bool) -> serde_json::Value {
-    if as_number {
-        json!(ms)
+    // A bare number is only accepted for zero (it has no unit).
+    if as_number && ms == 0 {
+        json!(0)
     } else if ms % 1000 == 0 {
         json!(format!("{}s", ms / 1000))
     } else {

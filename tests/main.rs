@@ -8,7 +8,10 @@ mod common;
 mod event_time;
 #[cfg(unix)]
 mod fault_injection;
+mod fuzz;
 mod golden;
+#[cfg(unix)]
+mod hardening;
 mod joins_oracle;
 #[cfg(unix)]
 mod newcomer;
@@ -18,6 +21,8 @@ mod rust_api;
 mod s3_checkpoints;
 #[cfg(unix)]
 mod savepoint;
+#[cfg(unix)]
+mod signals;
 #[cfg(unix)]
 mod state_rocksdb;
 mod windows_oracle;

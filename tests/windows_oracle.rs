@@ -540,6 +540,7 @@ fn scripted_graph(
                     field: "ts".into(),
                     max_out_of_orderness: Duration::from_millis(case.ooo as u64),
                     idle_timeout: None,
+                    max_future: Default::default(),
                 }),
                 parallelism: Some(1),
             },

@@ -401,9 +401,18 @@ impl InProgressPart {
         })
     }
 
-    /// Flushes, syncs and closes the part.
+    /// Flushes, syncs and closes the part. If that fails (a full disk), the file is
+    /// removed: nothing will publish a part that is not whole.
     pub fn seal(mut self) -> Result<SealedPart> {
-        self.sync()
+        match self.sync() {
+            Ok(sealed) => Ok(sealed),
+            Err(e) => {
+                let path = self.path.clone();
+                drop(self);
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -743,6 +752,28 @@ impl FileSink {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+/// A sink dropped with a part still open (the job failed: a full disk, a failed
+/// neighbour, a cancelled stop) removes that hidden file: it holds no output anyone
+/// will publish (without checkpoints the job failed; with them, its rows are after the
+/// last checkpoint and are replayed). Sealed, pending parts stay for recovery.
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if let Some(part) = self.part.take() {
+            let path = part.path.clone();
+            drop(part);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(sink = %self.name, path = %path.display(), "removed an unfinished in-progress file")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, path = %path.display(), error = %e, "could not remove an unfinished in-progress file")
+                }
+            }
+        }
     }
 }
 
@@ -1326,8 +1357,10 @@ mod tests {
         a.write_batch(rows(&[3])).await.unwrap();
         a.pre_commit(3).await.unwrap();
         a.write_batch(rows(&[4])).await.unwrap(); // in progress, epoch 4
-        drop(a); // crash: checkpoint 2 completed, nothing committed since
-                 // Files that are not this subtask's uncommitted parts.
+                                                  // Crash (kill -9: no destructor runs): checkpoint 2 completed, nothing committed
+                                                  // since.
+        std::mem::forget(a);
+        // Files that are not this subtask's uncommitted parts.
         let foreign = [
             ".alerts-1-000003.jsonl.inprogress", // another subtask
             ".other-0-000003.jsonl.inprogress",  // another sink

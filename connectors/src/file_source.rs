@@ -155,6 +155,11 @@ impl SourceFactory for FileSourceFactory {
         schema_for::<FileSourceOptions>()
     }
 
+    /// Files hold recorded events: one from the far future is a mistake.
+    fn default_max_future(&self) -> Option<std::time::Duration> {
+        Some(weir_engine::time::DEFAULT_FILE_MAX_FUTURE)
+    }
+
     fn build(
         &self,
         ctx: &BuildContext,
@@ -287,6 +292,9 @@ struct LineRead {
     /// The line was longer than the limit and was cut.
     truncated: bool,
 }
+
+/// The UTF-8 byte order mark, skipped at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// `reader.fill_buf()`, retried when a read is interrupted by a signal.
 fn fill_buf<R: BufRead>(reader: &mut R) -> std::io::Result<&[u8]> {
@@ -538,10 +546,17 @@ impl FileSource {
             line = self.line,
             "reading file"
         );
-        self.open = Some(OpenFile {
-            reader: BufReader::with_capacity(self.read_buffer, file),
-            eof: false,
-        });
+        let mut reader = BufReader::with_capacity(self.read_buffer, file);
+        if self.byte_offset == 0 {
+            // A UTF-8 byte order mark (editors on Windows write one) is not part of the
+            // first record.
+            let head = fill_buf(&mut reader).map_err(|e| EngineError::io("reading", &path, e))?;
+            if head.starts_with(UTF8_BOM) {
+                reader.consume(UTF8_BOM.len());
+                self.byte_offset = UTF8_BOM.len() as u64;
+            }
+        }
+        self.open = Some(OpenFile { reader, eof: false });
         Ok(())
     }
 
@@ -1033,6 +1048,29 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, content).unwrap();
         p.display().to_string()
+    }
+
+    /// A byte order mark starts the first record of a file in no format: it is
+    /// skipped, whatever the format (JSON, CSV, regex all read these lines), and a file
+    /// that merely contains one elsewhere keeps it.
+    #[tokio::test]
+    async fn a_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", b"\xEF\xBB\xBFts,n\n2024-01-01,1\n");
+        write(dir.path(), "b.csv", b"x\xEF\xBB\xBF\n");
+        let b = build(dir.path(), json!({"path": "*.csv"})).unwrap();
+        let mut src = (b.create)(&ctx(0, 1, 100)).unwrap();
+        let (rows, _, finished) = drain(src.as_mut(), 100).await;
+        assert!(finished);
+        let lines: Vec<(u64, Vec<u8>)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (1, b"ts,n".to_vec()),
+                (2, b"2024-01-01,1".to_vec()),
+                (1, b"x\xEF\xBB\xBF".to_vec()),
+            ]
+        );
     }
 
     #[tokio::test]

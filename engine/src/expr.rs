@@ -336,6 +336,85 @@ fn sql_type_name(t: &DataType) -> &'static str {
     }
 }
 
+/// Longest expression text compiled.
+pub const MAX_EXPR_BYTES: usize = 16 << 10;
+/// Deepest nesting of parentheses and brackets.
+pub const MAX_EXPR_NESTING: usize = 32;
+/// Most parts of a dotted name (`ctx.user.id` has 3): DataFusion's resolution of a
+/// dotted name tries its prefixes and grows steeply with its length.
+pub const MAX_NAME_PARTS: usize = 8;
+
+/// Bounds the work of compiling `sql` before DataFusion sees it: its length, its
+/// nesting and its dotted names (outside quotes). A hostile or mangled expression is
+/// refused at once instead of taking seconds or the stack.
+fn check_bounds(sql: &str) -> std::result::Result<(), String> {
+    if sql.len() > MAX_EXPR_BYTES {
+        return Err(format!(
+            "the expression is {} bytes long; at most {MAX_EXPR_BYTES} are compiled",
+            sql.len()
+        ));
+    }
+    let mut depth = 0usize;
+    let mut parts = 1usize;
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    // The current word, to see CASE … END, which nest like parentheses.
+    let mut word = String::new();
+    let end_word = |word: &mut String, depth: &mut usize| -> std::result::Result<(), String> {
+        if word.eq_ignore_ascii_case("case") {
+            *depth += 1;
+            if *depth > MAX_EXPR_NESTING {
+                return Err(format!(
+                    "the expression nests deeper than {MAX_EXPR_NESTING} levels"
+                ));
+            }
+        } else if word.eq_ignore_ascii_case("end") {
+            *depth = depth.saturating_sub(1);
+        }
+        word.clear();
+        Ok(())
+    };
+    for c in sql.chars() {
+        if quote.is_none() && (c.is_alphanumeric() || c == '_') {
+            word.push(c);
+        } else if !word.is_empty() {
+            end_word(&mut word, &mut depth)?;
+        }
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' | '`' => quote = Some(c),
+                '(' | '[' => {
+                    depth += 1;
+                    if depth > MAX_EXPR_NESTING {
+                        return Err(format!(
+                            "the expression nests deeper than {MAX_EXPR_NESTING} levels"
+                        ));
+                    }
+                }
+                ')' | ']' => depth = depth.saturating_sub(1),
+                // A dot after a name (not in a number like 1.5) continues it.
+                '.' if !prev.is_ascii_digit() || parts > 1 => {
+                    parts += 1;
+                    if parts > MAX_NAME_PARTS {
+                        return Err(format!(
+                            "a dotted name has more than {MAX_NAME_PARTS} parts"
+                        ));
+                    }
+                }
+                c if c.is_alphanumeric() || c == '_' || c == '.' || c.is_whitespace() => {}
+                _ => parts = 1,
+            },
+        }
+        prev = c;
+    }
+    end_word(&mut word, &mut depth)
+}
+
 impl SqlExpr {
     /// Parses `sql`, resolves its columns against `schema`, applies SQL type coercion
     /// (`amount > 10.5` on an integer column compares as floats) and creates the
@@ -346,6 +425,7 @@ impl SqlExpr {
         if sql.trim().is_empty() {
             return Err(fail("the expression is empty".into()));
         }
+        check_bounds(sql).map_err(fail)?;
         let df_schema = DFSchema::try_from(schema.as_ref().clone())
             .map_err(|e| fail(describe_error(&e, schema)))?;
         let ctx = session();
@@ -653,6 +733,38 @@ mod tests {
         assert!(err.contains("no_such_fn"), "{err}");
         let err = SqlExpr::compile("  ", &b.schema()).expect_err("empty");
         assert!(err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_before_planning() {
+        let b = batch();
+        let chain = |n: usize| vec!["amount"; n].join(".");
+        let err = SqlExpr::compile(&chain(9), &b.schema()).expect_err("long name");
+        assert!(err.contains("more than 8 parts"), "{err}");
+        let spaced = ["amount"; 9].join(" . ");
+        let err = SqlExpr::compile(&spaced, &b.schema()).expect_err("long name");
+        assert!(err.contains("more than 8 parts"), "{err}");
+        let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+        let err = SqlExpr::compile(&deep, &b.schema()).expect_err("deep");
+        assert!(err.contains("nests deeper"), "{err}");
+        let cases = format!(
+            "{}1{}",
+            "CASE WHEN amount > 1 THEN ".repeat(40),
+            " ELSE 2 END".repeat(40)
+        );
+        let err = SqlExpr::compile(&cases, &b.schema()).expect_err("deep");
+        assert!(err.contains("nests deeper"), "{err}");
+        let long = format!("amount > {}", "1 + ".repeat(10_000));
+        let err = SqlExpr::compile(&long, &b.schema()).expect_err("long");
+        assert!(err.contains("bytes long"), "{err}");
+        // Numbers, strings and names under the limits are fine.
+        let start = std::time::Instant::now();
+        let _ = SqlExpr::compile(&chain(8), &b.schema());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        compile(
+            "amount > 1.5 AND level = 'a.b.c.d.e.f.g.h.i.j' OR amount < 2.25",
+            &b,
+        );
     }
 
     #[test]

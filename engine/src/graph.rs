@@ -13,7 +13,7 @@ use crate::registry::{
     SourceBuild, StepBuild,
 };
 use crate::source::dead_letter_schema;
-use crate::time::{mark_event_time, EventTimeConfig};
+use crate::time::{mark_event_time, EventTimeConfig, FutureBound};
 
 /// Index of a node in [`LogicalGraph::nodes`].
 pub type NodeId = usize;
@@ -213,6 +213,34 @@ pub const DEAD_LETTER_OUTPUT: &str = "dead_letter";
 /// Name of the job-wide dead-letter sink node.
 pub const DEAD_LETTER_SINK: &str = "dead_letter";
 
+/// Checks that a job name can name files and directories: the job's checkpoints, state
+/// and default dead-letter file live under it. A safe path segment: 1 to 128
+/// characters, no `/` or `\`, no control characters, not starting with `.` (so `..`
+/// and hidden names are out).
+pub fn check_job_name(name: &str) -> Result<(), String> {
+    let bad = if name.is_empty() {
+        Some("is empty")
+    } else if name.chars().count() > 128 {
+        Some("is longer than 128 characters")
+    } else if name.starts_with('.') {
+        Some("starts with `.`")
+    } else if name.contains(['/', '\\']) {
+        Some("contains a path separator")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(format!(
+            "the job name `{}` {why}: it names the job's directories (checkpoints, state, \
+             dead letters), so it must be a plain name such as `error-spike-alert`",
+            name.escape_debug()
+        )),
+        None => Ok(()),
+    }
+}
+
 impl GraphBuilder {
     /// A builder for job `job`; relative paths resolve against `base_dir`.
     pub fn new(job: &str, registry: Arc<Registry>, base_dir: std::path::PathBuf) -> Self {
@@ -378,16 +406,26 @@ impl GraphBuilder {
             .as_ref()
             .map(|d| d.schema.clone())
             .unwrap_or_else(|| source.schema.clone());
-        if let Some(et) = &event_time {
+        let mut event_time = event_time;
+        if let Some(et) = event_time.as_mut() {
             et.check(&out_schema)
                 .map_err(|m| FieldError::at("/event_time/field", m))?;
             out_schema = mark_event_time(&out_schema, &et.field);
+            if et.max_future == FutureBound::SourceDefault {
+                et.max_future = match factory.default_max_future() {
+                    Some(d) => FutureBound::At(d),
+                    None => FutureBound::Off,
+                };
+            }
         }
         let mut p = parallelism.unwrap_or(self.settings.parallelism).max(1);
         if let Some(maxp) = source.max_parallelism {
             p = p.min(maxp.max(1));
         }
-        let side_outputs = if decoder.is_some() {
+        let bounded_future = event_time
+            .as_ref()
+            .is_some_and(|et| et.max_future_ms().is_some());
+        let side_outputs = if decoder.is_some() || bounded_future {
             vec![(DEAD_LETTER_OUTPUT.to_string(), dead_letter_schema())]
         } else {
             Vec::new()
@@ -619,6 +657,7 @@ impl GraphBuilder {
     /// Finishes the graph: routes every dead-letter side output that no sink reads to
     /// the job's dead-letter sink.
     pub fn build(mut self) -> Result<LogicalGraph, FieldError> {
+        check_job_name(&self.ctx.job).map_err(|m| FieldError::at("/name", m))?;
         let mut dl_streams = Vec::new();
         for n in &self.nodes {
             for (side, _) in &n.side_outputs {

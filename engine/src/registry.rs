@@ -234,6 +234,13 @@ pub trait SourceFactory: Send + Sync {
         options: &serde_json::Value,
         schema: Option<SchemaRef>,
     ) -> Result<SourceBuild, FieldError>;
+
+    /// How far ahead of the wall clock event times may be when `event_time.max_future`
+    /// is not set (see [`crate::time::FutureBound`]): sources of recorded data (files,
+    /// logs) bound it; generators of synthetic time do not.
+    fn default_max_future(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Resolves `format: NAME` of a byte source.

@@ -175,6 +175,14 @@ impl std::fmt::Display for JobSummary {
             Some((epoch, false)) => writeln!(f, "  resumed from checkpoint {epoch}")?,
             None => {}
         }
+        let late: u64 = self.nodes.iter().map(|n| n.late_records).sum();
+        if late > 0 {
+            writeln!(
+                f,
+                "  late records: {late} arrived behind the watermark (dropped, or sent to a \
+                 step's `late` output where one is read; see the `late` column)"
+            )?;
+        }
         for (sink, location) in &self.outputs {
             let rows = self.sink_rows(sink).unwrap_or(0);
             if sink == crate::graph::DEAD_LETTER_SINK {
@@ -468,6 +476,16 @@ async fn restore_point(options: &RunOptions, job: &str) -> Result<Option<Restore
 /// Starts `graph` with checkpoints, a state backend and a restore point as `options`
 /// say.
 pub async fn start_with(graph: LogicalGraph, options: RunOptions) -> Result<JobHandle> {
+    if let Some(c) = &options.checkpoint {
+        // Before anything else asks the store: an endpoint that never answers is an
+        // error in seconds, not a silent wait.
+        CheckpointStorage::open(&c.storage, &graph.job)?
+            .probe(
+                CheckpointStorage::probe_timeout(&c.storage),
+                crate::checkpoint::STARTUP_PROBE_ATTEMPTS,
+            )
+            .await?;
+    }
     let restore = restore_point(&options, &graph.job).await?;
     if let Some(r) = &restore {
         if r.metadata.max_parallelism != graph.settings.max_parallelism {
@@ -966,6 +984,36 @@ async fn supervise(
     Ok(summary)
 }
 
+/// Gives the scheduler back its thread now and then. A source chained to its sinks
+/// never waits when its input and output are ready (a generator into a file), so its
+/// task would never return to tokio: the tasks it spawned (checkpoint uploads sit in
+/// the worker's LIFO slot, which other workers cannot steal), and an abort, would wait
+/// forever. Yielding every [`Turns::SLICE`] costs nothing measurable.
+#[derive(Debug)]
+struct Turns {
+    since: Instant,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Turns {
+    /// Longest a task runs without yielding.
+    const SLICE: Duration = Duration::from_millis(2);
+
+    async fn yield_now_and_then(&mut self) {
+        if self.since.elapsed() >= Self::SLICE {
+            tokio::task::yield_now().await;
+            self.since = Instant::now();
+        }
+    }
+}
+
 struct Member {
     node: NodeId,
     op: Box<dyn Operator>,
@@ -1226,7 +1274,9 @@ impl ChainTask {
         let mut last_tick = Instant::now();
         let marker_every = self.latency.as_ref().map(|(every, _)| *every);
         let mut last_marker = Instant::now();
+        let mut turn = Turns::default();
         loop {
+            turn.yield_now_and_then().await;
             if self.stop.load(Ordering::Relaxed) {
                 info!(job = %self.job, source = %source_name, subtask = self.subtask, "stopping: ending input");
                 return Ok(());
@@ -1250,14 +1300,40 @@ impl ChainTask {
                 SourcePoll::Batch { split, batch } => {
                     OperatorMetrics::add(&head.metrics.records_in, batch.num_rows() as u64);
                     OperatorMetrics::add(&head.metrics.batches_in, 1);
-                    let (typed, dead) = match head.decoder.as_mut() {
+                    let bound = head.watermarks.as_ref().and_then(|g| {
+                        g.config()
+                            .max_future_ms()
+                            .map(|b| (g.config().field.clone(), b))
+                    });
+                    let desc = if head.decoder.is_some() || bound.is_some() {
+                        format!("{source_name}: {}", head.source.split_description(split))
+                    } else {
+                        String::new()
+                    };
+                    let (typed, mut dead, source_rows) = match head.decoder.as_mut() {
                         Some(d) => {
-                            let desc =
-                                format!("{source_name}: {}", head.source.split_description(split));
                             let decoded = d.decode(&batch, &desc)?;
-                            (decoded.batch, decoded.dead_letters)
+                            (decoded.batch, decoded.dead_letters, decoded.source_rows)
                         }
-                        None => (batch, Vec::new()),
+                        None => (batch.clone(), Vec::new(), None),
+                    };
+                    // Records from the far future go to the dead letters before they
+                    // can move the watermark.
+                    let typed = match bound {
+                        Some((field, bound_ms)) => {
+                            let (kept, future) = crate::source::reject_future_rows(
+                                typed,
+                                &field,
+                                bound_ms,
+                                crate::checkpoint::coordinator::now_ms(),
+                                &batch,
+                                source_rows.as_deref(),
+                                &desc,
+                            )?;
+                            dead.extend(future);
+                            kept
+                        }
+                        None => typed,
                     };
                     OperatorMetrics::add(&head.metrics.records_out, typed.num_rows() as u64);
                     if let Some(g) = head.watermarks.as_mut() {
@@ -1338,7 +1414,9 @@ impl ChainTask {
         let n = self.input_ports.len();
         let mut barrier_seen: Vec<Option<CheckpointBarrier>> = vec![None; n];
         let mut finished = vec![false; n];
+        let mut turn = Turns::default();
         loop {
+            turn.yield_now_and_then().await;
             let Some(inputs) = self.inputs.as_mut() else {
                 return Ok(());
             };

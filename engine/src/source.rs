@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -185,6 +185,90 @@ pub struct Decoded {
     pub batch: RecordBatch,
     /// The records that did not.
     pub dead_letters: Vec<DeadLetter>,
+    /// For each row of `batch`, its row in the raw batch, when the decoder tracks it
+    /// (so that a record rejected after decoding keeps its payload and position).
+    pub source_rows: Option<Vec<u32>>,
+}
+
+/// Splits off the rows of `batch` whose event time (`field`, ms) is more than
+/// `bound_ms` ahead of `now_ms`: the rows kept, and a dead letter for each other one.
+/// A dead letter's payload and position come from `raw` (a raw batch, see
+/// [`raw_schema`]) through `source_rows`, else the row itself is the payload (as JSON)
+/// and its index in `batch` the position.
+pub fn reject_future_rows(
+    batch: RecordBatch,
+    field: &str,
+    bound_ms: i64,
+    now_ms: i64,
+    raw: &RecordBatch,
+    source_rows: Option<&[u32]>,
+    source: &str,
+) -> Result<(RecordBatch, Vec<DeadLetter>)> {
+    let limit = now_ms.saturating_add(bound_ms);
+    let times = crate::time::event_times_ms(&batch, field)?;
+    if times.iter().flatten().all(|&t| t <= limit) {
+        return Ok((batch, Vec::new()));
+    }
+    let payloads = raw
+        .column_by_name(RAW_PAYLOAD)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::BinaryArray>());
+    let offsets = raw
+        .column_by_name(RAW_OFFSET)
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
+    let mut keep = Vec::with_capacity(times.len());
+    let mut letters = Vec::new();
+    for (row, t) in times.iter().enumerate() {
+        let ahead = t.is_some_and(|t| t > limit);
+        keep.push(!ahead);
+        if !ahead {
+            continue;
+        }
+        let raw_row = source_rows.and_then(|r| r.get(row)).map(|&r| r as usize);
+        let (payload, position) = match (raw_row, payloads) {
+            (Some(r), Some(p)) if r < p.len() => (
+                p.value(r).to_vec(),
+                offsets
+                    .filter(|o| r < o.len())
+                    .map_or(r as u64, |o| o.value(r)),
+            ),
+            _ => (row_as_json(&batch, row), row as u64),
+        };
+        let when = t.and_then(arrow::temporal_conversions::timestamp_ms_to_datetime);
+        letters.push(DeadLetter {
+            reason: format!(
+                "event time {} is more than {} ahead of the wall clock \
+                 (event_time.max_future): it would move the watermark past every later record",
+                when.map_or_else(
+                    || format!("{}", t.unwrap_or_default()),
+                    |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+                ),
+                crate::time::format_duration(std::time::Duration::from_millis(
+                    u64::try_from(bound_ms).unwrap_or(0)
+                ))
+            ),
+            source: source.to_string(),
+            position,
+            payload,
+        });
+    }
+    let kept = arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))
+        .map_err(|e| EngineError::arrow("dropping records from the future", e))?;
+    Ok((kept, letters))
+}
+
+/// One row of `batch` as a JSON object (the payload of a dead letter made from a typed
+/// row).
+fn row_as_json(batch: &RecordBatch, row: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+    if writer.write(&batch.slice(row, 1)).is_err() || writer.finish().is_err() {
+        return Vec::new();
+    }
+    drop(writer);
+    while out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    out
 }
 
 /// Turns raw batches ([`raw_schema`]) into typed batches. Created per source subtask by

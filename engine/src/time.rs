@@ -67,6 +67,24 @@ pub fn event_time_column(schema: &Schema) -> Option<usize> {
     })
 }
 
+/// How far ahead of the wall clock a record's event time may be. One record from the
+/// far future (a typo, year 9999) would otherwise move the watermark so far that every
+/// later record is late; beyond the bound it goes to the dead-letter output instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FutureBound {
+    /// Not set: the source type's default (file sources:
+    /// [`DEFAULT_FILE_MAX_FUTURE`]; others: no bound).
+    #[default]
+    SourceDefault,
+    /// No bound (`max_future: none`).
+    Off,
+    /// At most this far ahead of the wall clock.
+    At(Duration),
+}
+
+/// The default [`FutureBound`] of file sources: a day ahead of the wall clock.
+pub const DEFAULT_FILE_MAX_FUTURE: Duration = Duration::from_secs(86_400);
+
 /// Which column carries event time and how far records may be out of order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTimeConfig {
@@ -76,6 +94,8 @@ pub struct EventTimeConfig {
     pub max_out_of_orderness: Duration,
     /// A split with no data for this long is left out of the watermark.
     pub idle_timeout: Option<Duration>,
+    /// How far ahead of the wall clock an event time may be (`max_future`).
+    pub max_future: FutureBound,
 }
 
 impl std::fmt::Display for EventTimeConfig {
@@ -89,11 +109,22 @@ impl std::fmt::Display for EventTimeConfig {
         if let Some(t) = self.idle_timeout {
             write!(f, ", idle after {}", format_duration(t))?;
         }
+        if let FutureBound::At(d) = self.max_future {
+            write!(f, ", at most {} ahead", format_duration(d))?;
+        }
         write!(f, ")")
     }
 }
 
 impl EventTimeConfig {
+    /// The bound on event times ahead of the wall clock, in ms, if there is one.
+    pub fn max_future_ms(&self) -> Option<i64> {
+        match self.max_future {
+            FutureBound::At(d) => Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            FutureBound::SourceDefault | FutureBound::Off => None,
+        }
+    }
+
     /// Checks that `field` exists in `schema` and is a timestamp or an integer (ms).
     pub fn check(&self, schema: &Schema) -> std::result::Result<(), String> {
         let f = schema.field_with_name(&self.field).map_err(|_| {
@@ -374,6 +405,7 @@ mod tests {
             field: "ts".into(),
             max_out_of_orderness: Duration::from_millis(100),
             idle_timeout: idle.map(Duration::from_millis),
+            max_future: Default::default(),
         }
     }
 
@@ -453,6 +485,7 @@ mod tests {
             field: "ts".into(),
             max_out_of_orderness: Duration::from_secs(u64::MAX / 2),
             idle_timeout: None,
+            max_future: Default::default(),
         });
         let now = Instant::now();
         g.observe(0, &batch(&[1_000]), now).expect("observe");

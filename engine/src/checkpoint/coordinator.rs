@@ -145,6 +145,8 @@ struct InFlight {
     reply: Option<CoordinatorRequest>,
     /// A task declined: abort, never complete.
     declined: bool,
+    /// Why the first task that declined did.
+    decline_reason: Option<String>,
 }
 
 /// Drives checkpoints of one job.
@@ -180,6 +182,11 @@ pub struct Coordinator {
     aborted_dirs: Vec<u64>,
     /// A stop request waiting for every sink to commit `epoch`.
     stopping: Option<(u64, HashSet<TaskId>, oneshot::Sender<Result<u64>>)>,
+    /// Checkpoints (not savepoints) aborted since the last completed one.
+    consecutive_failures: u32,
+    /// Set when more consecutive checkpoints failed than the job tolerates: the
+    /// coordinator returns it, which fails the job.
+    fatal: Option<EngineError>,
 }
 
 /// How the coordinator is set up.
@@ -228,6 +235,8 @@ impl Coordinator {
             to_discard: Vec::new(),
             aborted_dirs: Vec::new(),
             stopping: None,
+            consecutive_failures: 0,
+            fatal: None,
         }
     }
 
@@ -285,7 +294,11 @@ impl Coordinator {
             }
             if let Some(f) = inflight.take() {
                 if f.declined {
-                    self.abort(f, "a task declined it".into()).await;
+                    let reason = f
+                        .decline_reason
+                        .clone()
+                        .unwrap_or_else(|| "a task declined it".into());
+                    self.abort(f, reason).await;
                     next_trigger = tokio::time::Instant::now() + interval;
                 } else if self.is_complete(&f) {
                     self.complete(f).await?;
@@ -293,6 +306,9 @@ impl Coordinator {
                 } else {
                     inflight = Some(f);
                 }
+            }
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
             }
         }
     }
@@ -315,6 +331,7 @@ impl Coordinator {
             acks: HashMap::new(),
             reply,
             declined: false,
+            decline_reason: None,
         }
     }
 
@@ -341,7 +358,10 @@ impl Coordinator {
                 reason,
             } => match inflight.as_mut() {
                 Some(f) if f.barrier.epoch == epoch => {
-                    warn!(job = %self.job, epoch, ?task, %reason, "checkpoint declined");
+                    debug!(job = %self.job, epoch, ?task, %reason, "checkpoint declined");
+                    if !f.declined {
+                        f.decline_reason = Some(format!("task {task:?} declined it: {reason}"));
+                    }
                     f.declined = true;
                 }
                 _ => {
@@ -495,6 +515,7 @@ impl Coordinator {
         );
         crate::fault::point("before_commit");
         if !f.barrier.savepoint {
+            self.consecutive_failures = 0;
             // Sinks commit checkpoints only: a savepoint's pending output is published
             // by the next checkpoint (commit covers every earlier epoch), so a restore
             // from the latest checkpoint never finds output it does not cover.
@@ -551,8 +572,30 @@ impl Coordinator {
 
     async fn abort(&mut self, f: InFlight, reason: String) {
         let epoch = f.barrier.epoch;
-        warn!(job = %self.job, epoch, %reason, "checkpoint aborted; the job goes on");
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        if !f.barrier.savepoint {
+            self.consecutive_failures += 1;
+            let tolerated = self.config.tolerable_failures;
+            if self.consecutive_failures > tolerated {
+                self.fatal = Some(EngineError::Checkpoint(format!(
+                    "{} checkpoints in a row failed (the last, {epoch}: {reason}); the job \
+                     tolerates {tolerated} (`checkpoint.tolerable_failures`) and stops \
+                     rather than run on without committing its output",
+                    self.consecutive_failures
+                )));
+            } else {
+                warn!(
+                    job = %self.job,
+                    epoch,
+                    %reason,
+                    failures = self.consecutive_failures,
+                    tolerated,
+                    "checkpoint aborted; the job goes on"
+                );
+            }
+        } else {
+            warn!(job = %self.job, epoch, %reason, "savepoint aborted; the job goes on");
+        }
         self.aborted.insert(epoch);
         match f.reply {
             Some(CoordinatorRequest::Savepoint(reply)) => {

@@ -57,7 +57,30 @@ pub struct S3Options {
     pub path_style: bool,
     /// Allow `http://` endpoints (local servers, tests).
     pub allow_http: bool,
+    /// How long connecting may take (default [`DEFAULT_S3_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Option<Duration>,
+    /// How long one request may take, response included (default
+    /// [`DEFAULT_S3_REQUEST_TIMEOUT`]); a request that takes longer is retried.
+    pub request_timeout: Option<Duration>,
 }
+
+/// Default connect timeout of S3 requests: a server that is not there fails fast.
+pub const DEFAULT_S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Default timeout of one S3 request, upload included (large state files take a while).
+pub const DEFAULT_S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the first request to a checkpoint store may take at job start, per attempt
+/// (at most the request timeout): a server that accepts connections and never answers
+/// fails start-up within seconds, with a log line per retry.
+pub const STARTUP_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attempts of the start-up request.
+pub const STARTUP_PROBE_ATTEMPTS: u32 = 3;
+
+/// Consecutive failed checkpoints a job tolerates before it fails (Flink's
+/// `tolerable-failed-checkpoints`), by default.
+pub const DEFAULT_TOLERABLE_FAILURES: u32 = 3;
 
 /// The default checkpoint store of a job built in Rust: `./.weir/checkpoints` in the
 /// working directory. A YAML job's default is `.weir/checkpoints` next to its job file.
@@ -72,6 +95,10 @@ pub struct CheckpointConfig {
     pub timeout: Duration,
     /// Completed checkpoints to keep (at least 1).
     pub retain: usize,
+    /// Consecutive failed (aborted) checkpoints after which the job fails: without it
+    /// a job whose store is full or down would run on and never publish exactly-once
+    /// output.
+    pub tolerable_failures: u32,
     /// Where they go.
     pub storage: StorageConfig,
 }
@@ -82,6 +109,7 @@ impl Default for CheckpointConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(600),
             retain: 3,
+            tolerable_failures: DEFAULT_TOLERABLE_FAILURES,
             storage: StorageConfig {
                 url: DEFAULT_STORAGE_URL.into(),
                 s3: S3Options::default(),

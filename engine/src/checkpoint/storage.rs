@@ -44,7 +44,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
-#[cfg(feature = "s3")]
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -622,6 +621,43 @@ impl CheckpointStorage {
             "applied retention"
         );
         Ok(report)
+    }
+
+    /// Checks at job start that the store answers: one listing, given `attempt` to
+    /// answer, tried `attempts` times with a warning before each retry. A store that
+    /// answers with an error fails at once (a wrong bucket or credentials); one that does
+    /// not answer fails after the attempts, naming the store.
+    pub async fn probe(&self, attempt: Duration, attempts: u32) -> Result<()> {
+        let attempts = attempts.max(1);
+        for n in 1..=attempts {
+            match tokio::time::timeout(attempt, self.sub_dirs("")).await {
+                Ok(r) => return r.map(|_| ()),
+                Err(_) if n < attempts => warn!(
+                    storage = %self.inner.url,
+                    "the checkpoint store did not answer within {} (attempt {n} of {attempts}); retrying",
+                    crate::time::format_duration(attempt)
+                ),
+                Err(_) => {}
+            }
+        }
+        Err(storage_error(
+            &self.inner.url,
+            format!(
+                "the checkpoint store did not answer within {} in {attempts} attempts \
+                 (is the endpoint right and the server up? `s3.request_timeout` and \
+                 `s3.connect_timeout` set the limits)",
+                crate::time::format_duration(attempt)
+            ),
+        ))
+    }
+
+    /// The per-attempt limit of [`CheckpointStorage::probe`] for a store of `config`.
+    pub fn probe_timeout(config: &StorageConfig) -> Duration {
+        config
+            .s3
+            .request_timeout
+            .unwrap_or(super::DEFAULT_S3_REQUEST_TIMEOUT)
+            .min(super::STARTUP_PROBE_TIMEOUT)
     }
 
     /// Deletes the job's checkpoints, for a job started over (`weir run --fresh`):
@@ -1273,12 +1309,22 @@ fn build_s3(url: &str, bucket: &str, options: &S3Options) -> Result<Arc<dyn Obje
     if options.allow_http {
         b = b.with_allow_http(true);
     }
+    let connect = options
+        .connect_timeout
+        .unwrap_or(super::DEFAULT_S3_CONNECT_TIMEOUT);
+    let request = options
+        .request_timeout
+        .unwrap_or(super::DEFAULT_S3_REQUEST_TIMEOUT);
+    let millis = |d: Duration| format!("{}ms", d.as_millis());
     b = b
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            "5s",
+            millis(connect),
         )
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "60s")
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            millis(request),
+        )
         .with_retry(RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -1286,7 +1332,7 @@ fn build_s3(url: &str, bucket: &str, options: &S3Options) -> Result<Arc<dyn Obje
                 base: 2.0,
             },
             max_retries: 3,
-            retry_timeout: Duration::from_secs(30),
+            retry_timeout: (request + connect) * 3,
         });
     match b.build() {
         Ok(s3) => Ok(Arc::new(s3)),
@@ -2166,6 +2212,7 @@ mod tests {
                 session_token: None,
                 path_style: true,
                 allow_http: true,
+                ..S3Options::default()
             },
         };
         let s = |case: &str| CheckpointStorage::open(&config(case), "job").expect("open s3");
@@ -2192,6 +2239,7 @@ mod tests {
                 session_token: None,
                 path_style: true,
                 allow_http: true,
+                ..S3Options::default()
             },
         };
         let s = CheckpointStorage::open(&config, "job").expect("open");

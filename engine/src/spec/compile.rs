@@ -183,6 +183,11 @@ impl<'a> Compiler<'a> {
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or("job");
+        if !self.is_broken("/name") {
+            if let Err(m) = crate::graph::check_job_name(name) {
+                self.problem("/name", At::Value, m);
+            }
+        }
         let mut builder = GraphBuilder::new(name, self.registry.clone(), base_dir.to_path_buf());
         builder.settings = settings;
         let mut built: HashSet<&str> = HashSet::new();
@@ -263,14 +268,29 @@ impl<'a> Compiler<'a> {
     }
 
     /// A usize at `pointer` unless that part of the file is broken.
-    fn uint(&self, pointer: &str) -> Option<usize> {
+    /// A whole number at `pointer`; a number that is not one this machine can use is a
+    /// located error, never a silent default.
+    fn uint(&mut self, pointer: &str) -> Option<usize> {
         if self.is_broken(pointer) {
             return None;
         }
-        self.root
-            .pointer(pointer)
-            .and_then(Value::as_u64)
-            .and_then(|v| usize::try_from(v).ok())
+        let v = self.root.pointer(pointer)?;
+        match v.as_u64().and_then(|v| usize::try_from(v).ok()) {
+            Some(n) => Some(n),
+            None => {
+                if v.is_number() {
+                    self.problem(
+                        pointer,
+                        At::Value,
+                        format!(
+                            "expected a whole number from 0 to {}, found {v}",
+                            usize::MAX
+                        ),
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn settings(&mut self, overrides: &JobOverrides) -> JobSettings {
@@ -363,8 +383,11 @@ impl<'a> Compiler<'a> {
             Ok(None) => {}
             Err(e) => self.field_error("/checkpoint", e),
         }
-        if let Some(r) = obj.get("retain").and_then(Value::as_u64) {
-            config.retain = usize::try_from(r).unwrap_or(usize::MAX).max(1);
+        if let Some(r) = self.uint("/checkpoint/retain") {
+            config.retain = r.max(1);
+        }
+        if let Some(n) = self.uint("/checkpoint/tolerable_failures") {
+            config.tolerable_failures = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some(url) = obj.get("storage").and_then(Value::as_str) {
             config.storage.url = resolve_storage_url(url, base_dir);
@@ -385,7 +408,23 @@ impl<'a> Compiler<'a> {
                     .get("allow_http")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                connect_timeout: None,
+                request_timeout: None,
             };
+            for (key, slot) in [
+                ("connect_timeout", &mut config.storage.s3.connect_timeout),
+                ("request_timeout", &mut config.storage.s3.request_timeout),
+            ] {
+                match duration_key(s3, key) {
+                    Ok(Some(d)) if d.is_zero() => self.problem(
+                        &format!("/checkpoint/s3/{key}"),
+                        At::Value,
+                        "must be longer than 0s",
+                    ),
+                    Ok(d) => *slot = d,
+                    Err(e) => self.field_error("/checkpoint/s3", e),
+                }
+            }
         }
         Some(config)
     }

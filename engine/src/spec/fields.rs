@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::yaml::escape;
 use crate::registry::FieldError;
-use crate::time::{parse_duration, EventTimeConfig};
+use crate::time::{parse_duration, EventTimeConfig, FutureBound};
 
 /// Field types a `schema:` may use; a trailing `?` makes a field nullable.
 pub const FIELD_TYPES: &[&str] = &[
@@ -24,7 +24,12 @@ pub const FIELD_TYPES: &[&str] = &[
 ];
 
 /// Keys of an `event_time:` mapping.
-pub const EVENT_TIME_KEYS: &[&str] = &["field", "max_out_of_orderness", "idle_timeout"];
+pub const EVENT_TIME_KEYS: &[&str] = &[
+    "field",
+    "max_out_of_orderness",
+    "idle_timeout",
+    "max_future",
+];
 
 /// The Arrow type of a field type name (without `?`).
 pub fn field_data_type(name: &str) -> Option<DataType> {
@@ -322,8 +327,9 @@ pub fn parse_schema(value: &Value) -> Result<SchemaRef, FieldError> {
 }
 
 /// Parses an `event_time:` mapping: `field` (the timestamp column, required),
-/// `max_out_of_orderness` (a duration, default 0) and `idle_timeout` (a duration,
-/// optional).
+/// `max_out_of_orderness` (a duration, default 0), `idle_timeout` (a duration,
+/// optional) and `max_future` (a duration or `none`; unset, the source type's default,
+/// see [`FutureBound`]).
 ///
 /// ```
 /// use serde_json::json;
@@ -357,10 +363,25 @@ pub fn parse_event_time(value: &Value) -> Result<EventTimeConfig, FieldError> {
     };
     let max_out_of_orderness = duration_key(map, "max_out_of_orderness")?.unwrap_or_default();
     let idle_timeout = duration_key(map, "idle_timeout")?;
+    let max_future = match map.get("max_future") {
+        None => FutureBound::SourceDefault,
+        Some(Value::String(s)) if s.trim() == "none" => FutureBound::Off,
+        Some(_) => match duration_key(map, "max_future")? {
+            Some(d) if d.is_zero() => {
+                return Err(FieldError::at(
+                    "/max_future",
+                    "must be longer than 0s (or `none` for no bound)",
+                ))
+            }
+            Some(d) => FutureBound::At(d),
+            None => FutureBound::Off,
+        },
+    };
     Ok(EventTimeConfig {
         field,
         max_out_of_orderness,
         idle_timeout,
+        max_future,
     })
 }
 

@@ -226,6 +226,9 @@ fn place(file: &str, value: &Value, spans: &Spans, p: Problem) -> SpecError {
     }
 }
 
+/// The largest job file read (1 MiB): see [`compile_job_file`].
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
 /// Reads, checks and compiles a job file. Relative paths in the job resolve against
 /// the file's directory.
 pub fn compile_job_file(
@@ -234,15 +237,29 @@ pub fn compile_job_file(
     overrides: &JobOverrides,
 ) -> Result<CompiledJob, SpecErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let whole_file = |message: String| {
         SpecErrors(vec![SpecError {
             file: file.clone(),
             line: 0,
             column: 0,
             field: String::new(),
-            message: format!("cannot read the job file: {e}"),
+            message,
         }])
-    })?;
+    };
+    // Checked before reading: a job file is a few KB, and a huge file (a data file
+    // given by mistake) is refused at once.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_file() && meta.len() > MAX_JOB_FILE_BYTES {
+            return Err(whole_file(format!(
+                "the job file is {} bytes; job files are limited to {} bytes (is this the \
+                 right file?)",
+                meta.len(),
+                MAX_JOB_FILE_BYTES
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
     let base_dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -259,6 +276,24 @@ pub fn compile_job_str(
     registry: Arc<Registry>,
     overrides: &JobOverrides,
 ) -> Result<CompiledJob, SpecErrors> {
+    // A UTF-8 byte order mark is not part of the document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.len() as u64 > MAX_JOB_FILE_BYTES {
+        let p = Problem::new(
+            "",
+            At::Exact(Pos::START),
+            format!(
+                "the job is {} bytes; job files are limited to {MAX_JOB_FILE_BYTES} bytes",
+                text.len()
+            ),
+        );
+        return Err(SpecErrors(vec![place(
+            file_name,
+            &Value::Null,
+            &Spans::default(),
+            p,
+        )]));
+    }
     // The YAML parser is not ours: a panic in it must still end as an error message.
     let parsed = std::panic::catch_unwind(|| yaml::parse(text)).unwrap_or_else(|_| {
         Err(Problem::new(
@@ -281,7 +316,15 @@ pub fn compile_job_str(
         )]));
     }
     let mut problems = doc.problems;
-    problems.extend(validate::check(&job_json_schema(&registry), &doc.value));
+    // A value the YAML reader already refused (a number out of range) is not reported
+    // again by the schema.
+    let refused: std::collections::HashSet<String> =
+        problems.iter().map(|p| p.pointer.clone()).collect();
+    problems.extend(
+        validate::check(&job_json_schema(&registry), &doc.value)
+            .into_iter()
+            .filter(|p| !refused.contains(&p.pointer)),
+    );
     let (job, more) = compile::compile(&doc.value, &problems, registry, base_dir, overrides);
     problems.extend(more);
     match job {

@@ -262,7 +262,12 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                     "max_out_of_orderness": with_text(def_ref(defs::DURATION), "Max out-of-orderness",
                         "How far behind the newest record a record may arrive and still be on time (default 0s)."),
                     "idle_timeout": with_text(def_ref(defs::DURATION), "Idle timeout",
-                        "A split without data for this long stops holding the watermark back.")
+                        "A split without data for this long stops holding the watermark back."),
+                    "max_future": {
+                        "title": "Max future",
+                        "description": "A record whose event time is further ahead of the wall clock than this goes to the dead-letter output instead of moving the watermark (default for file sources: 1d; others: none). `none` turns the bound off.",
+                        "anyOf": [ { "const": "none" }, def_ref(defs::DURATION) ]
+                    }
                 }
             }),
         ),
@@ -319,6 +324,11 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                         "minimum": 1,
                         "description": "How many completed checkpoints to keep (default 3); shared files are deleted when no kept checkpoint needs them."
                     },
+                    "tolerable_failures": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Consecutive failed checkpoints after which the job fails (default 3): a job whose checkpoint store is full or down does not run on without ever committing its output."
+                    },
                     "s3": {
                         "title": "S3",
                         "description": "Options of an s3:// storage; unset ones come from the AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).",
@@ -331,7 +341,9 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                             "secret_access_key": { "type": "string", "description": "Secret access key." },
                             "session_token": { "type": "string", "description": "Session token of temporary credentials." },
                             "path_style": { "type": "boolean", "description": "Path-style requests (endpoint/bucket/key), as most S3-compatible servers need (default false)." },
-                            "allow_http": { "type": "boolean", "description": "Allow an http:// endpoint (default false)." }
+                            "allow_http": { "type": "boolean", "description": "Allow an http:// endpoint (default false)." },
+                            "connect_timeout": with_text(def_ref(defs::DURATION), "Connect timeout", "How long connecting to the endpoint may take (default 3s)."),
+                            "request_timeout": with_text(def_ref(defs::DURATION), "Request timeout", "How long one request, upload included, may take before it is retried (default 30s). At job start the first request gets at most 5s per attempt, 3 attempts, so a server that accepts connections but never answers fails start-up in seconds.")
                         }
                     }
                 }

@@ -40,6 +40,7 @@ impl Decoder for NoDecoder {
         Ok(Decoded {
             batch: RecordBatch::new_empty(self.0.clone()),
             dead_letters: Vec::new(),
+            source_rows: None,
         })
     }
 }

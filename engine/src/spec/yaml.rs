@@ -21,6 +21,12 @@ const MAX_DEPTH: usize = 200;
 /// stops "billion laughs" alias bombs from exhausting memory.
 const MAX_ALIAS_NODES: usize = 100_000;
 
+/// How many nodes a document may hold in memory in all: parsed, expanded from aliases,
+/// and copied for anchors (nested anchors copy their subtrees once per level). Real job
+/// files have hundreds; this bounds the memory and time of any file to tens of MB and
+/// well under a second.
+pub const MAX_NODES: usize = 200_000;
+
 /// Nodes in `v`, counting stops once past `limit`.
 fn count_nodes(v: &Value, limit: usize) -> usize {
     let mut n = 1;
@@ -154,6 +160,7 @@ pub fn parse(text: &str) -> Result<Document, Problem> {
         spans: HashMap::new(),
         anchors: HashMap::new(),
         alias_nodes: 0,
+        nodes: 0,
         problems: Vec::new(),
     };
     let value = reader.document()?;
@@ -170,6 +177,8 @@ struct Reader<'a> {
     anchors: HashMap<usize, Value>,
     /// Nodes materialised by aliases so far (bounded by [`MAX_ALIAS_NODES`]).
     alias_nodes: usize,
+    /// Nodes held so far, however made (bounded by [`MAX_NODES`]).
+    nodes: usize,
     problems: Vec<Problem>,
 }
 
@@ -190,6 +199,21 @@ fn problem_at(mark: &Marker, message: impl Into<String>) -> Problem {
 }
 
 impl Reader<'_> {
+    /// Counts `n` more nodes held in memory; an error past [`MAX_NODES`].
+    fn charge(&mut self, n: usize, mark: &Marker) -> Result<(), Problem> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(problem_at(
+                mark,
+                format!(
+                    "the job file holds more than {MAX_NODES} values (aliases and anchors \
+                     expanded); job files are small: is this the right file?"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn next(&mut self) -> Result<(Event, Marker), Problem> {
         self.parser.next_token().map_err(|e| syntax_error(&e))
     }
@@ -241,6 +265,7 @@ impl Reader<'_> {
         if depth > MAX_DEPTH {
             return Err(problem_at(&mark, "the document is nested too deeply"));
         }
+        self.charge(1, &mark)?;
         if record {
             self.spans.insert(
                 pointer.clone(),
@@ -252,7 +277,20 @@ impl Reader<'_> {
         }
         let (value, anchor) = match ev {
             Event::Scalar(text, style, anchor, tag) => {
-                (resolve_scalar(text, style, tag.as_ref()), anchor)
+                match resolve_scalar(text, style, tag.as_ref()) {
+                    Ok(v) => (v, anchor),
+                    Err(message) => {
+                        // Kept as the text it was, reported where it stands.
+                        if record {
+                            self.problems.push(Problem {
+                                pointer: pointer.clone(),
+                                at: At::Exact(Pos::from_marker(&mark)),
+                                message,
+                            });
+                        }
+                        (Value::Null, anchor)
+                    }
+                }
             }
             Event::Alias(id) => match self.anchors.get(&id) {
                 Some(v) => {
@@ -264,7 +302,9 @@ impl Reader<'_> {
                             format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
                         ));
                     }
-                    (v.clone(), 0)
+                    let v = v.clone();
+                    self.charge(count_nodes(&v, MAX_NODES), &mark)?;
+                    (v, 0)
                 }
                 None => return Err(problem_at(&mark, "unknown alias")),
             },
@@ -278,6 +318,9 @@ impl Reader<'_> {
             }
         };
         if anchor > 0 {
+            // The copy kept for aliases counts too: nested anchors copy their subtrees
+            // once per level.
+            self.charge(count_nodes(&value, MAX_NODES), &mark)?;
             self.anchors.insert(anchor, value.clone());
         }
         Ok(value)
@@ -352,46 +395,96 @@ impl Reader<'_> {
 }
 
 /// Resolves a scalar: plain scalars like the YAML 1.2 core schema, anything quoted,
-/// literal, folded or tagged `!!str` as a string.
-fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
+/// literal, folded or tagged `!!str` as a string. A number that cannot be held exactly
+/// is an error, not a silent approximation.
+fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
     let forced_string = tag.is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
     if style != TScalarStyle::Plain || forced_string {
-        return Value::String(text);
+        return Ok(Value::String(text));
     }
-    resolve_plain(&text).unwrap_or(Value::String(text))
+    Ok(resolve_plain(&text)?.unwrap_or(Value::String(text)))
 }
 
-/// The core-schema value of a plain scalar, or `None` for a string.
-fn resolve_plain(s: &str) -> Option<Value> {
+/// The integer a float's text denotes exactly (`64.0`, `1e3`, `2.50e1`), if it denotes
+/// one within `i64` (`2.5` and `1e30` do not). Worked out from the digits, so that no
+/// rounding of the text to `f64` can pass for an integer.
+fn exact_integer(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], body[i + 1..].parse::<i32>().ok()?),
+        None => (body, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let mut exp = exponent.checked_sub(i32::try_from(frac.len()).ok()?)?;
+    // Trailing zeros of the digits move into the exponent.
+    let trimmed = digits.trim_end_matches('0');
+    exp = exp.checked_add(i32::try_from(digits.len() - trimmed.len()).ok()?)?;
+    if trimmed.is_empty() {
+        return Some(0);
+    }
+    if exp < 0 || trimmed.len() > 19 {
+        return None;
+    }
+    let mut v: i128 = trimmed.parse().ok()?;
+    for _ in 0..exp {
+        v = v.checked_mul(10)?;
+        if v > i128::from(i64::MAX) + 1 {
+            return None;
+        }
+    }
+    i64::try_from(if neg { -v } else { v }).ok()
+}
+
+/// The core-schema value of a plain scalar, `None` for a string. Numbers mean what they
+/// say: a float with no fraction (`64.0`, `1e3`) is that integer, so that
+/// `parallelism: 64.0` is 64; an integer beyond 64 bits and a float beyond `f64` are
+/// errors.
+fn resolve_plain(s: &str) -> Result<Option<Value>, String> {
     match s {
-        "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
-        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
-        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(Some(Value::Null)),
+        "true" | "True" | "TRUE" => return Ok(Some(Value::Bool(true))),
+        "false" | "False" | "FALSE" => return Ok(Some(Value::Bool(false))),
         _ => {}
     }
-    if let Some(v) = resolve_int(s) {
-        return Some(v);
+    if let Some(v) = resolve_int(s)? {
+        return Ok(Some(v));
     }
     if is_float(s) {
-        return s
+        let f = s
             .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number);
+            .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+        if !f.is_finite() {
+            return Err(format!("the number `{s}` is out of range"));
+        }
+        if let Some(i) = exact_integer(s) {
+            return Ok(Some(Value::from(i)));
+        }
+        return Ok(Number::from_f64(f).map(Value::Number));
     }
-    None
+    Ok(None)
 }
 
 fn all_digits(s: &str, radix: u32) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_digit(radix))
 }
 
-fn resolve_int(s: &str) -> Option<Value> {
+/// An integer scalar (decimal, `0x` hex, `0o` octal); `None` if `s` is not one, an
+/// error if it is one that does not fit 64 bits.
+fn resolve_int(s: &str) -> Result<Option<Value>, String> {
+    let too_large = || format!("the integer `{s}` is out of range (at most {})", u64::MAX);
     let radix_int = |digits: &str, radix: u32| {
         if all_digits(digits, radix) {
-            u64::from_str_radix(digits, radix).ok().map(Value::from)
+            u64::from_str_radix(digits, radix)
+                .map(|v| Some(Value::from(v)))
+                .map_err(|_| too_large())
         } else {
-            None
+            Ok(None)
         }
     };
     if let Some(hex) = s.strip_prefix("0x") {
@@ -402,18 +495,15 @@ fn resolve_int(s: &str) -> Option<Value> {
     }
     let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
     if !all_digits(unsigned, 10) {
-        return None;
+        return Ok(None);
     }
     if let Ok(i) = s.parse::<i64>() {
-        return Some(Value::from(i));
+        return Ok(Some(Value::from(i)));
     }
     if let Ok(u) = s.trim_start_matches('+').parse::<u64>() {
-        return Some(Value::from(u));
+        return Ok(Some(Value::from(u)));
     }
-    s.parse::<f64>()
-        .ok()
-        .and_then(Number::from_f64)
-        .map(Value::Number)
+    Err(too_large())
 }
 
 /// `[-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
@@ -473,8 +563,68 @@ mod tests {
         assert_eq!(
             d.value,
             json!({"a": 1, "b": -2, "c": 1.5, "d": true, "e": null, "f": "1", "g": "true",
-                   "h": "10s", "i": 31, "j": 0.5, "k": 1000.0, "l": null, "m": "12", "n": false})
+                   "h": "10s", "i": 31, "j": 0.5, "k": 1000, "l": null, "m": "12", "n": false})
         );
+    }
+
+    #[test]
+    fn numbers_mean_what_they_say() {
+        let d = doc(concat!(
+            "a: 64.0\nb: 1e3\nc: -2.0e2\nd: 2.5\ne: 9007199254740993.0\n",
+            "f: 9007199254740991.5\ng: 1e18\nh: 0.0\ni: 12.50e1\nj: 1e19\nk: 1.5e-3\n"
+        ));
+        assert_eq!(d.value["a"], json!(64));
+        assert!(d.value["a"].is_u64(), "64.0 is the integer 64");
+        assert_eq!(d.value["b"], json!(1000));
+        assert_eq!(d.value["c"], json!(-200));
+        assert_eq!(d.value["d"], json!(2.5));
+        // Exact from the digits, whatever f64 would round them to.
+        assert_eq!(d.value["e"], json!(9007199254740993i64));
+        assert!(d.value["f"].is_f64(), "not an integer: {}", d.value["f"]);
+        assert_eq!(d.value["g"], json!(1_000_000_000_000_000_000i64));
+        assert_eq!(d.value["h"], json!(0));
+        assert_eq!(d.value["i"], json!(125));
+        assert!(d.value["j"].is_f64(), "beyond i64: a float");
+        assert_eq!(d.value["k"], json!(0.0015));
+        for (text, why) in [
+            ("x: 99999999999999999999\n", "out of range"),
+            ("x: -99999999999999999999\n", "out of range"),
+            ("x: 0xffffffffffffffffff\n", "out of range"),
+            ("x: 1e400\n", "out of range"),
+            ("x: -1e400\n", "out of range"),
+        ] {
+            let d = doc(text);
+            assert_eq!(d.problems.len(), 1, "{text}");
+            assert!(
+                d.problems[0].message.contains(why),
+                "{text}: {:?}",
+                d.problems
+            );
+            assert_eq!(d.problems[0].pointer, "/x");
+        }
+    }
+
+    #[test]
+    fn anchors_copied_level_by_level_are_bounded() {
+        // Every level anchors the list holding the next: each anchor keeps a copy of
+        // its subtree, so memory grows with depth × size unless counted.
+        let mut text = String::from("a: ");
+        for i in 0..150 {
+            text.push_str(&format!("&x{i} ["));
+        }
+        text.push_str(&"1, ".repeat(5000));
+        text.push('1');
+        text.push_str(&"]".repeat(150));
+        text.push('\n');
+        match parse(&text) {
+            Ok(_) => panic!("refused"),
+            Err(p) => assert!(p.message.contains("more than"), "{p:?}"),
+        }
+        // A long list alone is fine below the limit, and refused above it.
+        let list = format!("a: [{}]\n", "1,".repeat(1000));
+        assert!(parse(&list).is_ok());
+        let list = format!("a: [{}]\n", "1,".repeat(MAX_NODES + 10));
+        assert!(parse(&list).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use weir_engine::registry::FieldError;
 use weir_engine::{EngineError, Result};
 
+use super::json_exact;
 use super::json_fast::FastJson;
 use super::{
     check_record, max_record_bytes, max_record_bytes_schema, Check, RowError, RowsDecoded,
@@ -194,6 +195,19 @@ impl JsonDecoder {
         rows: &mut Vec<u32>,
         errors: &mut Vec<RowError>,
     ) -> Result<()> {
+        // Arrow's decoder is lenient (it truncates 1.5 into an int, accepts a trailing
+        // comma): only records that decode exactly are given to it.
+        let mut exact: Vec<Line<'_>> = Vec::with_capacity(lines.len());
+        for &(row, text) in lines {
+            match json_exact::check_record(text, self.relaxed.fields()) {
+                Ok(()) => exact.push((row, text)),
+                Err(reason) => errors.push(RowError {
+                    row: row as usize,
+                    reason,
+                }),
+            }
+        }
+        let lines = exact.as_slice();
         // Ranges still to decode, as a stack whose top is the leftmost range, so that
         // pieces come out in input order.
         let mut work = vec![(0, lines.len())];
@@ -610,8 +624,17 @@ mod tests {
             "9223372036854775807",
             "-9223372036854775808",
             "null",
+            "1.0",
+            "1.5",
+            "1e3",
+            "9223372036854775808",
+            r#""7""#,
+            r#""7.5""#,
         ];
-        const FLOATS: &[&str] = &["0", "1.5", "1e3", "-2.5E-3", "12", "-0", "0.1", "null"];
+        const FLOATS: &[&str] = &[
+            "0", "1.5", "1e3", "-2.5E-3", "12", "-0", "0.1", "null", "1e400", r#""NaN""#,
+            r#""inf""#, r#""2.5""#, "1e308",
+        ];
         const BOOLS: &[&str] = &["true", "false", "null"];
         const TIMES: &[&str] = &[
             r#""2024-05-01T12:00:00Z""#,
@@ -622,6 +645,11 @@ mod tests {
             "1714564800000",
             "-1",
             "null",
+            "1.5",
+            "1e30",
+            "8210266876799999",
+            "8210266876800000",
+            "-8334601228800001",
         ];
         const OTHER: &[&str] = &[
             r#"{"a":[1,{"b":null}],"c":"\u0041"}"#,
@@ -696,6 +724,54 @@ mod tests {
         assert_eq!(a.errors, b.errors, "{shown:#?}");
     }
 
+    /// Every decoded number is exactly the number the record holds (read with
+    /// serde_json): ints, floats and epoch-millisecond timestamps are never rounded,
+    /// truncated or saturated; a record that cannot be decoded exactly is an error.
+    fn exactly_as_written(schema: &SchemaRef, records: &[Vec<u8>]) {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+        let decoder = JsonDecoder::new(schema.clone(), 1 << 20).expect("decoder");
+        let values = BinaryArray::from_iter_values(records.iter());
+        let out = decoder.decode_values(&values).expect("decodes");
+        for (i, &row) in out.rows.iter().enumerate() {
+            let text = String::from_utf8_lossy(&records[row as usize]).into_owned();
+            // (An undeclared value serde_json cannot hold, such as 1e400, is fine in an
+            // accepted record; such records are not compared here.)
+            let Ok(json) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            for (c, field) in schema.fields().iter().enumerate() {
+                let col = out.batch.column(c);
+                let written = json.get(field.name());
+                let Some(Value::Number(n)) = written else {
+                    continue;
+                };
+                match field.data_type() {
+                    DataType::Int64 => {
+                        let got = col.as_primitive::<Int64Type>().value(i);
+                        assert_eq!(Some(got as f64), n.as_f64(), "{text}: {}", field.name());
+                        if let Some(exact) = n.as_i64() {
+                            assert_eq!(got, exact, "{text}");
+                        }
+                    }
+                    DataType::Float64 => {
+                        let got = col.as_primitive::<Float64Type>().value(i);
+                        assert_eq!(Some(got), n.as_f64(), "{text}");
+                    }
+                    DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                        let got = col.as_primitive::<TimestampMillisecondType>().value(i);
+                        // `1e3` is the integer 1000.
+                        assert_eq!(Some(got as f64), n.as_f64(), "{text}");
+                        if let Some(exact) = n.as_i64() {
+                            assert_eq!(got, exact, "{text}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     fn oracle_schemas() -> [SchemaRef; 2] {
         [
             schema(&[
@@ -740,6 +816,7 @@ mod tests {
                 for r in &records {
                     same_as_arrow(&s, std::slice::from_ref(r));
                 }
+                exactly_as_written(&s, &records);
             }
         }
     }

@@ -451,8 +451,17 @@ impl<'a> Cursor<'a, '_> {
                         rfc3339_millis(text, self.days).map(Slot::Int)
                     }
                 } else {
+                    // Epoch milliseconds a timestamp writer can represent; others are
+                    // left to the exactness rules (`json_exact`).
                     match self.number()? {
-                        (text, true) => text.parse().ok().map(Slot::Int),
+                        (text, true) => text
+                            .parse()
+                            .ok()
+                            .filter(|ms| {
+                                (super::json_exact::MIN_EPOCH_MS..=super::json_exact::MAX_EPOCH_MS)
+                                    .contains(ms)
+                            })
+                            .map(Slot::Int),
                         _ => None,
                     }
                 }

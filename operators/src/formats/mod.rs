@@ -31,6 +31,7 @@
 
 mod csv;
 mod json;
+mod json_exact;
 mod json_fast;
 mod text;
 mod typed;
@@ -302,6 +303,7 @@ impl Decoder for FormatDecoder {
         Ok(Decoded {
             batch: decoded.batch,
             dead_letters,
+            source_rows: Some(decoded.rows),
         })
     }
 }
@@ -353,6 +355,16 @@ impl FormatDecoder {
             .map_err(|e| EngineError::arrow("dropping truncated records", e))?;
         let mut decoded = self.decode(&rest, source)?;
         decoded.dead_letters.extend(letters);
+        // Rows of `rest` back to rows of `raw`.
+        let kept_rows: Vec<u32> = (0..raw.num_rows())
+            .filter(|r| !truncated.contains(r))
+            .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
+            .collect();
+        decoded.source_rows = decoded.source_rows.map(|rows| {
+            rows.iter()
+                .map(|&r| kept_rows.get(r as usize).copied().unwrap_or(r))
+                .collect()
+        });
         Ok(decoded)
     }
 }
@@ -581,7 +593,7 @@ mod tests {
         assert_eq!(reason(8), "not a JSON object: found a string");
         assert_eq!(reason(9), "not a JSON object: found a number");
         assert!(
-            reason(12).contains("more than one JSON value"),
+            reason(12).contains("invalid JSON: trailing characters"),
             "{}",
             reason(12)
         );

@@ -72,7 +72,7 @@ impl StepFactory for JoinStep {
         let duration = json!({
             "oneOf": [
                 {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "integer", "minimum": 0, "description": "Milliseconds."}
+                {"const": 0, "description": "Zero (in any unit); other numbers need a unit."}
             ],
             "description": "A duration such as 500ms, 10s, 1m or 1h 30m."
         });
@@ -85,7 +85,7 @@ impl StepFactory for JoinStep {
         let signed = json!({
             "oneOf": [
                 {"type": "string", "pattern": signed_pattern},
-                {"type": "integer", "description": "Milliseconds, may be negative."}
+                {"const": 0, "description": "Zero (in any unit); other numbers need a unit."}
             ],
             "description": "A duration that may be negative, such as -10s, 0s or +5s."
         });

@@ -111,7 +111,8 @@ pub struct JoinOptions {
     pub right_time: Option<String>,
 }
 
-/// A signed duration in ms: `"-5s"`, `"+2s"`, `"0s"` or a number of ms.
+/// A signed duration in ms: `"-5s"`, `"+2s"`, `"0s"` or `0`; another bare number is
+/// an error (it has no unit).
 fn signed_duration_ms(v: &Value, path: &str) -> Result<i64, FieldError> {
     match v {
         Value::String(s) => {
@@ -129,14 +130,12 @@ fn signed_duration_ms(v: &Value, path: &str) -> Result<i64, FieldError> {
                 .map_err(|_| FieldError::at(path, format!("`{s}` is too long")))?;
             Ok(if neg { -ms } else { ms })
         }
-        Value::Number(n) => n.as_i64().ok_or_else(|| {
-            FieldError::at(
-                path,
-                format!(
-                    "expected a duration such as \"-5s\" or a number of milliseconds, found {n}"
-                ),
-            )
-        }),
+        // Zero is zero in any unit.
+        Value::Number(n) if n.as_i64() == Some(0) => Ok(0),
+        Value::Number(n) => Err(FieldError::at(
+            path,
+            format!("a duration needs a unit: write `{n}ms` or `{n}s`, for example"),
+        )),
         other => Err(FieldError::at(
             path,
             format!(

@@ -290,7 +290,7 @@ impl H {
 }
 
 fn interval(jt: &str, lower: i64, upper: i64) -> Value {
-    json!({"type": jt, "on": ["k"], "interval": {"lower": lower, "upper": upper}})
+    json!({"type": jt, "on": ["k"], "interval": {"lower": format!("{lower}ms"), "upper": format!("{upper}ms")}})
 }
 
 fn window(jt: &str, w: Value) -> Value {
@@ -449,7 +449,7 @@ fn mode_errors_name_the_field() {
         "`upper` (- 5s) is below `lower` (+ 5s)",
     );
     assert_err(
-        json!({"on": ["k"], "interval": {"lower": 1, "upper": 0}}),
+        json!({"on": ["k"], "interval": {"lower": "1ms", "upper": 0}}),
         "/interval/upper",
         "below",
     );
@@ -602,7 +602,7 @@ fn bad_durations_name_the_field() {
             "/interval/lower",
             "is not a duration",
         ),
-        (json!(1.5), json!("0s"), "/interval/lower", "found 1.5"),
+        (json!(1.5), json!("0s"), "/interval/lower", "needs a unit"),
         (
             json!("0s"),
             json!(true),
@@ -629,7 +629,7 @@ fn bad_durations_name_the_field() {
             "/window/tumbling",
             "at least 1ms",
         ),
-        (json!({"tumbling": -5}), "/window/tumbling", "found -5"),
+        (json!({"tumbling": -5}), "/window/tumbling", "needs a unit"),
         (
             json!({"tumbling": "soon"}),
             "/window/tumbling",
@@ -792,8 +792,7 @@ fn signed_durations() {
     assert_eq!(bounds(json!("0"), json!("0")), (0, 0));
     assert_eq!(bounds(json!("-0"), json!("+0")), (0, 0));
     assert_eq!(bounds(json!("0s"), json!("+0s")), (0, 0));
-    assert_eq!(bounds(json!(-250), json!(250)), (-250, 250));
-    assert_eq!(bounds(json!(0), json!(0)), (0, 0));
+    assert_eq!(bounds(json!(0), json!(0)), (0, 0), "zero needs no unit");
     assert_eq!(
         bounds(json!(" - 1m "), json!("1h 30m")),
         (-60_000, 5_400_000)
@@ -804,7 +803,12 @@ fn signed_durations() {
         (-3_600_000, -1_800_000)
     );
     assert_eq!(bounds(json!("+ 2s"), json!("+3s")), (2_000, 3_000));
-    assert_eq!(bounds(json!(-1), json!(-1)), (-1, -1));
+    // Other bare numbers have no unit: an error, never milliseconds.
+    for n in [json!(-250), json!(250), json!(-1)] {
+        let e = JoinOptions::parse(&json!({"on": "k", "interval": {"lower": n, "upper": "0s"}}))
+            .expect_err("a number without a unit");
+        assert!(e.message.contains("needs a unit"), "{}", e.message);
+    }
 }
 
 #[test]
@@ -842,7 +846,7 @@ fn documented_forms_parse() {
     );
     assert_eq!(o.left_time, None);
     let o = JoinOptions::parse(
-        &json!({"on": {"left": "a", "right": "b"}, "window": {"tumbling": {"size": 250}}}),
+        &json!({"on": {"left": "a", "right": "b"}, "window": {"tumbling": {"size": "250ms"}}}),
     )
     .unwrap();
     assert_eq!(
@@ -1126,9 +1130,9 @@ fn describe_and_holdback() {
         assert_eq!(op.output_watermark(i64::MAX - 1), i64::MAX - 1 - hold);
     }
     for w in [
-        json!({"tumbling": 10}),
-        json!({"sliding": {"size": 10, "slide": 5}}),
-        json!({"session": 10}),
+        json!({"tumbling": "10ms"}),
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
+        json!({"session": "10ms"}),
     ] {
         let plan = JoinStep::plan(&window("full", w), &left(), &right()).unwrap();
         assert_eq!(plan.holdback(), 0);
@@ -1216,7 +1220,7 @@ fn step_build() {
     // Bounded input without watermarks: the end of input emits everything.
     let step = test_util::build(
         &f,
-        window("full", json!({"tumbling": 10})),
+        window("full", json!({"tumbling": "10ms"})),
         &[left(), right()],
     )
     .unwrap();
@@ -1610,7 +1614,7 @@ fn tumbling_window_pairs_are_emitted_when_the_window_fires() {
         sorted(v.into_iter().map(String::from).collect())
     };
     for jt in ["inner", "left", "right", "full"] {
-        let mut h = H::new(window(jt, json!({"tumbling": 10})));
+        let mut h = H::new(window(jt, json!({"tumbling": "10ms"})));
         h.left(&[r("a", 1, 1), r("a", 5, 2), r("b", 3, 3)]);
         h.right(&[r("a", 7, 1), r("a", 12, 2), r("c", 4, 3)]);
         assert!(h.take().is_empty(), "{jt}: pairs wait for the window");
@@ -1637,7 +1641,7 @@ fn tumbling_window_pairs_are_emitted_when_the_window_fires() {
 
 #[test]
 fn tumbling_window_late_rows() {
-    let mut h = H::new(window("left", json!({"tumbling": 10})));
+    let mut h = H::new(window("left", json!({"tumbling": "10ms"})));
     h.wm(9);
     h.left(&[r("a", 9, 1), r("a", 10, 2), null_time("a", 3)]);
     h.right(&[r("a", 0, 4), r("a", 19, 5)]);
@@ -1652,7 +1656,7 @@ fn tumbling_window_late_rows() {
 fn sliding_window_pairs_come_once_per_shared_window() {
     let mut h = H::new(window(
         "inner",
-        json!({"sliding": {"size": 10, "slide": 5}}),
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
     ));
     h.left(&[r("a", 7, 1)]);
     h.right(&[r("a", 8, 2)]);
@@ -1667,7 +1671,10 @@ fn sliding_window_pairs_come_once_per_shared_window() {
     assert_eq!(h.op.buffered_rows(), 0);
 
     // A pair sharing one of its windows; outer rows once per window they are alone in.
-    let mut h = H::new(window("full", json!({"sliding": {"size": 10, "slide": 5}})));
+    let mut h = H::new(window(
+        "full",
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
+    ));
     h.left(&[r("a", 3, 1)]);
     h.right(&[r("a", 8, 2)]);
     h.wm(4);
@@ -1678,14 +1685,20 @@ fn sliding_window_pairs_come_once_per_shared_window() {
     assert_eq!(h.take(), vec!["a null null 8 2 5 15"]);
 
     // A row whose older window already fired joins only its newer windows.
-    let mut h = H::new(window("left", json!({"sliding": {"size": 10, "slide": 5}})));
+    let mut h = H::new(window(
+        "left",
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
+    ));
     h.wm(9);
     h.left(&[r("a", 7, 1)]);
     assert!(h.take_late(0).is_empty());
     h.end();
     assert_eq!(h.take(), vec!["a 7 1 null null 5 15"]);
     // ... and is late once its newest window fired.
-    let mut h = H::new(window("left", json!({"sliding": {"size": 10, "slide": 5}})));
+    let mut h = H::new(window(
+        "left",
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
+    ));
     h.wm(14);
     h.left(&[r("a", 7, 1), r("a", 10, 2), r("a", 15, 3)]);
     assert_eq!(h.take_late(0), vec!["a 7 1"]);
@@ -1703,7 +1716,7 @@ fn sliding_window_pairs_come_once_per_shared_window() {
 #[test]
 fn session_windows_are_formed_over_both_sides() {
     // left 0, right 5, left 12: one session [0, 22) bridged by the right row.
-    let mut h = H::new(window("inner", json!({"session": 10})));
+    let mut h = H::new(window("inner", json!({"session": "10ms"})));
     h.left(&[r("a", 0, 1), r("a", 12, 2)]);
     h.right(&[r("a", 5, 3)]);
     h.wm(20);
@@ -1718,7 +1731,7 @@ fn session_windows_are_formed_over_both_sides() {
     assert!(h.take().is_empty(), "inner: a lone left row");
 
     // Without the bridge: left 0 alone in [0, 10), then left 12 and right 14.
-    let mut h = H::new(window("full", json!({"session": {"gap": 10}})));
+    let mut h = H::new(window("full", json!({"session": {"gap": "10ms"}})));
     h.left(&[r("b", 0, 1), r("b", 12, 2)]);
     h.right(&[r("b", 14, 3), r("c", 3, 4)]);
     h.wm(8);
@@ -1733,7 +1746,7 @@ fn session_windows_are_formed_over_both_sides() {
     assert_eq!(h.take(), vec!["b 12 2 14 3 12 24"]);
 
     // Rows exactly `gap` apart are in different sessions.
-    let mut h = H::new(window("full", json!({"session": 10})));
+    let mut h = H::new(window("full", json!({"session": "10ms"})));
     h.left(&[r("a", 0, 1)]);
     h.right(&[r("a", 10, 2)]);
     h.end();
@@ -1751,7 +1764,7 @@ fn session_windows_are_formed_over_both_sides() {
 /// its own, and the pair is lost without a trace.
 #[test]
 fn a_row_that_would_merge_into_a_fired_session_is_late() {
-    let mut h = H::new(window("full", json!({"session": 10})));
+    let mut h = H::new(window("full", json!({"session": "10ms"})));
     h.left(&[r("a", 0, 1)]);
     h.wm(9);
     assert_eq!(h.take(), vec!["a 0 1 null null 0 10"]);
@@ -1768,12 +1781,12 @@ fn a_row_that_would_merge_into_a_fired_session_is_late() {
 #[test]
 fn null_keys_in_window_joins_are_emitted_at_once() {
     for (w, expected) in [
-        (json!({"tumbling": 10}), vec!["null 3 1 null null 0 10"]),
+        (json!({"tumbling": "10ms"}), vec!["null 3 1 null null 0 10"]),
         (
-            json!({"sliding": {"size": 10, "slide": 5}}),
+            json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
             vec!["null 3 1 null null 0 10", "null 3 1 null null -5 5"],
         ),
-        (json!({"session": 10}), vec!["null 3 1 null null 3 13"]),
+        (json!({"session": "10ms"}), vec!["null 3 1 null null 3 13"]),
     ] {
         let mut h = H::new(window("left", w.clone()));
         h.left(&[null_key(3, 1)]);
@@ -1792,7 +1805,7 @@ fn null_keys_in_window_joins_are_emitted_at_once() {
     // Sliding: only the windows that have not fired.
     let mut h = H::new(window(
         "right",
-        json!({"sliding": {"size": 10, "slide": 5}}),
+        json!({"sliding": {"size": "10ms", "slide": "5ms"}}),
     ));
     h.wm(5);
     h.right(&[null_key(3, 2)]);
@@ -2072,17 +2085,17 @@ fn scripted_configs() -> Vec<(Value, bool)> {
         for (lower, upper) in [(-10, 5), (0, 0), (3, 8), (-8, -3), (-20, 20)] {
             configs.push((interval(jt, lower, upper), true));
         }
-        configs.push((window(jt, json!({"tumbling": 10})), true));
+        configs.push((window(jt, json!({"tumbling": "10ms"})), true));
         configs.push((
-            window(jt, json!({"sliding": {"size": 20, "slide": 5}})),
+            window(jt, json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
             true,
         ));
         configs.push((
-            window(jt, json!({"sliding": {"size": 9, "slide": 3}})),
+            window(jt, json!({"sliding": {"size": "9ms", "slide": "3ms"}})),
             true,
         ));
-        configs.push((window(jt, json!({"session": 7})), false));
-        configs.push((window(jt, json!({"session": 2})), false));
+        configs.push((window(jt, json!({"session": "7ms"})), false));
+        configs.push((window(jt, json!({"session": "2ms"})), false));
     }
     configs
 }
@@ -2132,7 +2145,7 @@ fn session_joins_with_late_rows_classify_them_and_stay_ahead_of_the_watermark() 
     // Rows behind the watermark are late (`t <= watermark`): only the late side
     // outputs are checked against the model here.
     for jt in all_types() {
-        let value = window(jt, json!({"session": 7}));
+        let value = window(jt, json!({"session": "7ms"}));
         for seed in 0..5u64 {
             let steps = script(seed, 60, true, 3);
             let mut h = H::new(value.clone());
@@ -2194,13 +2207,13 @@ fn state_stays_bounded_on_an_endless_stream() {
     for (value, max_rows, max_keys) in [
         (interval("full", -20, 10), 60, 8),
         (interval("inner", 5, 15), 60, 8),
-        (window("full", json!({"tumbling": 10})), 30, 8),
+        (window("full", json!({"tumbling": "10ms"})), 30, 8),
         (
-            window("full", json!({"sliding": {"size": 20, "slide": 5}})),
+            window("full", json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
             60,
             8,
         ),
-        (window("full", json!({"session": 4})), 30, 8),
+        (window("full", json!({"session": "4ms"})), 30, 8),
     ] {
         let mut h = H::new(value.clone());
         let (mut most_rows, mut most_keys) = (0, 0);
@@ -2355,13 +2368,13 @@ fn restore_from_a_checkpoint_continues_exactly() {
         (interval("full", -10, 5), true),
         (interval("left", 3, 8), true),
         (interval("right", -8, -3), true),
-        (window("left", json!({"tumbling": 10})), true),
+        (window("left", json!({"tumbling": "10ms"})), true),
         (
-            window("full", json!({"sliding": {"size": 20, "slide": 5}})),
+            window("full", json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
             true,
         ),
-        (window("full", json!({"session": 7})), false),
-        (window("right", json!({"session": 3})), true),
+        (window("full", json!({"session": "7ms"})), false),
+        (window("right", json!({"session": "3ms"})), true),
     ];
     for (ci, (value, late)) in configs.iter().enumerate() {
         for seed in 0..3u64 {
@@ -2410,10 +2423,10 @@ fn checkpoints_between_steps_do_not_change_the_output() {
     for (value, late) in [
         (interval("full", -10, 5), true),
         (
-            window("full", json!({"sliding": {"size": 20, "slide": 5}})),
+            window("full", json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
             true,
         ),
-        (window("full", json!({"session": 5})), true),
+        (window("full", json!({"session": "5ms"})), true),
     ] {
         let steps = script(7, 80, late, 3);
         let mut plain = H::new(value.clone());
@@ -2436,8 +2449,8 @@ fn checkpoints_between_steps_do_not_change_the_output() {
 fn restore_into_two_subtasks_splits_the_keys_and_back() {
     for (value, late) in [
         (interval("full", -10, 5), true),
-        (window("full", json!({"tumbling": 10})), true),
-        (window("left", json!({"session": 7})), false),
+        (window("full", json!({"tumbling": "10ms"})), true),
+        (window("left", json!({"session": "7ms"})), false),
     ] {
         let steps = script(11, 80, late, 8);
         let mut whole = H::new(value.clone());
@@ -2548,10 +2561,10 @@ fn restore_works_with_the_rocksdb_backend() {
     for (i, (value, late)) in [
         (interval("full", -10, 5), true),
         (
-            window("full", json!({"sliding": {"size": 20, "slide": 5}})),
+            window("full", json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
             true,
         ),
-        (window("left", json!({"session": 7})), false),
+        (window("left", json!({"session": "7ms"})), false),
     ]
     .into_iter()
     .enumerate()
@@ -2603,17 +2616,19 @@ fn restore_works_with_the_rocksdb_backend() {
 
 #[test]
 fn event_times_at_the_i64_limits_never_panic() {
+    // The longest duration a job can write, a little below i64::MAX ms.
+    const MAX: &str = "106751991167d";
     let times = [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
     for value in [
         interval("full", -10, 5),
-        interval("full", i64::MIN, i64::MAX),
-        interval("full", i64::MAX, i64::MAX),
-        interval("left", i64::MIN, i64::MIN),
-        window("full", json!({"tumbling": 10})),
-        window("full", json!({"tumbling": i64::MAX})),
-        window("full", json!({"sliding": {"size": 20, "slide": 5}})),
-        window("full", json!({"session": 7})),
-        window("full", json!({"session": i64::MAX})),
+        json!({"type": "full", "on": ["k"], "interval": {"lower": format!("-{MAX}"), "upper": MAX}}),
+        json!({"type": "full", "on": ["k"], "interval": {"lower": MAX, "upper": MAX}}),
+        json!({"type": "left", "on": ["k"], "interval": {"lower": format!("-{MAX}"), "upper": format!("-{MAX}")}}),
+        window("full", json!({"tumbling": "10ms"})),
+        window("full", json!({"tumbling": MAX})),
+        window("full", json!({"sliding": {"size": "20ms", "slide": "5ms"}})),
+        window("full", json!({"session": "7ms"})),
+        window("full", json!({"session": MAX})),
     ] {
         let mut h = H::new(value.clone());
         let rows: Vec<Row> = times

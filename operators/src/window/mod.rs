@@ -76,7 +76,7 @@ impl StepFactory for WindowStep {
         let duration = json!({
             "oneOf": [
                 {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "integer", "minimum": 0, "description": "Milliseconds."}
+                {"const": 0, "description": "Zero (in any unit); other numbers need a unit."}
             ],
             "description": "A duration such as 500ms, 10s, 1m or 1h 30m."
         });

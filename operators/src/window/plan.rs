@@ -111,7 +111,7 @@ pub struct WindowOptions {
     pub event_time: Option<String>,
 }
 
-/// Reads a duration (`"10s"`, or a number of milliseconds) in ms.
+/// Reads a duration (`"10s"`) in ms. A bare number is an error: it has no unit.
 pub(crate) fn duration_ms(v: &Value, path: &str, positive: bool) -> Result<i64, FieldError> {
     let ms = match v {
         Value::String(s) => {
@@ -119,14 +119,14 @@ pub(crate) fn duration_ms(v: &Value, path: &str, positive: bool) -> Result<i64, 
             i64::try_from(d.as_millis())
                 .map_err(|_| FieldError::at(path, format!("`{s}` is too long")))?
         }
-        Value::Number(n) => n.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
-            FieldError::at(
+        // Zero is zero in any unit.
+        Value::Number(n) if n.as_u64() == Some(0) => 0,
+        Value::Number(n) => {
+            return Err(FieldError::at(
                 path,
-                format!(
-                    "expected a duration such as \"10s\" or a number of milliseconds, found {n}"
-                ),
-            )
-        })?,
+                format!("a duration needs a unit: write `{n}ms` or `{n}s`, for example"),
+            ))
+        }
         other => {
             return Err(FieldError::at(
                 path,

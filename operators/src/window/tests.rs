@@ -205,7 +205,7 @@ fn count_sum(kind: Value, lateness: i64) -> Value {
     let mut v = json!({
         "key": ["k"],
         "aggregate": {"n": "count(*)", "total": "sum(v)"},
-        "allowed_lateness": lateness,
+        "allowed_lateness": format!("{lateness}ms"),
     });
     if let (Value::Object(m), Value::Object(k)) = (&mut v, kind) {
         m.extend(k);
@@ -811,7 +811,7 @@ fn all_aggregates(kind: Value, lateness: i64, keyed: bool) -> Value {
             "av": "avg(v)", "f": "first(s)", "l": "last(v)", "d": "count(distinct s)",
             "sx": "sum(x)", "bm": "max(b)"
         },
-        "allowed_lateness": lateness,
+        "allowed_lateness": format!("{lateness}ms"),
     });
     if let Value::Object(m) = &mut v {
         if keyed {
@@ -1087,8 +1087,8 @@ fn documented_forms_parse() {
         assert!(o.key.is_empty());
         assert_eq!(o.time, TimeMode::Event);
     }
-    let o =
-        WindowOptions::parse(&json!({"tumbling": {"size": 250}, "time": "processing"})).unwrap();
+    let o = WindowOptions::parse(&json!({"tumbling": {"size": "250ms"}, "time": "processing"}))
+        .unwrap();
     assert_eq!(o.kind, WindowKind::Tumbling { size: 250 });
     assert_eq!(o.time, TimeMode::Processing);
 }
@@ -1243,6 +1243,7 @@ mod end_to_end {
                         field: "ts".into(),
                         max_out_of_orderness: Duration::ZERO,
                         idle_timeout: None,
+                        max_future: Default::default(),
                     }),
                     parallelism: Some(1),
                 },
