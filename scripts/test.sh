@@ -10,6 +10,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Services for the tests (127.0.0.1 only), stopped on exit; see scripts/services.sh.
 source scripts/services.sh
 start_s3
+start_kafka
+start_tansu
 # The services are up: a test that needs one fails rather than skips (CI semantics).
 export CI="${CI:-true}"
 # Each fuzz target (tests/fuzz.rs) runs this long after replaying its corpus.

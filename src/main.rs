@@ -638,8 +638,12 @@ fn progress_line(m: &JobMetrics, last: &mut (std::time::Instant, u64)) -> String
         Some(t) => format_ts(t),
         None => "-".to_string(),
     };
+    let lag = m
+        .source_lag()
+        .map(|l| format!("  lag {l}"))
+        .unwrap_or_default();
     format!(
-        "in {read}  out {}  {rate:.0} rec/s  dlq {}  watermark {wm}",
+        "in {read}  out {}  {rate:.0} rec/s  dlq {}  watermark {wm}{lag}",
         m.records_written(),
         m.dead_letters()
     )

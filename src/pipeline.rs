@@ -100,6 +100,15 @@ impl SourceSpec {
         self
     }
 
+    /// How far ahead of the wall clock event times may be (`"1d"`, or `"none"`); see
+    /// `event_time.max_future` in docs/YAML.md.
+    pub fn max_future(mut self, bound: &str) -> Self {
+        if let Some(Value::Object(m)) = self.event_time.as_mut() {
+            m.insert("max_future".into(), Value::String(bound.into()));
+        }
+        self
+    }
+
     /// Sets the source's parallelism.
     pub fn parallelism(mut self, p: usize) -> Self {
         self.parallelism = Some(p);

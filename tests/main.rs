@@ -14,6 +14,8 @@ mod golden;
 mod hardening;
 mod joins_oracle;
 #[cfg(unix)]
+mod kafka;
+#[cfg(unix)]
 mod newcomer;
 mod partitioning;
 mod rust_api;

@@ -70,6 +70,26 @@ mod sessionization_example;
 #[allow(dead_code)]
 mod ad_attribution_example;
 
+#[path = "../examples/error_spike/kafka.rs"]
+#[allow(dead_code)]
+mod error_spike_kafka_example;
+
+/// The Kafka variant of the error-spike example: its YAML (brokers from
+/// `KAFKA_BROKERS`) and its Rust build the same graph (nothing connects at build time).
+#[test]
+fn the_kafka_example_builds_the_same_graph_in_rust_and_yaml() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/error_spike");
+    std::env::set_var("KAFKA_BROKERS", "127.0.0.1:9");
+    let yaml = weir::load_job(&dir.join("kafka.yaml"), None).expect("yaml");
+    let rust = error_spike_kafka_example::build(&dir, "127.0.0.1:9")
+        .expect("rust")
+        .build()
+        .expect("graph");
+    assert_eq!(fingerprint(&yaml), fingerprint(&rust));
+    let yaml = weir::load_job(&dir.join("produce.yaml"), None).expect("produce job");
+    assert_eq!(yaml.nodes.len(), 3, "source, sink, dead letters");
+}
+
 #[test]
 fn every_rust_example_builds_the_same_graph_as_its_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1258,6 +1258,7 @@ impl weir_engine::operator::Operator for LiveProbe {
 fn run_live_probe(case: &Case) -> (Vec<Row>, LiveStats) {
     let (reg, collected) = collecting_registry();
     let ctx = BuildContext {
+        checkpoints: Default::default(),
         job: "windows-oracle-live".into(),
         base_dir: ".".into(),
         aggregates: Arc::new(reg.aggregates().clone()),

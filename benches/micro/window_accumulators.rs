@@ -97,6 +97,7 @@ fn window_operator(spec: &Value) -> (Box<dyn Operator>, OperatorContext) {
     let mut registry = Registry::new();
     weir_operators::register(&mut registry);
     let ctx = BuildContext {
+        checkpoints: Default::default(),
         job: "bench".into(),
         base_dir: ".".into(),
         aggregates: Arc::new(registry.aggregates().clone()),

@@ -1,7 +1,8 @@
 //! The blackhole sink (`type: blackhole`): discards every row, for benchmarks, like
 //! Flink's blackhole connector. It only counts rows and batches (logged at debug level
-//! when its input ends). It takes no options and runs at its input's parallelism;
-//! checkpoints and commits are no-ops, so exactly-once holds trivially.
+//! when its input ends). It runs at its input's parallelism; checkpoints and commits
+//! are no-ops, so exactly-once holds trivially. With a `rate` it is a slow sink (it
+//! takes at most that many rows per second per subtask), for backpressure tests.
 
 use std::sync::Arc;
 
@@ -14,11 +15,16 @@ use weir_engine::registry::{BuildContext, FieldError, SinkBuild, SinkFactory};
 use weir_engine::sink::{Sink, SinkContext};
 
 use crate::options::{parse_options, schema_for};
+use crate::pace::Pacer;
 
-/// Options of `type: blackhole` sinks: none.
+/// Options of `type: blackhole` sinks.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct BlackholeOptions {}
+struct BlackholeOptions {
+    /// Take at most this many rows per second per subtask (a slow sink). Default: as
+    /// fast as they come.
+    rate: Option<f64>,
+}
 
 /// Factory of `type: blackhole` sinks.
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,10 +46,23 @@ impl SinkFactory for BlackholeSinkFactory {
         options: &serde_json::Value,
         _input: SchemaRef,
     ) -> Result<SinkBuild, FieldError> {
-        let _: BlackholeOptions = parse_options(options)?;
+        let opts: BlackholeOptions = parse_options(options)?;
+        if let Some(r) = opts.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(FieldError::at(
+                    "/rate",
+                    "rate must be a positive number of rows per second",
+                ));
+            }
+        }
+        let rate = opts.rate;
         Ok(SinkBuild::new(
             "blackhole",
-            Arc::new(|ctx: &SinkContext| Ok(Box::new(BlackholeSink::new(ctx)) as Box<dyn Sink>)),
+            Arc::new(move |ctx: &SinkContext| {
+                let mut sink = BlackholeSink::new(ctx);
+                sink.pacer = rate.map(Pacer::new);
+                Ok(Box::new(sink) as Box<dyn Sink>)
+            }),
         ))
     }
 }
@@ -55,6 +74,7 @@ pub struct BlackholeSink {
     subtask: usize,
     rows: u64,
     batches: u64,
+    pacer: Option<Pacer>,
 }
 
 impl BlackholeSink {
@@ -65,6 +85,7 @@ impl BlackholeSink {
             subtask: ctx.subtask,
             rows: 0,
             batches: 0,
+            pacer: None,
         }
     }
 
@@ -82,6 +103,18 @@ impl BlackholeSink {
 #[async_trait::async_trait]
 impl Sink for BlackholeSink {
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Some(p) = self.pacer.as_mut() {
+            let mut left = batch.num_rows();
+            while left > 0 {
+                match p.allowance(left) {
+                    Ok(n) => {
+                        p.took(n as u64);
+                        left -= n;
+                    }
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
+            }
+        }
         self.rows += batch.num_rows() as u64;
         self.batches += 1;
         Ok(())
@@ -110,6 +143,7 @@ mod tests {
     #[tokio::test]
     async fn discards_and_counts() {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "j".into(),
             base_dir: ".".into(),

@@ -1007,6 +1007,7 @@ mod tests {
 
     fn build(options: Value, schema: Option<SchemaRef>) -> Result<SourceBuild, FieldError> {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "job".into(),
             base_dir: ".".into(),
@@ -1035,6 +1036,7 @@ mod tests {
                         ended = true;
                     }
                     SourcePoll::Pending(d) => tokio::time::sleep(d).await,
+                    SourcePoll::NewSplits(_) => {}
                     SourcePoll::Finished => break,
                 }
             }
@@ -1261,6 +1263,7 @@ mod tests {
                         }
                         SourcePoll::Pending(d) => tokio::time::sleep(d).await,
                         SourcePoll::SplitEnd(_) => {}
+                        SourcePoll::NewSplits(_) => {}
                         SourcePoll::Finished => break,
                     }
                 }
@@ -1295,6 +1298,7 @@ mod tests {
                 }
                 SourcePoll::Pending(d) => tokio::time::sleep(d).await,
                 SourcePoll::SplitEnd(_) => {}
+                SourcePoll::NewSplits(_) => {}
                 SourcePoll::Finished => break,
             }
         }
@@ -1323,6 +1327,7 @@ mod tests {
             loop {
                 match second.poll_next().await.unwrap() {
                     SourcePoll::Batch { batch, .. } => rows.extend(to_json(&batch)),
+                    SourcePoll::NewSplits(_) => {}
                     SourcePoll::Finished => break,
                     _ => {}
                 }

@@ -144,6 +144,15 @@ impl BatchEncoder {
             .map_err(|e| EngineError::arrow("formatting timestamps", e))
     }
 
+    /// An encoder that never writes a CSV header (one message per row).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn without_header(format: TextFormat) -> Self {
+        BatchEncoder {
+            header_written: true,
+            ..BatchEncoder::new(format)
+        }
+    }
+
     /// Writes `batch` to `out`. A CSV header is written once, before the first batch
     /// (even one with no rows).
     pub(crate) fn write<W: Write>(&mut self, out: &mut W, batch: &RecordBatch) -> Result<()> {

@@ -992,6 +992,7 @@ mod tests {
 
     fn build(dir: &Path, options: serde_json::Value) -> Result<SinkBuild, FieldError> {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "j".into(),
             base_dir: dir.to_path_buf(),
@@ -1206,6 +1207,7 @@ mod tests {
             epoch,
             pending,
             old_parallelism: old,
+            data: Vec::new(),
         }
     }
 

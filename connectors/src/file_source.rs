@@ -42,6 +42,7 @@ use weir_engine::registry::{BuildContext, FieldError, SourceBuild, SourceFactory
 use weir_engine::source::{raw_schema, Source, SourceContext, SourcePoll};
 
 use crate::options::{parse_options, schema_for};
+use crate::pace::Pacer;
 
 /// Default longest record: 1 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
@@ -268,7 +269,7 @@ pub struct FileSource {
     /// Payload bytes per line in the last batch, to size the next one's buffer.
     line_bytes: usize,
     /// With a `rate`: when this subtask started reading and the records read since.
-    paced: Option<(Instant, u64)>,
+    paced: Option<Pacer>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -502,6 +503,7 @@ fn read_lines<R: BufRead>(
 impl FileSource {
     /// A subtask of a file source: it reads files `i` with `i % parallelism == subtask`.
     pub fn new(config: Arc<FileSourceConfig>, ctx: &SourceContext) -> Self {
+        let paced = config.rate.map(Pacer::new);
         let p = ctx.parallelism.max(1);
         let assigned = owned_files(config.files.len(), ctx.subtask, p);
         FileSource {
@@ -521,7 +523,7 @@ impl FileSource {
             buf: Vec::new(),
             read_buffer: READ_BUFFER,
             line_bytes: 0,
-            paced: None,
+            paced,
         }
     }
 
@@ -751,14 +753,11 @@ impl Source for FileSource {
             self.open_current()?;
         }
         let mut batch_size = self.batch_size;
-        if let Some(rate) = self.config.rate {
-            let (start, read) = *self.paced.get_or_insert((Instant::now(), 0));
-            let allowed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
-            if read >= allowed {
-                let due = Duration::from_secs_f64((read + 1) as f64 / rate);
-                return Ok(SourcePoll::Pending(due.saturating_sub(start.elapsed())));
+        if let Some(pacer) = self.paced.as_mut() {
+            match pacer.allowance(batch_size) {
+                Ok(n) => batch_size = n,
+                Err(wait) => return Ok(SourcePoll::Pending(wait)),
             }
-            batch_size = batch_size.min(usize::try_from(allowed - read).unwrap_or(usize::MAX));
         }
         let path = self.config.files[split_idx].clone();
 
@@ -830,8 +829,8 @@ impl Source for FileSource {
                 meta,
             ))
         };
-        if let Some((_, read)) = self.paced.as_mut() {
-            *read += rows as u64;
+        if let Some(pacer) = self.paced.as_mut() {
+            pacer.took(rows as u64);
         }
         let batch = RecordBatch::try_new(schema, out.into_columns()?)
             .map_err(|e| EngineError::arrow("building a raw batch", e))?;
@@ -1001,6 +1000,7 @@ mod tests {
 
     fn build(dir: &Path, options: serde_json::Value) -> Result<SourceBuild, FieldError> {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "job".into(),
             base_dir: dir.to_path_buf(),
@@ -1039,6 +1039,7 @@ mod tests {
                 }
                 SourcePoll::SplitEnd(s) => ends.push(s),
                 SourcePoll::Pending(_) => panic!("file source should not be pending"),
+                SourcePoll::NewSplits(_) => {}
                 SourcePoll::Finished => return (rows, ends, true),
             }
         }
@@ -1139,6 +1140,7 @@ mod tests {
             match src.poll_next().await.unwrap() {
                 SourcePoll::Batch { split, batch } => sizes.push((split, batch.num_rows())),
                 SourcePoll::SplitEnd(s) => sizes.push((s, 0)),
+                SourcePoll::NewSplits(_) => {}
                 SourcePoll::Finished => break,
                 SourcePoll::Pending(_) => unreachable!(),
             }

@@ -8,15 +8,20 @@
 //!   and bids of the Nexmark benchmark, deterministic, optionally rate-limited);
 //! - sinks: `stdout` ([`stdout_sink`]: JSON lines, CSV or tables), `file`
 //!   ([`file_sink`]: JSON lines or CSV, published atomically) and `blackhole`
-//!   ([`blackhole_sink`]: discards rows, for benchmarks).
+//!   ([`blackhole_sink`]: discards rows, for benchmarks);
+//! - with the `kafka` feature, a `kafka` source and sink ([`kafka`]: partitions as
+//!   splits, transactional exactly-once output).
 
 pub mod blackhole_sink;
 pub mod datagen;
 mod encode;
 pub mod file_sink;
 pub mod file_source;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod nexmark;
 mod options;
+mod pace;
 mod rng;
 pub mod stdout_sink;
 
@@ -40,6 +45,10 @@ pub fn register(registry: &mut Registry) {
         .add_sink(StdoutSinkFactory)
         .add_sink(FileSinkFactory)
         .add_sink(BlackholeSinkFactory);
+    #[cfg(feature = "kafka")]
+    registry
+        .add_source(kafka::KafkaSourceFactory)
+        .add_sink(kafka::KafkaSinkFactory);
 }
 
 #[cfg(test)]
@@ -53,8 +62,13 @@ mod tests {
         register(&mut r);
         let sources: Vec<_> = r.sources().map(|f| f.name()).collect();
         let sinks: Vec<_> = r.sinks().map(|f| f.name()).collect();
-        assert_eq!(sources, vec!["datagen", "file", "nexmark"]);
-        assert_eq!(sinks, vec!["blackhole", "file", "stdout"]);
+        if cfg!(feature = "kafka") {
+            assert_eq!(sources, vec!["datagen", "file", "kafka", "nexmark"]);
+            assert_eq!(sinks, vec!["blackhole", "file", "kafka", "stdout"]);
+        } else {
+            assert_eq!(sources, vec!["datagen", "file", "nexmark"]);
+            assert_eq!(sinks, vec!["blackhole", "file", "stdout"]);
+        }
         for f in r.sources() {
             let s = f.options_schema();
             assert_eq!(s["type"], "object", "{}", f.name());

@@ -951,6 +951,7 @@ mod tests {
 
     fn build_with(options: Value, schema: Option<SchemaRef>) -> Result<SourceBuild, FieldError> {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "job".into(),
             base_dir: ".".into(),
@@ -982,6 +983,7 @@ mod tests {
                         ended = true;
                     }
                     SourcePoll::Pending(d) => tokio::time::sleep(d).await,
+                    SourcePoll::NewSplits(_) => {}
                     SourcePoll::Finished => break,
                 }
             }
@@ -1242,6 +1244,7 @@ mod tests {
                 loop {
                     match second.poll_next().await.unwrap() {
                         SourcePoll::Batch { batch, .. } => got.extend(to_json(&[batch])),
+                        SourcePoll::NewSplits(_) => {}
                         SourcePoll::Finished => break,
                         _ => {}
                     }
@@ -1309,6 +1312,7 @@ mod tests {
                         }
                         SourcePoll::Pending(d) => tokio::time::sleep(d).await,
                         SourcePoll::SplitEnd(_) => {}
+                        SourcePoll::NewSplits(_) => {}
                         SourcePoll::Finished => break,
                     }
                 }

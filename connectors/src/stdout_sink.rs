@@ -189,6 +189,7 @@ mod tests {
     #[tokio::test]
     async fn factory_builds_a_single_subtask_sink() {
         let bctx = BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "j".into(),
             base_dir: ".".into(),

@@ -242,12 +242,22 @@ pub fn check_job_name(name: &str) -> Result<(), String> {
 }
 
 impl GraphBuilder {
+    /// Says whether the job checkpoints (a YAML job knows before its nodes are built),
+    /// so that factories can check delivery guarantees at their fields.
+    pub fn set_checkpoints(&mut self, interval: Option<std::time::Duration>) {
+        self.ctx.checkpoints = match interval {
+            Some(d) => crate::registry::Checkpointing::Every(d),
+            None => crate::registry::Checkpointing::Off,
+        };
+    }
+
     /// A builder for job `job`; relative paths resolve against `base_dir`.
     pub fn new(job: &str, registry: Arc<Registry>, base_dir: std::path::PathBuf) -> Self {
         let aggregates = Arc::new(registry.aggregates().clone());
         GraphBuilder {
             registry,
             ctx: BuildContext {
+                checkpoints: Default::default(),
                 job: job.to_string(),
                 base_dir,
                 aggregates,
@@ -402,10 +412,34 @@ impl GraphBuilder {
             }
             None
         };
-        let mut out_schema = decoder
-            .as_ref()
-            .map(|d| d.schema.clone())
-            .unwrap_or_else(|| source.schema.clone());
+        let mut out_schema = match &decoder {
+            // A byte source's columns beyond `payload` and `offset` (record metadata)
+            // follow the decoded fields.
+            Some(d) if source.schema.fields().len() > 2 => {
+                let mut fields: Vec<arrow::datatypes::Field> = d
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                for extra in source.schema.fields().iter().skip(2) {
+                    if d.schema.field_with_name(extra.name()).is_ok() {
+                        return Err(FieldError::at(
+                            "/schema",
+                            format!(
+                                "the field `{}` is also a column the source adds (its metadata); \
+                                 rename one of them",
+                                extra.name()
+                            ),
+                        ));
+                    }
+                    fields.push(extra.as_ref().clone());
+                }
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
+            }
+            Some(d) => d.schema.clone(),
+            None => source.schema.clone(),
+        };
         let mut event_time = event_time;
         if let Some(et) = event_time.as_mut() {
             et.check(&out_schema)

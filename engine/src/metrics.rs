@@ -23,6 +23,9 @@ pub struct OperatorMetrics {
     pub backpressure_nanos: AtomicU64,
     /// Lowest watermark over the node's subtasks, ms (i64::MIN: none yet).
     watermarks: Vec<AtomicI64>,
+    /// Sources: records waiting beyond what each subtask has read (e.g. Kafka
+    /// consumer lag), -1 where unknown.
+    lags: Vec<AtomicI64>,
 }
 
 impl Default for OperatorMetrics {
@@ -44,7 +47,28 @@ impl OperatorMetrics {
             watermarks: (0..parallelism.max(1))
                 .map(|_| AtomicI64::new(i64::MIN))
                 .collect(),
+            lags: (0..parallelism.max(1))
+                .map(|_| AtomicI64::new(-1))
+                .collect(),
         }
+    }
+
+    /// Records subtask `subtask`'s source lag.
+    pub fn set_lag(&self, subtask: usize, lag: u64) {
+        if let Some(l) = self.lags.get(subtask) {
+            l.store(i64::try_from(lag).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// The source's lag summed over the subtasks that know theirs, if any does.
+    pub fn lag(&self) -> Option<u64> {
+        let known: Vec<i64> = self
+            .lags
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .filter(|&l| l >= 0)
+            .collect();
+        (!known.is_empty()).then(|| known.iter().map(|&l| l as u64).sum())
     }
 
     /// Records subtask `subtask`'s watermark.
@@ -155,6 +179,18 @@ impl JobMetrics {
             .iter()
             .map(|(_, _, m)| OperatorMetrics::get(&m.dead_letters))
             .sum()
+    }
+
+    /// Records waiting in the sources beyond what they read (Kafka consumer lag), if
+    /// any source knows.
+    pub fn source_lag(&self) -> Option<u64> {
+        let lags: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, k, _)| *k == "source")
+            .filter_map(|(_, _, m)| m.lag())
+            .collect();
+        (!lags.is_empty()).then(|| lags.iter().sum())
     }
 
     /// The lowest watermark over the sinks' inputs, if any.

@@ -217,6 +217,23 @@ pub struct BuildContext {
     pub base_dir: std::path::PathBuf,
     /// Aggregate functions by name (built-in and user-defined).
     pub aggregates: Arc<AggregateTable>,
+    /// Whether (and how often) the job checkpoints, when known at build time (a YAML
+    /// job knows; a graph built in Rust learns it only when run): a sink that needs
+    /// checkpoints for its delivery guarantee says so here, at the field, rather than
+    /// at start.
+    pub checkpoints: Checkpointing,
+}
+
+/// Whether and how often a job checkpoints, as far as known when its nodes are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    /// Not known (a graph built in Rust: the run options decide).
+    #[default]
+    Unknown,
+    /// The job does not checkpoint.
+    Off,
+    /// Every this long.
+    Every(std::time::Duration),
 }
 
 /// Resolves `type: NAME` of a source.

@@ -24,7 +24,7 @@ use crate::checkpoint::coordinator::{
 };
 use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
 use crate::checkpoint::task::{
-    open_backend, PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
+    open_backend, ExtraState, PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
 };
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
@@ -844,6 +844,24 @@ async fn supervise(
     // Set when the job is cancelled after a stop checkpoint: tasks then fail only
     // because their neighbours are gone, which is not an error.
     let cancelling = Arc::new(AtomicBool::new(false));
+    // Restoring a checkpointing job: sinks open, then recover, then sources start.
+    let sink_tasks: usize = plan
+        .chains
+        .iter()
+        .filter(|c| {
+            c.nodes
+                .iter()
+                .any(|&n| matches!(graph.nodes[n].kind, NodeKind::Sink(_)))
+        })
+        .map(|c| c.parallelism)
+        .sum();
+    let recovery_gate =
+        (run.restore.is_some() && run.links.is_some() && sink_tasks > 0).then(|| {
+            Arc::new(RecoveryGate {
+                opened: Latch::new(sink_tasks),
+                recovered: RecoveredLatch(Latch::new(sink_tasks)),
+            })
+        });
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
             let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics, exactly_once)?;
@@ -851,6 +869,7 @@ async fn supervise(
             task.latency = run.latency_markers.map(|every| (every, metrics.clone()));
             task.backend = backend.clone();
             task.restore = run.restore.clone();
+            task.recovery_gate = recovery_gate.clone();
             task.ckpt = run.links.as_ref().map(|l| TaskCheckpointing {
                 id: (ci, st),
                 storage: l.storage.clone(),
@@ -984,6 +1003,66 @@ async fn supervise(
     Ok(summary)
 }
 
+/// A count that tasks wait on until `total` arrivals.
+struct Latch {
+    total: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Latch {
+    fn new(total: usize) -> Self {
+        Latch {
+            total,
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn arrive(&self) {
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 >= self.total {
+            self.done.notify_waiters();
+        }
+    }
+
+    async fn wait_all(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.arrived.load(Ordering::Acquire) >= self.total {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Arrives and waits for the others.
+    async fn wait(&self) {
+        self.arrive();
+        self.wait_all().await;
+    }
+}
+
+/// The order of a restore across tasks: every sink task opens (`opened`, a barrier of
+/// the sink tasks), then recovers; sources start once every sink recovered
+/// (`recovered`).
+struct RecoveryGate {
+    opened: Latch,
+    recovered: RecoveredLatch,
+}
+
+/// `recovered` of [`RecoveryGate`]: sinks arrive, sources wait.
+struct RecoveredLatch(Latch);
+
+impl RecoveredLatch {
+    fn arrive(&self) {
+        self.0.arrive();
+    }
+
+    async fn wait(&self) {
+        self.0.wait_all().await;
+    }
+}
+
 /// Gives the scheduler back its thread now and then. A source chained to its sinks
 /// never waits when its input and output are ready (a generator into a file), so its
 /// task would never return to tokio: the tasks it spawned (checkpoint uploads sit in
@@ -1064,6 +1143,8 @@ struct ChainTask {
     backend: Arc<StateBackendConfig>,
     /// The checkpoint to restore from.
     restore: Option<RestorePoint>,
+    /// Restoring: orders sink opening, sink recovery and source start across tasks.
+    recovery_gate: Option<Arc<RecoveryGate>>,
     /// The link to the checkpoint coordinator, when the job checkpoints.
     ckpt: Option<TaskCheckpointing>,
     /// Whether each member is keyed (hash-partitioned input): it gets the configured
@@ -1212,6 +1293,7 @@ impl ChainTask {
             working_dirs: WorkingDirs::default(),
             last_aligned: 0,
             latency: None,
+            recovery_gate: None,
         })
     }
 
@@ -1223,7 +1305,23 @@ impl ChainTask {
         if let Some(s) = &mut self.sink {
             s.sink.open(&s.ctx).await?;
         }
+        // Restoring: every sink opens (fencing what earlier processes left open)
+        // before any recovers, and every sink recovers before any source reads, so a
+        // sink that inspects its external system to recover sees no transaction of
+        // this run.
+        let gate = self.recovery_gate.clone();
+        if let (Some(g), true) = (&gate, self.sink.is_some()) {
+            g.opened.wait().await;
+        }
         self.recover_sink().await?;
+        if let Some(g) = &gate {
+            if self.sink.is_some() {
+                g.recovered.arrive();
+            }
+            if self.source.is_some() {
+                g.recovered.wait().await;
+            }
+        }
         if self.source.is_some() {
             self.run_source().await?;
         } else {
@@ -1298,6 +1396,9 @@ impl ChainTask {
             let now = Instant::now();
             match poll {
                 SourcePoll::Batch { split, batch } => {
+                    if let Some(lag) = head.source.lag() {
+                        head.metrics.set_lag(self.subtask, lag);
+                    }
                     OperatorMetrics::add(&head.metrics.records_in, batch.num_rows() as u64);
                     OperatorMetrics::add(&head.metrics.batches_in, 1);
                     let bound = head.watermarks.as_ref().and_then(|g| {
@@ -1313,7 +1414,12 @@ impl ChainTask {
                     let (typed, mut dead, source_rows) = match head.decoder.as_mut() {
                         Some(d) => {
                             let decoded = d.decode(&batch, &desc)?;
-                            (decoded.batch, decoded.dead_letters, decoded.source_rows)
+                            let typed = crate::source::append_source_columns(
+                                decoded.batch,
+                                &batch,
+                                decoded.source_rows.as_deref(),
+                            )?;
+                            (typed, decoded.dead_letters, decoded.source_rows)
                         }
                         None => (batch.clone(), Vec::new(), None),
                     };
@@ -1366,6 +1472,13 @@ impl ChainTask {
                 SourcePoll::SplitEnd(split) => {
                     if let Some(g) = head.watermarks.as_mut() {
                         g.split_ended(split);
+                    }
+                }
+                SourcePoll::NewSplits(splits) => {
+                    if let Some(g) = head.watermarks.as_mut() {
+                        for s in splits {
+                            g.register_assigned(s, now);
+                        }
                     }
                 }
                 SourcePoll::Pending(d) => {
@@ -1583,25 +1696,31 @@ impl ChainTask {
         let Some(ns) = r.metadata.nodes.get(name) else {
             return Ok(());
         };
-        let pending = if ns.parallelism == s.ctx.parallelism {
-            ns.subtasks
-                .get(self.subtask)
-                .and_then(|st| st.sink_commit.clone())
-                .into_iter()
-                .collect()
+        let taken: Vec<&SubtaskState> = if ns.parallelism == s.ctx.parallelism {
+            ns.subtasks.get(self.subtask).into_iter().collect()
         } else if self.subtask == 0 {
-            ns.subtasks
-                .iter()
-                .filter_map(|st| st.sink_commit.clone())
-                .collect()
+            ns.subtasks.iter().collect()
         } else {
             Vec::new()
         };
+        let mut pending = Vec::new();
+        let mut data = Vec::new();
+        for st in taken {
+            let Some(commit) = st.sink_commit.clone() else {
+                continue;
+            };
+            pending.push(commit);
+            data.push(match &st.sink_data {
+                Some(path) => Some(r.storage.read_object(path).await?),
+                None => None,
+            });
+        }
         s.sink
             .recover(&SinkRecovery {
                 epoch: r.metadata.epoch,
                 pending,
                 old_parallelism: ns.parallelism,
+                data,
             })
             .await
     }
@@ -1614,6 +1733,9 @@ impl ChainTask {
         };
         if let Some(s) = self.sink.as_mut() {
             s.sink.commit(epoch).await?;
+        }
+        if let Some(h) = self.source.as_mut() {
+            h.source.checkpoint_complete(epoch);
         }
         for m in &mut self.members {
             m.op.handle_commit(epoch, &mut m.ctx)?;
@@ -1634,7 +1756,7 @@ impl ChainTask {
         &mut self,
         epoch: u64,
         savepoint: bool,
-    ) -> Result<(Vec<PreparedMember>, Vec<(String, SubtaskState)>)> {
+    ) -> Result<(Vec<PreparedMember>, Vec<ExtraState>)> {
         let mut prepared = Vec::with_capacity(self.members.len());
         for m in &mut self.members {
             m.op.handle_checkpoint(epoch, &mut m.ctx)?;
@@ -1652,24 +1774,26 @@ impl ChainTask {
             });
         }
         let mut extra = Vec::new();
-        if let (Some(h), Some(name)) = (&self.source, &self.source_name) {
-            extra.push((
-                name.clone(),
-                SubtaskState {
-                    source_position: Some(h.source.position()),
+        if let (Some(h), Some(name)) = (self.source.as_mut(), &self.source_name) {
+            extra.push(ExtraState {
+                node: name.clone(),
+                state: SubtaskState {
+                    source_position: Some(h.source.snapshot_position(epoch)),
                     ..Default::default()
                 },
-            ));
+                sink_data: None,
+            });
         }
         if let (Some(s), Some(name)) = (self.sink.as_mut(), &self.sink_name) {
             let handle = s.sink.pre_commit(epoch).await?;
-            extra.push((
-                name.clone(),
-                SubtaskState {
+            extra.push(ExtraState {
+                node: name.clone(),
+                state: SubtaskState {
                     sink_commit: Some(handle),
                     ..Default::default()
                 },
-            ));
+                sink_data: s.sink.checkpoint_data(),
+            });
         }
         Ok((prepared, extra))
     }

@@ -34,6 +34,9 @@ pub struct SinkRecovery {
     pub pending: Vec<serde_json::Value>,
     /// The sink's parallelism when the checkpoint was taken.
     pub old_parallelism: usize,
+    /// What [`Sink::checkpoint_data`] gave at the same pre-commits, in the order of
+    /// `pending` (`None` where it gave nothing).
+    pub data: Vec<Option<Vec<u8>>>,
 }
 
 /// A destination for records. Created per subtask by a
@@ -52,6 +55,15 @@ pub trait Sink: Send {
     /// returns what recovery needs to commit it (e.g. a transaction id).
     async fn pre_commit(&mut self, _epoch: u64) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
+    }
+
+    /// Data to store in the checkpoint with the pre-commit just made, given back to
+    /// [`Sink::recover`]: e.g. the epoch's records, for a sink whose external system
+    /// cannot resume another process's transaction and so must be able to write them
+    /// again. Called right after [`Sink::pre_commit`]; `None` (the default) stores
+    /// nothing.
+    fn checkpoint_data(&mut self) -> Option<Vec<u8>> {
+        None
     }
 
     /// Makes checkpoint `epoch`'s output visible, with that of every earlier epoch not

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
+use arrow::array::{Array, ArrayRef, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -42,6 +42,10 @@ pub enum SourcePoll {
     },
     /// A split has ended (bounded input): leave it out of the watermark.
     SplitEnd(u32),
+    /// These splits were assigned (a Kafka source's partitions, found at start or
+    /// later): each holds the watermark back until it yields data or, quiet for the
+    /// idle timeout, is left out of it.
+    NewSplits(Vec<u32>),
     /// Nothing now; poll again after about this long (the runtime may emit idleness).
     Pending(Duration),
     /// Every split of this subtask has ended.
@@ -80,6 +84,24 @@ pub trait Source: Send {
     /// The source's position, to be stored in a checkpoint (e.g. file offsets).
     fn position(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+
+    /// The position stored in checkpoint `epoch` (at its barrier). A source that acts
+    /// when a checkpoint completes (committing offsets to a consumer group) remembers it
+    /// here; the default is [`Source::position`].
+    fn snapshot_position(&mut self, _epoch: u64) -> serde_json::Value {
+        self.position()
+    }
+
+    /// Checkpoint `epoch` is complete: its positions are durable. E.g. a Kafka source
+    /// commits them to its consumer group so that ordinary lag tools see progress. Must
+    /// not block; a failure here is logged, never fatal (the checkpoint holds the truth).
+    fn checkpoint_complete(&mut self, _epoch: u64) {}
+
+    /// How many records wait in the source beyond what it has read (e.g. Kafka consumer
+    /// lag summed over its partitions), if it knows.
+    fn lag(&self) -> Option<u64> {
+        None
     }
 
     /// Resumes from a position taken by [`Source::position`].
@@ -125,6 +147,67 @@ pub fn truncated_rows(batch: &RecordBatch) -> Vec<usize> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Key of a raw batch's schema metadata that lists rows the source already knows
+/// cannot be decoded, with why: a JSON object from row index to reason, e.g.
+/// `{"3": "tombstone: the message has no value"}`. Decoders turn them into dead letters
+/// with that reason (their payload as it is) without trying to decode them.
+pub const REJECTED_ROWS_METADATA: &str = "weir.rejected_rows";
+
+/// The rows a source rejected, per [`REJECTED_ROWS_METADATA`], by row index.
+pub fn rejected_rows(batch: &RecordBatch) -> Vec<(usize, String)> {
+    let Some(text) = batch.schema_ref().metadata().get(REJECTED_ROWS_METADATA) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) else {
+        return Vec::new();
+    };
+    let mut rows: Vec<(usize, String)> = map
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Appends the columns a byte source yields besides `payload` and `offset` (record
+/// metadata such as a Kafka message's key, partition or timestamp) to a decoded batch:
+/// row `i` of `typed` came from row `source_rows[i]` of `raw`. A source's extra columns
+/// follow the two raw ones in its schema and come after the decoded fields in the
+/// output.
+pub fn append_source_columns(
+    typed: RecordBatch,
+    raw: &RecordBatch,
+    source_rows: Option<&[u32]>,
+) -> Result<RecordBatch> {
+    let raw_schema = raw.schema_ref();
+    if raw_schema.fields().len() <= 2 {
+        return Ok(typed);
+    }
+    let rows = source_rows.ok_or_else(|| {
+        EngineError::Runtime(
+            "the decoder did not say which records it decoded: the source's extra columns cannot be attached"
+                .into(),
+        )
+    })?;
+    let indices = UInt32Array::from(rows.to_vec());
+    let mut fields: Vec<Field> = typed
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = typed.columns().to_vec();
+    for (f, c) in raw_schema.fields().iter().zip(raw.columns()).skip(2) {
+        fields.push(f.as_ref().clone());
+        columns.push(
+            arrow::compute::take(c, &indices, None)
+                .map_err(|e| EngineError::arrow("attaching the source's columns", e))?,
+        );
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| EngineError::arrow("attaching the source's columns", e))
 }
 
 /// The schema of raw batches: `payload: Binary`, `offset: UInt64`.

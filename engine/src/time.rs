@@ -238,6 +238,17 @@ impl WatermarkGenerator {
         });
     }
 
+    /// Registers a split that exists but has yielded nothing yet (a new Kafka
+    /// partition): it holds the watermark back like any split without data, and drops
+    /// out after the idle timeout like any quiet one.
+    pub fn register_assigned(&mut self, split: u32, now: Instant) {
+        self.splits.entry(split).or_insert(SplitState {
+            max_ts: None,
+            last_active: now,
+            pending: false,
+        });
+    }
+
     /// Records the largest event time seen in `split` (None: data without time).
     pub fn observe_max(&mut self, split: u32, max: Option<EventTime>, now: Instant) {
         let st = self.splits.entry(split).or_insert(SplitState {

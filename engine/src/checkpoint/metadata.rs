@@ -61,6 +61,9 @@ impl CheckpointMetadata {
                         }
                     }
                 }
+                if let Some(path) = &s.sink_data {
+                    out.push(path.clone());
+                }
             }
         }
         out
@@ -98,6 +101,10 @@ pub struct SubtaskState {
     /// What the sink's `pre_commit` returned (sinks): committed on restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_commit: Option<serde_json::Value>,
+    /// The sink's checkpoint data (`Sink::checkpoint_data`), stored beside: its object
+    /// path relative to the job's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_data: Option<String>,
     /// Bytes this subtask uploaded for this checkpoint (not counting files an earlier
     /// checkpoint already holds).
     #[serde(default)]

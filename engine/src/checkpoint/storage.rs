@@ -301,6 +301,27 @@ impl CheckpointStorage {
         ))
     }
 
+    /// Stores a sink's checkpoint data (`Sink::checkpoint_data`) in the checkpoint's
+    /// directory; its path (relative to the job's root) and size.
+    pub async fn write_sink_data(
+        &self,
+        dir: &CheckpointDir,
+        node: &str,
+        subtask: usize,
+        data: Vec<u8>,
+    ) -> Result<(String, u64)> {
+        let rel = format!("{}/{}-{subtask}.sinkdata", dir.path(), segment(node));
+        let len = data.len() as u64;
+        self.put(&rel, Bytes::from(data)).await?;
+        Ok((rel, len))
+    }
+
+    /// Reads an object of the job by its path relative to the job's root (as stored in
+    /// checkpoint metadata).
+    pub async fn read_object(&self, rel: &str) -> Result<Vec<u8>> {
+        Ok(self.get_bytes(rel).await?.to_vec())
+    }
+
     /// Uploads a local RocksDB checkpoint. A shared file whose key
     /// `"{instance}/{name}"` is in `known` is not uploaded again (its handle is
     /// reused); other shared files go to `shared/<node>/<instance>-<name>`; other files

@@ -56,6 +56,17 @@ pub struct TaskCheckpointing {
     pub in_flight: Arc<Mutex<BTreeMap<u64, KnownFiles>>>,
 }
 
+/// A source's or sink's part of a task's snapshot: its position or pre-commit, and the
+/// sink's checkpoint data to store beside (see `Sink::checkpoint_data`).
+pub struct ExtraState {
+    /// The node's name.
+    pub node: String,
+    /// The position or pre-commit.
+    pub state: SubtaskState,
+    /// Bytes to store in the checkpoint's directory and refer to from `state`.
+    pub sink_data: Option<Vec<u8>>,
+}
+
 /// One operator's prepared snapshot, ready to be stored.
 pub struct PreparedMember {
     /// The node's name.
@@ -103,7 +114,7 @@ impl TaskCheckpointing {
         barrier: CheckpointBarrier,
         subtask: usize,
         members: Vec<PreparedMember>,
-        extra: Vec<(String, SubtaskState)>,
+        extra: Vec<ExtraState>,
     ) {
         self.last_barrier = self.last_barrier.max(barrier.epoch);
         let storage = self.storage.clone();
@@ -146,7 +157,7 @@ impl TaskCheckpointing {
         final_epoch: u64,
         subtask: usize,
         members: Vec<PreparedMember>,
-        extra: Vec<(String, SubtaskState)>,
+        extra: Vec<ExtraState>,
     ) -> Result<()> {
         let dir = CheckpointDir::Final(final_epoch);
         let (snapshot, _) = store(&self.storage, &dir, subtask, members, extra, &self.known)
@@ -176,7 +187,7 @@ async fn store(
     dir: &CheckpointDir,
     subtask: usize,
     members: Vec<PreparedMember>,
-    extra: Vec<(String, SubtaskState)>,
+    extra: Vec<ExtraState>,
     known: &KnownFiles,
 ) -> Result<(TaskSnapshot, KnownFiles)> {
     let mut nodes = Vec::new();
@@ -213,7 +224,15 @@ async fn store(
         }
         nodes.push((m.node, st));
     }
-    nodes.extend(extra);
+    for e in extra {
+        let mut st = e.state;
+        if let Some(data) = e.sink_data {
+            let (path, bytes) = storage.write_sink_data(dir, &e.node, subtask, data).await?;
+            st.sink_data = Some(path);
+            st.uploaded_bytes += bytes;
+        }
+        nodes.push((e.node, st));
+    }
     Ok((TaskSnapshot { subtask, nodes }, files))
 }
 

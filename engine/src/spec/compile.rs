@@ -190,6 +190,7 @@ impl<'a> Compiler<'a> {
         }
         let mut builder = GraphBuilder::new(name, self.registry.clone(), base_dir.to_path_buf());
         builder.settings = settings;
+        builder.set_checkpoints(checkpoint.as_ref().map(|c| c.interval));
         let mut built: HashSet<&str> = HashSet::new();
         for spec in &sources {
             if self.add_source(&mut builder, spec) {

@@ -289,9 +289,26 @@ impl Decoder for FormatDecoder {
             ),
             None => None,
         };
-        let truncated = truncated_rows(raw);
-        if !truncated.is_empty() {
-            return self.decode_with_truncated(raw, &truncated, source, values, offsets);
+        let mut rejected: Vec<(usize, String)> = truncated_rows(raw)
+            .into_iter()
+            .map(|row| {
+                let len = if row < values.len() && values.is_valid(row) {
+                    values.value(row).len()
+                } else {
+                    0
+                };
+                (
+                    row,
+                    format!(
+                        "record longer than the source's max_record_bytes ({len} bytes kept); payload truncated to its first {} bytes",
+                        PREVIEW_BYTES.min(len)
+                    ),
+                )
+            })
+            .collect();
+        rejected.extend(weir_engine::source::rejected_rows(raw));
+        if !rejected.is_empty() {
+            return self.decode_with_rejected(raw, rejected, source, values, offsets);
         }
         let decoded = self.format.decoder.decode_values(values)?;
         let dead_letters = self
@@ -309,18 +326,19 @@ impl Decoder for FormatDecoder {
 }
 
 impl FormatDecoder {
-    /// Rows the source truncated become dead letters as they are; the others decode.
-    fn decode_with_truncated(
+    /// Rows the source rejected (truncated ones, tombstones) become dead letters with
+    /// the source's reason; the others decode.
+    fn decode_with_rejected(
         &mut self,
         raw: &RecordBatch,
-        truncated: &[usize],
+        rejected: Vec<(usize, String)>,
         source: &str,
         values: &BinaryArray,
         offsets: Option<&UInt64Array>,
     ) -> Result<Decoded> {
         let mut keep = vec![true; raw.num_rows()];
         let mut letters = Vec::new();
-        for &row in truncated {
+        for (row, reason) in rejected {
             if row >= keep.len() || !keep[row] {
                 continue;
             }
@@ -332,11 +350,7 @@ impl FormatDecoder {
             };
             let preview = &bytes[..PREVIEW_BYTES.min(bytes.len())];
             letters.push(DeadLetter {
-                reason: format!(
-                    "record longer than the source's max_record_bytes ({} bytes kept); payload truncated to its first {} bytes",
-                    bytes.len(),
-                    preview.len()
-                ),
+                reason,
                 source: source.to_string(),
                 position: match offsets {
                     Some(o) if o.is_valid(row) => o.value(row),
@@ -345,21 +359,23 @@ impl FormatDecoder {
                 payload: preview.to_vec(),
             });
         }
+        // Rows of `rest` back to rows of `raw`.
+        let kept_rows: Vec<u32> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(r, _)| u32::try_from(r).unwrap_or(u32::MAX))
+            .collect();
         let rest = arrow::compute::filter_record_batch(raw, &BooleanArray::from(keep))
-            .map_err(|e| EngineError::arrow("dropping truncated records", e))?;
-        // Same columns without the truncation metadata.
+            .map_err(|e| EngineError::arrow("dropping rejected records", e))?;
+        // Same columns without the rejection metadata.
         let plain = Arc::new(arrow::datatypes::Schema::new(
             rest.schema().fields().clone(),
         ));
         let rest = RecordBatch::try_new(plain, rest.columns().to_vec())
-            .map_err(|e| EngineError::arrow("dropping truncated records", e))?;
+            .map_err(|e| EngineError::arrow("dropping rejected records", e))?;
         let mut decoded = self.decode(&rest, source)?;
         decoded.dead_letters.extend(letters);
-        // Rows of `rest` back to rows of `raw`.
-        let kept_rows: Vec<u32> = (0..raw.num_rows())
-            .filter(|r| !truncated.contains(r))
-            .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
-            .collect();
         decoded.source_rows = decoded.source_rows.map(|rows| {
             rows.iter()
                 .map(|&r| kept_rows.get(r as usize).copied().unwrap_or(r))

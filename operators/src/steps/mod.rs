@@ -83,6 +83,7 @@ pub(crate) mod test_util {
     /// A build context for tests.
     pub fn ctx() -> BuildContext {
         BuildContext {
+            checkpoints: Default::default(),
             aggregates: Default::default(),
             job: "test".into(),
             base_dir: std::path::PathBuf::from("."),

@@ -89,6 +89,7 @@ fn build_ctx() -> BuildContext {
         table.add(Arc::new(f));
     }
     BuildContext {
+        checkpoints: Default::default(),
         job: "test".into(),
         base_dir: ".".into(),
         aggregates: Arc::new(table),
