@@ -167,6 +167,8 @@ start_kafka() {
     --kafka-port "$port" --data-dir "$data"
   service_wait_port kafka "$SERVICE_PID" "$port" 60
   export WEIR_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  # The broker-outage test starts (and stops) a broker of its own with this.
+  export WEIR_TEST_NOIDA_BIN="$SITE/noida_db/noida-db"
   echo "services: Kafka (noida-db $NOIDA_VERSION) at $WEIR_TEST_KAFKA_BROKERS" >&2
 }
 

@@ -7,7 +7,14 @@
 //! - `gen`: the generators feed the job directly (deterministic: same seed, same rows);
 //! - `jsonl`: each generated source is first written once to a JSON-lines file
 //!   (cached in the data directory), and the run reads that file with `format: json`,
-//!   so JSON decoding is part of the measurement.
+//!   so JSON decoding is part of the measurement;
+//! - `kafka` (with the `kafka` feature): each generated source is first produced once
+//!   to a topic of 4 partitions (cached: `weir-bench-<workload>-<source>-<hash>`), and
+//!   the run reads it with a `kafka` source (`end: latest`, `format: json`), so the
+//!   broker's fetch path and JSON decoding are part of the measurement.
+//!
+//! A run's sinks are `blackhole` unless `--kafka-sink` replaces them with a `kafka` sink
+//! to a topic of its own (deleted after the run), at least once or exactly once.
 //!
 //! The CLI runs every measurement in a child process (`weir bench-child`), so peak RSS
 //! (`VmHWM`) and CPU time (`utime + stime`, from `/proc/self`) belong to that run only.
@@ -127,6 +134,33 @@ pub enum Input {
     Gen,
     /// The generators' rows, written once to JSON lines, are read and decoded.
     Jsonl,
+    /// The generators' rows, produced once to a Kafka topic, are read and decoded.
+    Kafka,
+}
+
+/// Where a run's output goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkMode {
+    /// The workload's `blackhole` sinks.
+    #[default]
+    Blackhole,
+    /// A `kafka` sink, `delivery: at_least_once`.
+    AtLeastOnce,
+    /// A `kafka` sink, `delivery: exactly_once` (transactions committed with
+    /// checkpoints: the run needs a checkpoint interval).
+    ExactlyOnce,
+}
+
+impl SinkMode {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkMode::Blackhole => "blackhole",
+            SinkMode::AtLeastOnce => "at-least-once",
+            SinkMode::ExactlyOnce => "exactly-once",
+        }
+    }
 }
 
 impl Input {
@@ -135,6 +169,7 @@ impl Input {
         match self {
             Input::Gen => "gen",
             Input::Jsonl => "jsonl",
+            Input::Kafka => "kafka",
         }
     }
 }
@@ -156,6 +191,12 @@ pub struct RunSpec {
     pub jsonl_max_rows: u64,
     /// Cache of JSON-lines inputs and scratch space for checkpoints.
     pub data_dir: PathBuf,
+    /// Kafka bootstrap servers (`kafka` input and Kafka sinks).
+    pub brokers: String,
+    /// Where the output goes.
+    pub sink: SinkMode,
+    /// The topic of a Kafka sink (`<topic>-<sink name>` when there are several).
+    pub out_topic: String,
 }
 
 /// Checkpoint figures of a run.
@@ -206,6 +247,9 @@ pub struct RunResult {
     pub latency_samples: u64,
     /// Checkpoint figures, when checkpoints were on.
     pub checkpoints: Option<CheckpointResult>,
+    /// Where the output went.
+    #[serde(default)]
+    pub sink: SinkMode,
 }
 
 fn err(msg: impl Into<String>) -> WeirError {
@@ -246,6 +290,48 @@ pub fn job_text(spec: &RunSpec) -> Result<String, WeirError> {
                     file_source.insert("event_time".into(), et.clone());
                 }
                 *source = Value::Object(file_source);
+            } else if spec.input == Input::Kafka && is_generator(source) {
+                let topic = kafka_topic(w.name, name, source);
+                let schema = source_schema(w, name, source)?;
+                let mut kafka = Map::new();
+                kafka.insert("type".into(), json!("kafka"));
+                kafka.insert("brokers".into(), json!(spec.brokers));
+                kafka.insert("topic".into(), json!(topic));
+                kafka.insert("end".into(), json!("latest"));
+                kafka.insert("format".into(), json!("json"));
+                kafka.insert("schema".into(), schema);
+                if let Some(et) = source.get("event_time") {
+                    kafka.insert("event_time".into(), et.clone());
+                }
+                *source = Value::Object(kafka);
+            }
+        }
+    }
+    if spec.sink != SinkMode::Blackhole {
+        if let Some(Value::Object(sinks)) = root.get_mut("sinks") {
+            let several = sinks.len() > 1;
+            for (name, sink) in sinks.iter_mut() {
+                if sink.get("type").and_then(Value::as_str) != Some("blackhole") {
+                    continue;
+                }
+                let from = sink.get("from").cloned().unwrap_or(Value::Null);
+                let topic = if several {
+                    format!("{}-{name}", spec.out_topic)
+                } else {
+                    spec.out_topic.clone()
+                };
+                let delivery = match spec.sink {
+                    SinkMode::ExactlyOnce => "exactly_once",
+                    _ => "at_least_once",
+                };
+                *sink = json!({
+                    "from": from,
+                    "type": "kafka",
+                    "brokers": spec.brokers,
+                    "topic": topic,
+                    "delivery": delivery,
+                    "create_topic": { "partitions": KAFKA_PARTITIONS },
+                });
             }
         }
     }
@@ -261,6 +347,42 @@ pub fn job_text(spec: &RunSpec) -> Result<String, WeirError> {
         );
     }
     serde_json::to_string_pretty(&job).map_err(|e| err(format!("workload `{}`: {e}", w.name)))
+}
+
+/// Partitions of the topics `weir bench` creates.
+pub const KAFKA_PARTITIONS: i32 = 4;
+
+/// The cached topic of a generated source: named after everything that decides its
+/// rows.
+pub fn kafka_topic(workload: &str, source: &str, spec: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec.to_string().hash(&mut h);
+    format!("weir-bench-{workload}-{source}-{:016x}", h.finish())
+}
+
+/// The topics a run's Kafka sinks write (to delete after it).
+pub fn out_topics(spec: &RunSpec) -> Vec<String> {
+    if spec.sink == SinkMode::Blackhole {
+        return Vec::new();
+    }
+    let Some(w) = workload(&spec.workload) else {
+        return Vec::new();
+    };
+    let Ok(job) = weir_engine::spec::parse_yaml(w.yaml, &format!("{}.yaml", w.name)) else {
+        return Vec::new();
+    };
+    let Some(Value::Object(sinks)) = job.get("sinks") else {
+        return Vec::new();
+    };
+    if sinks.len() > 1 {
+        sinks
+            .keys()
+            .map(|n| format!("{}-{n}", spec.out_topic))
+            .collect()
+    } else {
+        vec![spec.out_topic.clone()]
+    }
 }
 
 fn is_generator(source: &Value) -> bool {
@@ -353,28 +475,43 @@ fn source_schema(w: &Workload, name: &str, source: &Value) -> Result<Value, Weir
     Ok(Value::Object(fields))
 }
 
-/// Writes the JSON-lines inputs of `spec` that are not cached yet, by running each
-/// generated source into a file sink.
-pub async fn prepare_inputs(spec: &RunSpec) -> Result<(), WeirError> {
-    if spec.input != Input::Jsonl {
-        return Ok(());
-    }
+/// Generated sources of a workload: (name, options).
+type Sources = Vec<(String, Value)>;
+
+/// The workload of `spec` and its generated sources (name, options with the row count
+/// scaled), in job order; creates the data directory.
+fn generated_sources(spec: &RunSpec) -> Result<(&'static Workload, Sources), WeirError> {
     let w =
         workload(&spec.workload).ok_or_else(|| err(format!("no workload `{}`", spec.workload)))?;
     let job = weir_engine::spec::parse_yaml(w.yaml, &format!("{}.yaml", w.name))?;
     std::fs::create_dir_all(&spec.data_dir)
         .map_err(|e| err(format!("cannot create {}: {e}", spec.data_dir.display())))?;
-    let Some(Value::Object(sources)) = job.get("sources") else {
-        return Ok(());
-    };
-    for (name, source) in sources {
-        if !is_generator(source) {
-            continue;
+    let mut out = Vec::new();
+    if let Some(Value::Object(sources)) = job.get("sources") {
+        for (name, source) in sources {
+            if is_generator(source) {
+                let mut source = source.clone();
+                scale_rows(&mut source, spec.scale);
+                out.push((name.clone(), source));
+            }
         }
-        let mut source = source.clone();
-        scale_rows(&mut source, spec.scale);
+    }
+    Ok((w, out))
+}
+
+/// Writes the JSON-lines inputs of `spec` that are not cached yet, by running each
+/// generated source into a file sink.
+pub async fn prepare_inputs(spec: &RunSpec) -> Result<(), WeirError> {
+    if spec.input == Input::Kafka {
+        return prepare_kafka_inputs(spec).await;
+    }
+    if spec.input != Input::Jsonl {
+        return Ok(());
+    }
+    let (w, sources) = generated_sources(spec)?;
+    for (name, mut source) in sources {
         cap_rows(&mut source, spec.jsonl_max_rows);
-        let file = jsonl_path(&spec.data_dir, w.name, name, &source);
+        let file = jsonl_path(&spec.data_dir, w.name, &name, &source);
         if file.exists() {
             continue;
         }
@@ -386,7 +523,7 @@ pub async fn prepare_inputs(spec: &RunSpec) -> Result<(), WeirError> {
         let prep = json!({
             "name": format!("bench-prepare-{}-{name}", w.name),
             "parallelism": 1,
-            "sources": { name: plain },
+            "sources": { name.clone(): plain },
             "sinks": { "out": { "from": name, "type": "file", "path": file.display().to_string(), "format": "jsonl" } },
         });
         let graph = weir_engine::spec::load_job_str(
@@ -403,6 +540,124 @@ pub async fn prepare_inputs(spec: &RunSpec) -> Result<(), WeirError> {
             .map_err(|e| err(format!("cannot flush {}: {e}", file.display())))?;
     }
     Ok(())
+}
+
+/// Produces the generated sources of `spec` to their topics, unless a topic already
+/// holds exactly their rows.
+#[cfg(feature = "kafka")]
+async fn prepare_kafka_inputs(spec: &RunSpec) -> Result<(), WeirError> {
+    use weir_connectors::kafka::bench as kb;
+    let (w, sources) = generated_sources(spec)?;
+    for (name, source) in sources {
+        let rows = source.get(rows_key(&source)).and_then(Value::as_u64);
+        let topic = kafka_topic(w.name, &name, &source);
+        let brokers = spec.brokers.clone();
+        let t = topic.clone();
+        let held = tokio::task::spawn_blocking(move || kb::topic_messages(&brokers, &t))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(err)?;
+        if held.is_some() && held == rows {
+            continue;
+        }
+        if held.is_some() {
+            kb::delete_topics(&spec.brokers, &[topic.as_str()])
+                .await
+                .map_err(err)?;
+        }
+        tracing::info!(workload = w.name, source = %name, topic = %topic, "producing the input topic");
+        let mut plain = source.clone();
+        if let Some(o) = plain.as_object_mut() {
+            o.remove("event_time");
+        }
+        let prep = json!({
+            "name": format!("bench-prepare-{}-{name}", w.name),
+            "parallelism": 1,
+            "sources": { name.clone(): plain },
+            "sinks": { "out": {
+                "from": name, "type": "kafka", "brokers": spec.brokers, "topic": topic,
+                "delivery": "at_least_once", "create_topic": { "partitions": KAFKA_PARTITIONS },
+            } },
+        });
+        let graph = weir_engine::spec::load_job_str(
+            &prep.to_string(),
+            "bench-prepare.yaml",
+            &spec.data_dir,
+            Arc::new(default_registry()),
+            &JobOverrides::default(),
+        )?;
+        crate::run(graph).await?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn prepare_kafka_inputs(_spec: &RunSpec) -> Result<(), WeirError> {
+    Err(err(
+        "`--input kafka` needs weir built with the `kafka` feature",
+    ))
+}
+
+/// Deletes the topics a run's Kafka sinks wrote.
+#[cfg(feature = "kafka")]
+pub async fn delete_out_topics(spec: &RunSpec) -> Result<(), WeirError> {
+    let topics = out_topics(spec);
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    weir_connectors::kafka::bench::delete_topics(&spec.brokers, &refs)
+        .await
+        .map_err(err)
+}
+
+/// Deletes the topics a run's Kafka sinks wrote (none without the `kafka` feature).
+#[cfg(not(feature = "kafka"))]
+pub async fn delete_out_topics(_spec: &RunSpec) -> Result<(), WeirError> {
+    Ok(())
+}
+
+/// The broker's own rates with a plain client (no engine, no decoding): reading every
+/// input topic of `spec`, and writing as many of their messages to a new topic.
+#[cfg(feature = "kafka")]
+pub async fn kafka_baseline(spec: &RunSpec) -> Result<Vec<(String, String, f64, f64)>, WeirError> {
+    use weir_connectors::kafka::bench as kb;
+    let (w, sources) = generated_sources(spec)?;
+    let mut out = Vec::new();
+    for (name, source) in sources {
+        let topic = kafka_topic(w.name, &name, &source);
+        let (b, t) = (spec.brokers.clone(), topic.clone());
+        let (consumed, samples) = tokio::task::spawn_blocking(move || {
+            let consumed = kb::plain_consume(&b, &t)?;
+            let samples = kb::sample_messages(&b, &t, 1000)?;
+            Ok::<_, String>((consumed, samples))
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?;
+        out.push((
+            topic.clone(),
+            "consume".to_string(),
+            consumed.messages_per_s(),
+            consumed.mb_per_s(),
+        ));
+        let produced = kb::plain_produce(
+            &spec.brokers,
+            &format!("{}-produce", spec.out_topic),
+            KAFKA_PARTITIONS,
+            &samples,
+            consumed.messages,
+        )
+        .await
+        .map_err(err)?;
+        out.push((
+            topic,
+            "produce".to_string(),
+            produced.messages_per_s(),
+            produced.mb_per_s(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Runs `spec` in this process and measures it. The process should do nothing else:
@@ -471,6 +726,7 @@ pub async fn run_measured(spec: &RunSpec) -> Result<RunResult, WeirError> {
             uploaded_bytes: c.total_uploaded_bytes,
             state_bytes: c.last_state_bytes,
         }),
+        sink: spec.sink,
     })
 }
 
@@ -518,6 +774,9 @@ mod tests {
             scale: 0.5,
             jsonl_max_rows: 1000,
             data_dir: PathBuf::from("/tmp/weir-bench-test"),
+            brokers: "127.0.0.1:1".into(),
+            sink: SinkMode::Blackhole,
+            out_topic: "weir-bench-out".into(),
         }
     }
 
@@ -541,6 +800,41 @@ mod tests {
             }
             assert_eq!(job["parallelism"], 2);
             assert_eq!(job["checkpoint"]["interval"], "1000ms");
+        }
+    }
+
+    /// `--input kafka --kafka-sink …`: Kafka sources over the cached topics, Kafka
+    /// sinks to the run's own topics; the job compiles (nothing connects yet).
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_mode_reads_and_writes_topics() {
+        for w in WORKLOADS {
+            let s = RunSpec {
+                sink: SinkMode::ExactlyOnce,
+                ..spec(w.name, Input::Kafka)
+            };
+            let text = job_text(&s).unwrap();
+            let job: Value = serde_json::from_str(&text).unwrap();
+            for (name, src) in job["sources"].as_object().unwrap() {
+                assert_eq!(src["type"], "kafka", "{} {name}", w.name);
+                let topic = src["topic"].as_str().unwrap();
+                assert!(topic.starts_with(&format!("weir-bench-{}-{name}-", w.name)));
+                assert_eq!(src["end"], "latest");
+            }
+            let topics = out_topics(&s);
+            for (name, sink) in job["sinks"].as_object().unwrap() {
+                assert_eq!(sink["type"], "kafka", "{} {name}", w.name);
+                assert_eq!(sink["delivery"], "exactly_once");
+                assert!(topics.iter().any(|t| t == &sink["topic"]));
+            }
+            weir_engine::spec::load_job_str(
+                &text,
+                "w.yaml",
+                Path::new("."),
+                Arc::new(default_registry()),
+                &JobOverrides::default(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", w.name));
         }
     }
 

@@ -147,6 +147,20 @@ enum Command {
         /// Cache of JSON-lines inputs and checkpoint scratch space.
         #[arg(long, default_value = "target/weir-bench")]
         data_dir: PathBuf,
+        /// Kafka bootstrap servers, for `--input kafka` and `--kafka-sink` (default:
+        /// $WEIR_BENCH_KAFKA_BROKERS, else 127.0.0.1:19092).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Where the output goes: `blackhole` (the workloads' own sinks), or a Kafka
+        /// topic written `at-least-once` or `exactly-once` (transactions committed with
+        /// checkpoints every --checkpoint-every, even with --no-checkpoint: such runs
+        /// have no run without checkpoints).
+        #[arg(long, value_delimiter = ',', default_value = "blackhole")]
+        kafka_sink: Vec<weir::bench::SinkMode>,
+        /// With `--input kafka`: also measure the broker with a plain client (read each
+        /// input topic; write as many of its messages to a new topic).
+        #[arg(long)]
+        kafka_baseline: bool,
         /// List the workloads and exit.
         #[arg(long)]
         list: bool,
@@ -167,6 +181,12 @@ enum Command {
         scale: f64,
         #[arg(long)]
         jsonl_max_rows: u64,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        sink: weir::bench::SinkMode,
+        #[arg(long)]
+        out_topic: String,
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -261,6 +281,9 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             runs,
             json,
             data_dir,
+            brokers,
+            kafka_sink,
+            kafka_baseline,
             list,
         } => {
             if list {
@@ -292,10 +315,16 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 parallelism,
                 input,
                 checkpoint_every: (!no_checkpoint).then_some(checkpoint_every),
+                exactly_once_every: checkpoint_every,
                 scale,
                 jsonl_max_rows,
                 runs: runs.max(1),
                 data_dir,
+                brokers: brokers
+                    .or_else(|| std::env::var("WEIR_BENCH_KAFKA_BROKERS").ok())
+                    .unwrap_or_else(|| "127.0.0.1:19092".into()),
+                sinks: kafka_sink,
+                kafka_baseline,
             };
             let results = run_bench(&plan)?;
             if let Some(path) = json {
@@ -315,6 +344,9 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             checkpoint_every,
             scale,
             jsonl_max_rows,
+            brokers,
+            sink,
+            out_topic,
             data_dir,
         } => {
             let spec = weir::bench::RunSpec {
@@ -325,6 +357,9 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 scale,
                 jsonl_max_rows,
                 data_dir,
+                brokers,
+                sink,
+                out_topic,
             };
             let rt = runtime()?;
             let result = rt.block_on(weir::bench::run_measured(&spec))?;
@@ -661,10 +696,15 @@ struct BenchPlan {
     parallelism: Vec<usize>,
     input: Vec<weir::bench::Input>,
     checkpoint_every: Option<Duration>,
+    /// The checkpoint interval of exactly-once runs (which always have checkpoints).
+    exactly_once_every: Duration,
     scale: f64,
     jsonl_max_rows: u64,
     runs: usize,
     data_dir: PathBuf,
+    brokers: String,
+    sinks: Vec<weir::bench::SinkMode>,
+    kafka_baseline: bool,
 }
 
 /// One row of `weir bench`'s output: a run without checkpoints and, when asked, the
@@ -683,9 +723,10 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
     let mut rows = Vec::new();
     let mut failed = 0;
     println!(
-        "{:<18} {:<5} {:>2} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} | {:>9} {:>6} {:>9} {:>9}",
+        "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} | {:>9} {:>6} {:>9} {:>9}",
         "workload",
         "input",
+        "sink",
         "p",
         "events",
         "Mev/s",
@@ -698,67 +739,95 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
         "ckpt ms",
         "upload MB"
     );
+    let mut runs_started = 0u64;
     for name in &plan.names {
         for &input in &plan.input {
-            for &p in &plan.parallelism {
-                let spec = weir::bench::RunSpec {
-                    workload: name.clone(),
-                    input,
-                    parallelism: p,
-                    checkpoint_every: None,
-                    scale: plan.scale,
-                    jsonl_max_rows: plan.jsonl_max_rows,
-                    data_dir: plan.data_dir.clone(),
-                };
-                let measured = rt
-                    .block_on(weir::bench::prepare_inputs(&spec))
-                    .and_then(|()| best_of(&spec, plan.runs))
-                    .and_then(|plain| {
-                        let with = match plan.checkpoint_every {
-                            Some(every) => Some(best_of(
-                                &weir::bench::RunSpec {
-                                    checkpoint_every: Some(every),
-                                    ..spec.clone()
-                                },
-                                plan.runs,
-                            )?),
-                            None => None,
-                        };
-                        Ok((plain, with))
-                    });
-                let (plain, with) = match measured {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // One broken workload does not hide the others' figures.
-                        eprintln!("{name} ({}, p={p}) failed: {e}", input.name());
-                        failed += 1;
-                        continue;
+            let mut baseline_done = false;
+            for &sink in &plan.sinks {
+                for &p in &plan.parallelism {
+                    runs_started += 1;
+                    let exactly_once = sink == weir::bench::SinkMode::ExactlyOnce;
+                    let spec = weir::bench::RunSpec {
+                        workload: name.clone(),
+                        input,
+                        parallelism: p,
+                        // Exactly-once output needs checkpoints: its one run has them.
+                        checkpoint_every: if exactly_once {
+                            Some(plan.exactly_once_every)
+                        } else {
+                            None
+                        },
+                        scale: plan.scale,
+                        jsonl_max_rows: plan.jsonl_max_rows,
+                        data_dir: plan.data_dir.clone(),
+                        brokers: plan.brokers.clone(),
+                        sink,
+                        out_topic: format!("weir-bench-out-{}-{runs_started}", std::process::id()),
+                    };
+                    let prepared = rt.block_on(weir::bench::prepare_inputs(&spec));
+                    if prepared.is_ok()
+                        && input == weir::bench::Input::Kafka
+                        && plan.kafka_baseline
+                        && !baseline_done
+                    {
+                        baseline_done = true;
+                        print_kafka_baseline(&rt, &spec);
                     }
-                };
-                let cost = with
-                    .as_ref()
-                    .map(|w| weir::bench::checkpoint_cost(&plain, w));
-                let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-                let (ck_rate, ck_cost, ck_ms, ck_up) = match (&with, cost) {
-                    (Some(w), Some(c)) => {
-                        let ck = w.checkpoints.as_ref();
-                        (
-                            format!("{:.3}", w.events_per_s / 1e6),
-                            format!("{:.0}%", c * 100.0),
-                            ck.map_or("-".into(), |c| {
-                                format!("{:.0}/{}", c.mean_duration_ms, c.max_duration_ms)
-                            }),
-                            ck.map_or("-".into(), |c| {
-                                format!("{:.1}", c.uploaded_bytes as f64 / 1e6)
-                            }),
-                        )
-                    }
-                    _ => ("-".into(), "-".into(), "-".into(), "-".into()),
-                };
-                println!(
-                    "{:<18} {:<5} {:>2} {:>10} {:>9.3} {:>9.3} {:>8} {:>8} {:>7.0} | {:>9} {:>6} {:>9} {:>9}",
+                    let measured =
+                        prepared
+                            .and_then(|()| best_of(&spec, plan.runs))
+                            .and_then(|plain| {
+                                let with = match plan.checkpoint_every.filter(|_| !exactly_once) {
+                                    Some(every) => Some(best_of(
+                                        &weir::bench::RunSpec {
+                                            checkpoint_every: Some(every),
+                                            ..spec.clone()
+                                        },
+                                        plan.runs,
+                                    )?),
+                                    None => None,
+                                };
+                                Ok((plain, with))
+                            });
+                    let (plain, with) = match measured {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // One broken workload does not hide the others' figures.
+                            eprintln!("{name} ({}, p={p}) failed: {e}", input.name());
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                    let cost = with
+                        .as_ref()
+                        .map(|w| weir::bench::checkpoint_cost(&plain, w));
+                    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+                    let (ck_rate, ck_cost, ck_ms, ck_up) = match (&with, cost) {
+                        (Some(w), Some(c)) => {
+                            let ck = w.checkpoints.as_ref();
+                            (
+                                format!("{:.3}", w.events_per_s / 1e6),
+                                format!("{:.0}%", c * 100.0),
+                                ck.map_or("-".into(), |c| {
+                                    format!("{:.0}/{}", c.mean_duration_ms, c.max_duration_ms)
+                                }),
+                                ck.map_or("-".into(), |c| {
+                                    format!("{:.1}", c.uploaded_bytes as f64 / 1e6)
+                                }),
+                            )
+                        }
+                        _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+                    };
+                    let sink_name = match sink {
+                        weir::bench::SinkMode::Blackhole => "-",
+                        weir::bench::SinkMode::AtLeastOnce => "alo",
+                        weir::bench::SinkMode::ExactlyOnce => "eo",
+                    };
+                    println!(
+                    "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9.3} {:>9.3} {:>8} {:>8} {:>7.0} | {:>9} {:>6} {:>9} {:>9}",
                     name,
                     input.name(),
+                    sink_name,
                     p,
                     plain.events,
                     plain.events_per_s / 1e6,
@@ -771,11 +840,12 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                     ck_ms,
                     ck_up
                 );
-                rows.push(BenchRow {
-                    plain,
-                    with_checkpoints: with,
-                    checkpoint_cost: cost,
-                });
+                    rows.push(BenchRow {
+                        plain,
+                        with_checkpoints: with,
+                        checkpoint_cost: cost,
+                    });
+                }
             }
         }
     }
@@ -786,6 +856,27 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
     }
     Ok(rows)
 }
+
+/// Prints what a plain Kafka client reads and writes on the brokers of `spec` (the
+/// ceiling of weir's Kafka figures).
+#[cfg(feature = "kafka")]
+fn print_kafka_baseline(rt: &tokio::runtime::Runtime, spec: &weir::bench::RunSpec) {
+    match rt.block_on(weir::bench::kafka_baseline(spec)) {
+        Ok(rates) => {
+            for (topic, what, msgs, mb) in rates {
+                println!(
+                    "  broker baseline ({what}, plain librdkafka client, {} partitions, {topic}): {:.3} M msg/s, {mb:.1} MB/s",
+                    weir::bench::KAFKA_PARTITIONS,
+                    msgs / 1e6
+                );
+            }
+        }
+        Err(e) => eprintln!("broker baseline failed: {e}"),
+    }
+}
+
+#[cfg(not(feature = "kafka"))]
+fn print_kafka_baseline(_rt: &tokio::runtime::Runtime, _spec: &weir::bench::RunSpec) {}
 
 /// Runs one measurement `runs` times in child processes; keeps the fastest.
 fn best_of(spec: &weir::bench::RunSpec, runs: usize) -> Result<weir::bench::RunResult, WeirError> {
@@ -813,6 +904,9 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
         .args(["--parallelism", &spec.parallelism.to_string()])
         .args(["--scale", &spec.scale.to_string()])
         .args(["--jsonl-max-rows", &spec.jsonl_max_rows.to_string()])
+        .args(["--brokers", &spec.brokers])
+        .args(["--sink", spec.sink.name()])
+        .args(["--out-topic", &spec.out_topic])
         .arg("--data-dir")
         .arg(&spec.data_dir);
     if let Some(d) = spec.checkpoint_every {
@@ -822,6 +916,12 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| WeirError::Command(format!("cannot start a benchmark run: {e}")))?;
+    if spec.sink != weir::bench::SinkMode::Blackhole {
+        // The run's output topics are of no further use.
+        if let Err(e) = runtime()?.block_on(weir::bench::delete_out_topics(spec)) {
+            tracing::warn!("cannot delete the benchmark's output topics: {e}");
+        }
+    }
     if !out.status.success() {
         return Err(WeirError::Command(format!(
             "benchmark run of `{}` ({}, p={}) failed ({}):\n{}",

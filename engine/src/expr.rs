@@ -340,6 +340,10 @@ fn sql_type_name(t: &DataType) -> &'static str {
 pub const MAX_EXPR_BYTES: usize = 16 << 10;
 /// Deepest nesting of parentheses and brackets.
 pub const MAX_EXPR_NESTING: usize = 32;
+/// Deepest nesting of CASE expressions: DataFusion's parser backtracks through every
+/// level of a nested CASE that has a syntax error inside (an END missing, say), twice
+/// the work per level; 12 levels take a few tenths of a second in a debug build.
+pub const MAX_CASE_NESTING: usize = 12;
 /// Most parts of a dotted name (`ctx.user.id` has 3): DataFusion's resolution of a
 /// dotted name tries its prefixes and grows steeply with its length.
 pub const MAX_NAME_PARTS: usize = 8;
@@ -360,16 +364,24 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
     let mut prev = ' ';
     // The current word, to see CASE … END, which nest like parentheses.
     let mut word = String::new();
-    let end_word = |word: &mut String, depth: &mut usize| -> std::result::Result<(), String> {
+    let mut cases = 0usize;
+    let mut end_word = |word: &mut String, depth: &mut usize| -> std::result::Result<(), String> {
         if word.eq_ignore_ascii_case("case") {
             *depth += 1;
+            cases += 1;
             if *depth > MAX_EXPR_NESTING {
                 return Err(format!(
                     "the expression nests deeper than {MAX_EXPR_NESTING} levels"
                 ));
             }
+            if cases > MAX_CASE_NESTING {
+                return Err(format!(
+                    "the expression nests CASE deeper than {MAX_CASE_NESTING} levels"
+                ));
+            }
         } else if word.eq_ignore_ascii_case("end") {
             *depth = depth.saturating_sub(1);
+            cases = cases.saturating_sub(1);
         }
         word.clear();
         Ok(())
@@ -753,7 +765,23 @@ mod tests {
             " ELSE 2 END".repeat(40)
         );
         let err = SqlExpr::compile(&cases, &b.schema()).expect_err("deep");
-        assert!(err.contains("nests deeper"), "{err}");
+        assert!(err.contains("nests CASE deeper"), "{err}");
+        // Unterminated nested CASEs (found by the fuzzer: exponential backtracking)
+        // are refused before the parser sees them.
+        let start = std::time::Instant::now();
+        let open = format!("{}1", "CASE WHEN amount > 1 THEN ".repeat(23));
+        let err = SqlExpr::compile(&open, &b.schema()).expect_err("deep");
+        assert!(err.contains("nests CASE deeper"), "{err}");
+        let open = format!("{}1", "CASE WHEN amount > 1 THEN ".repeat(MAX_CASE_NESTING));
+        assert!(SqlExpr::compile(&open, &b.schema()).is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        // Nested but ended is fine up to the bound.
+        let ok = format!(
+            "{}1{}",
+            "CASE WHEN amount > 1 THEN ".repeat(MAX_CASE_NESTING),
+            " ELSE 2 END".repeat(MAX_CASE_NESTING)
+        );
+        compile(&ok, &b);
         let long = format!("amount > {}", "1 + ".repeat(10_000));
         let err = SqlExpr::compile(&long, &b.schema()).expect_err("long");
         assert!(err.contains("bytes long"), "{err}");

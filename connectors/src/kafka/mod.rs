@@ -8,6 +8,7 @@
 //! librdkafka client context that routes its logs to `tracing` and remembers whether
 //! the brokers are reachable, and duration options.
 
+pub mod bench;
 pub mod sink;
 pub mod source;
 
@@ -54,7 +55,13 @@ impl Connection {
         for (k, v) in fixed {
             config.set(*k, v);
         }
-        config.set_log_level(RDKafkaLogLevel::Warning);
+        // librdkafka's own debug contexts (`properties: { debug: fetch }`) are logged
+        // at debug level (target `librdkafka`); otherwise only its warnings.
+        config.set_log_level(if self.properties.contains_key("debug") {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        });
         Ok(config)
     }
 
@@ -141,6 +148,11 @@ impl Health {
         }
     }
 
+    /// The brokers answered: the next outage is reported again.
+    pub fn answered(&self) {
+        self.brokers_down.store(false, Ordering::Relaxed);
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
@@ -158,6 +170,12 @@ pub(crate) struct WeirContext {
 impl ClientContext for WeirContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         let name = &*self.name;
+        // Connection failures are librdkafka errors it retries by itself; they reach
+        // `error` below (one warning per outage), not the log, line by line.
+        if fac == "FAIL" {
+            tracing::debug!(target: "librdkafka", client = name, "{fac}: {message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -177,8 +195,12 @@ impl ClientContext for WeirContext {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
         );
-        if down {
-            self.health.brokers_down.store(true, Ordering::Relaxed);
+        if down && !self.health.brokers_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                client = &*self.name,
+                "every broker is unreachable ({reason}); retrying until they answer or \
+                 `unavailable_timeout` passes"
+            );
         }
         self.health.record_error(format!("{error}: {reason}"));
         tracing::debug!(client = &*self.name, error = %error, reason, "kafka client error");

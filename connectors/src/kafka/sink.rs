@@ -15,8 +15,9 @@
 //! completes (the pool grows by one meanwhile). The protocol for a crash at any point:
 //!
 //! 1. With the epoch's messages, its transaction writes a **marker** to the commit topic
-//!    (`__weir_sink_commits`, partition 0): key `<prefix>.<subtask>`, value the epoch and
-//!    a random token that the checkpoint records too. The marker is visible (to
+//!    (`__weir_sink_commits`, the partition the key hashes to): key `<prefix>.<subtask>`,
+//!    value the epoch and a random token that the checkpoint records too. The marker is
+//!    visible (to
 //!    `read_committed`) exactly when the epoch's messages are, and its token tells this
 //!    transaction from any other (a job started over reuses epoch numbers).
 //! 2. At the barrier (`pre_commit`) the sink flushes (every message acknowledged, the
@@ -96,7 +97,8 @@ struct KafkaSinkOptions {
     /// sink in the cluster.
     transactional_id: Option<String>,
     /// Transactions: the topic of commit markers (default `__weir_sink_commits`;
-    /// created, compacted, with one partition, when missing).
+    /// created, compacted, with 16 partitions, when missing; a stream's markers go to
+    /// the partition its name hashes to).
     commit_topic: Option<String>,
     /// Create the topic when it does not exist, e.g. `{ partitions: 3, replication: 1 }`.
     /// Without it a missing topic is an error at start.
@@ -1269,8 +1271,14 @@ impl Sink for KafkaSink {
             let timeout = self.config.unavailable_timeout;
             self.blocking(&producer, move |p| p.flush(timeout))
                 .await?
-                .map_err(|e| self.error(format!("cannot flush: {e}"), true))?;
+                .map_err(|e| {
+                    self.error(
+                        format!("cannot flush to {}: {e}", self.config.connection.brokers),
+                        true,
+                    )
+                })?;
             self.check_delivery()?;
+            self.health.answered();
             return Ok(Value::Null);
         }
         let stream = self.stream(self.subtask);
@@ -1280,7 +1288,15 @@ impl Sink for KafkaSink {
             let timeout = self.config.unavailable_timeout;
             self.blocking(&producer, move |p| p.flush(timeout))
                 .await?
-                .map_err(|e| self.error(format!("cannot flush epoch {epoch}: {e}"), true))?;
+                .map_err(|e| {
+                    self.error(
+                        format!(
+                            "cannot flush epoch {epoch} to {}: {e}",
+                            self.config.connection.brokers
+                        ),
+                        true,
+                    )
+                })?;
             self.check_delivery()?;
             let (partition, offset) = self.marker_position(&producer)?;
             self.slots[current].pending = Some(Marker {
@@ -1337,10 +1353,27 @@ impl Sink for KafkaSink {
         due.sort();
         for (e, k) in due {
             let producer = self.slots[k].producer.clone();
-            let timeout = self.config.transaction_timeout;
+            // Unreachable brokers fail the job after `unavailable_timeout`; a commit
+            // given up on is settled by the restart's recovery (marker committed or
+            // not), so waiting longer buys nothing.
+            let timeout = self
+                .config
+                .transaction_timeout
+                .min(self.config.unavailable_timeout);
             self.blocking(&producer, move |p| p.commit_transaction(timeout))
                 .await?
-                .map_err(|e2| self.error(format!("cannot commit epoch {e}: {e2}"), true))?;
+                .map_err(|e2| {
+                    self.error(
+                        format!(
+                            "cannot commit epoch {e} at {} within {}: {e2}. Run the job again \
+                             to resume from its last checkpoint (the restart settles this \
+                             transaction)",
+                            self.config.connection.brokers,
+                            weir_engine::time::format_duration(timeout)
+                        ),
+                        true,
+                    )
+                })?;
             weir_engine::fault::point("during_commit");
             let slot = &mut self.slots[k];
             slot.pending = None;
@@ -1348,6 +1381,7 @@ impl Sink for KafkaSink {
             slot.records = Vec::new();
             tracing::debug!(sink = %self.config.name, subtask = self.subtask, epoch = e, "kafka transaction committed");
         }
+        self.health.answered();
         self.check_delivery()
     }
 
@@ -1433,7 +1467,12 @@ impl Sink for KafkaSink {
             let timeout = self.config.unavailable_timeout;
             self.blocking(&producer, move |p| p.flush(timeout))
                 .await?
-                .map_err(|e| self.error(format!("cannot flush: {e}"), true))?;
+                .map_err(|e| {
+                    self.error(
+                        format!("cannot flush to {}: {e}", self.config.connection.brokers),
+                        true,
+                    )
+                })?;
         }
         self.check_delivery()
     }

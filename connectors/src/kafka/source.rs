@@ -550,9 +550,10 @@ impl KafkaSource {
         let consumer = self.consumer()?.clone();
         let mine: Vec<(String, i32)> = all
             .iter()
-            .enumerate()
-            .filter(|(i, tp)| i % ctx.parallelism == ctx.subtask && !self.splits.contains_key(*tp))
-            .map(|(_, tp)| tp.clone())
+            .filter(|tp| {
+                owner(&tp.0, tp.1, ctx.parallelism) == ctx.subtask && !self.splits.contains_key(*tp)
+            })
+            .cloned()
             .collect();
         for tp in all {
             self.known.insert(tp.clone());
@@ -612,32 +613,23 @@ impl KafkaSource {
                 }
             }
         }
-        // Only the new partitions are added (`incremental_assign`: a plain `assign`
-        // would deactivate the queues of those already read). Each gets its own queue,
-        // then a seek to its start: what librdkafka fetched before the queue existed
-        // went to the consumer's main queue (and, read to its end, an end-of-partition
-        // event); the seek discards that and fetches again into the partition's queue.
+        // Each partition gets its own queue before it is assigned, so that nothing
+        // fetched for it ever reaches the consumer's main queue (a queue split after
+        // the assignment races the first fetch: what arrived before it, including an
+        // end-of-partition event, would be lost or misread). Only the new partitions
+        // are added (`incremental_assign`: a plain `assign` would deactivate the
+        // queues of those already read).
         let mut assignment = TopicPartitionList::new();
-        for tp in &mine {
-            let offset = starts.get(tp).copied().unwrap_or(Offset::Beginning);
-            assignment
-                .add_partition_offset(&tp.0, tp.1, offset)
-                .map_err(|e| self.error(e.to_string(), false))?;
-        }
-        consumer
-            .incremental_assign(&assignment)
-            .map_err(|e| self.error(format!("cannot assign partitions: {e}"), true))?;
-        let mut seeks = Vec::new();
         for tp in mine {
             let queue = consumer
                 .split_partition_queue(&tp.0, tp.1)
                 .ok_or_else(|| self.error(format!("no queue for {}/{}", tp.0, tp.1), false))?;
+            let offset = starts.get(&tp).copied().unwrap_or(Offset::Beginning);
+            assignment
+                .add_partition_offset(&tp.0, tp.1, offset)
+                .map_err(|e| self.error(e.to_string(), false))?;
             let split = u32::try_from(self.parts.len()).unwrap_or(u32::MAX);
-            tracing::debug!(source = %self.config.name, subtask = ctx.subtask, topic = %tp.0, partition = tp.1, "reading partition");
-            seeks.push((
-                tp.clone(),
-                starts.get(&tp).copied().unwrap_or(Offset::Beginning),
-            ));
+            tracing::debug!(source = %self.config.name, subtask = ctx.subtask, topic = %tp.0, partition = tp.1, ?offset, "reading partition");
             self.splits.insert(tp.clone(), split);
             self.announce.push(split);
             self.parts.push(Part {
@@ -649,17 +641,9 @@ impl KafkaSource {
                 end_announced: false,
             });
         }
-        let sought = self
-            .blocking(move |c| {
-                for ((topic, partition), offset) in seeks {
-                    c.seek(&topic, partition, offset, timeout)?;
-                }
-                Ok::<(), rdkafka::error::KafkaError>(())
-            })
-            .await?;
-        sought.map_err(|e| self.error(format!("cannot position the partitions: {e}"), true))?;
-        // Whatever reached the main queue before the seeks is stale now.
-        while consumer.poll(Duration::ZERO).is_some() {}
+        consumer
+            .incremental_assign(&assignment)
+            .map_err(|e| self.error(format!("cannot assign partitions: {e}"), true))?;
         Ok(())
     }
 
@@ -1109,5 +1093,45 @@ impl Source for KafkaSource {
             self.restore_offsets(p)?;
         }
         Ok(())
+    }
+}
+
+/// The subtask that reads `partition` of `topic`. It depends on nothing but the
+/// topic, the partition and the parallelism, so partitions and topics that appear
+/// while running never move one already assigned, and every subtask agrees without
+/// talking to the others. A topic's partitions go round-robin from a start that
+/// depends on the topic's name (as Flink's `KafkaTopicPartitionAssigner`), so several
+/// small topics do not all pile onto subtask 0.
+pub(crate) fn owner(topic: &str, partition: i32, parallelism: usize) -> usize {
+    let parallelism = parallelism.max(1) as u64;
+    // FNV-1a: stable across processes and versions (unlike `DefaultHasher`).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let start = h % parallelism;
+    let p = u64::from(partition.unsigned_abs());
+    usize::try_from((start + p) % parallelism).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner;
+
+    #[test]
+    fn a_topics_partitions_spread_evenly_and_never_move() {
+        for parallelism in 1..=8 {
+            let mut counts = vec![0usize; parallelism];
+            for p in 0..(parallelism as i32 * 3) {
+                let o = owner("logs", p, parallelism);
+                assert!(o < parallelism);
+                counts[o] += 1;
+                // The same answer whatever else exists.
+                assert_eq!(o, owner("logs", p, parallelism));
+            }
+            assert!(counts.iter().all(|&c| c == 3), "{counts:?}");
+        }
+        assert_eq!(owner("x", 0, 0), 0);
     }
 }
