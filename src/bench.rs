@@ -277,34 +277,29 @@ pub fn job_text(spec: &RunSpec) -> Result<String, WeirError> {
     if let Some(Value::Object(sources)) = root.get_mut("sources") {
         for (name, source) in sources.iter_mut() {
             scale_rows(source, spec.scale);
-            if spec.input == Input::Jsonl && is_generator(source) {
-                cap_rows(source, spec.jsonl_max_rows);
-                let file = jsonl_path(&data_dir, w.name, name, source);
-                let schema = source_schema(w, name, source)?;
-                let mut file_source = Map::new();
-                file_source.insert("type".into(), json!("file"));
-                file_source.insert("path".into(), json!(file.display().to_string()));
-                file_source.insert("format".into(), json!("json"));
-                file_source.insert("schema".into(), schema);
-                if let Some(et) = source.get("event_time") {
-                    file_source.insert("event_time".into(), et.clone());
-                }
-                *source = Value::Object(file_source);
-            } else if spec.input == Input::Kafka && is_generator(source) {
-                let topic = kafka_topic(w.name, name, source);
-                let schema = source_schema(w, name, source)?;
-                let mut kafka = Map::new();
-                kafka.insert("type".into(), json!("kafka"));
-                kafka.insert("brokers".into(), json!(spec.brokers));
-                kafka.insert("topic".into(), json!(topic));
-                kafka.insert("end".into(), json!("latest"));
-                kafka.insert("format".into(), json!("json"));
-                kafka.insert("schema".into(), schema);
-                if let Some(et) = source.get("event_time") {
-                    kafka.insert("event_time".into(), et.clone());
-                }
-                *source = Value::Object(kafka);
+            if spec.input == Input::Gen || !is_generator(source) {
+                continue;
             }
+            // The generator's rows, read back as JSON from where they were written.
+            let mut read = match spec.input {
+                Input::Kafka => json!({
+                    "type": "kafka", "brokers": spec.brokers,
+                    "topic": kafka_topic(w.name, name, source), "end": "latest",
+                }),
+                _ => {
+                    cap_rows(source, spec.jsonl_max_rows);
+                    let file = jsonl_path(&data_dir, w.name, name, source);
+                    json!({ "type": "file", "path": file.display().to_string() })
+                }
+            };
+            if let Some(o) = read.as_object_mut() {
+                o.insert("format".into(), json!("json"));
+                o.insert("schema".into(), source_schema(w, name, source)?);
+                if let Some(et) = source.get("event_time") {
+                    o.insert("event_time".into(), et.clone());
+                }
+            }
+            *source = read;
         }
     }
     if spec.sink != SinkMode::Blackhole {
@@ -516,29 +511,46 @@ pub async fn prepare_inputs(spec: &RunSpec) -> Result<(), WeirError> {
             continue;
         }
         tracing::info!(workload = w.name, source = %name, file = %file.display(), "writing JSON-lines input");
-        let mut plain = source.clone();
-        if let Some(o) = plain.as_object_mut() {
-            o.remove("event_time");
-        }
-        let prep = json!({
-            "name": format!("bench-prepare-{}-{name}", w.name),
-            "parallelism": 1,
-            "sources": { name.clone(): plain },
-            "sinks": { "out": { "from": name, "type": "file", "path": file.display().to_string(), "format": "jsonl" } },
-        });
-        let graph = weir_engine::spec::load_job_str(
-            &prep.to_string(),
-            "bench-prepare.yaml",
-            &spec.data_dir,
-            Arc::new(default_registry()),
-            &JobOverrides::default(),
-        )?;
-        crate::run(graph).await?;
+        let sink = json!({ "type": "file", "path": file.display().to_string(), "format": "jsonl" });
+        write_generated(spec, w, &name, &source, sink).await?;
         // Flushed now, so that its write-back does not slow down the measured runs.
         std::fs::File::open(&file)
             .and_then(|f| f.sync_all())
             .map_err(|e| err(format!("cannot flush {}: {e}", file.display())))?;
     }
+    Ok(())
+}
+
+/// Runs generated `source` (without its event time: every row is written) into `sink`
+/// (a sink's options without `from`), once, at parallelism 1.
+async fn write_generated(
+    spec: &RunSpec,
+    w: &Workload,
+    name: &str,
+    source: &Value,
+    mut sink: Value,
+) -> Result<(), WeirError> {
+    let mut plain = source.clone();
+    if let Some(o) = plain.as_object_mut() {
+        o.remove("event_time");
+    }
+    if let Some(o) = sink.as_object_mut() {
+        o.insert("from".into(), json!(name));
+    }
+    let prep = json!({
+        "name": format!("bench-prepare-{}-{name}", w.name),
+        "parallelism": 1,
+        "sources": { name: plain },
+        "sinks": { "out": sink },
+    });
+    let graph = weir_engine::spec::load_job_str(
+        &prep.to_string(),
+        "bench-prepare.yaml",
+        &spec.data_dir,
+        Arc::new(default_registry()),
+        &JobOverrides::default(),
+    )?;
+    crate::run(graph).await?;
     Ok(())
 }
 
@@ -566,27 +578,11 @@ async fn prepare_kafka_inputs(spec: &RunSpec) -> Result<(), WeirError> {
                 .map_err(err)?;
         }
         tracing::info!(workload = w.name, source = %name, topic = %topic, "producing the input topic");
-        let mut plain = source.clone();
-        if let Some(o) = plain.as_object_mut() {
-            o.remove("event_time");
-        }
-        let prep = json!({
-            "name": format!("bench-prepare-{}-{name}", w.name),
-            "parallelism": 1,
-            "sources": { name.clone(): plain },
-            "sinks": { "out": {
-                "from": name, "type": "kafka", "brokers": spec.brokers, "topic": topic,
-                "delivery": "at_least_once", "create_topic": { "partitions": KAFKA_PARTITIONS },
-            } },
+        let sink = json!({
+            "type": "kafka", "brokers": spec.brokers, "topic": topic,
+            "delivery": "at_least_once", "create_topic": { "partitions": KAFKA_PARTITIONS },
         });
-        let graph = weir_engine::spec::load_job_str(
-            &prep.to_string(),
-            "bench-prepare.yaml",
-            &spec.data_dir,
-            Arc::new(default_registry()),
-            &JobOverrides::default(),
-        )?;
-        crate::run(graph).await?;
+        write_generated(spec, w, &name, &source, sink).await?;
     }
     Ok(())
 }
