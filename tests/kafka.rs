@@ -501,7 +501,7 @@ fn an_idle_partition_does_not_stall_the_windows() {
         ),
     )
     .unwrap();
-    let mut child = weir_cmd(dir.path()).spawn().unwrap();
+    let child = weir_cmd(dir.path()).spawn().unwrap();
     let start = Instant::now();
     let mut fired = 0;
     while start.elapsed() < Duration::from_secs(30) {

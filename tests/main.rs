@@ -18,6 +18,8 @@ mod kafka;
 #[cfg(unix)]
 mod newcomer;
 mod partitioning;
+#[cfg(unix)]
+mod postgres;
 mod rust_api;
 #[cfg(unix)]
 mod s3_checkpoints;

@@ -70,6 +70,10 @@ mod sessionization_example;
 #[allow(dead_code)]
 mod ad_attribution_example;
 
+#[path = "../examples/payments/main.rs"]
+#[allow(dead_code)]
+mod payments_example;
+
 #[path = "../examples/error_spike/kafka.rs"]
 #[allow(dead_code)]
 mod error_spike_kafka_example;
@@ -94,11 +98,12 @@ fn the_kafka_example_builds_the_same_graph_in_rust_and_yaml() {
 fn every_rust_example_builds_the_same_graph_as_its_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     type Build = fn(&Path) -> Result<Pipeline, WeirError>;
-    let examples: [(&str, Build); 4] = [
+    let examples: [(&str, Build); 5] = [
         ("log_filter", log_filter_example::build),
         ("error_spike", error_spike_example::build),
         ("sessionization", sessionization_example::build),
         ("ad_attribution", ad_attribution_example::build),
+        ("payments", payments_example::build),
     ];
     for (name, build) in examples {
         let dir = root.join("examples").join(name);

@@ -22,6 +22,8 @@ pub mod kafka;
 pub mod nexmark;
 mod options;
 mod pace;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod rng;
 pub mod stdout_sink;
 
@@ -49,6 +51,8 @@ pub fn register(registry: &mut Registry) {
     registry
         .add_source(kafka::KafkaSourceFactory)
         .add_sink(kafka::KafkaSinkFactory);
+    #[cfg(feature = "postgres")]
+    registry.add_sink(postgres::PostgresSinkFactory);
 }
 
 #[cfg(test)]
@@ -62,13 +66,19 @@ mod tests {
         register(&mut r);
         let sources: Vec<_> = r.sources().map(|f| f.name()).collect();
         let sinks: Vec<_> = r.sinks().map(|f| f.name()).collect();
+        let mut want_sources = vec!["datagen", "file", "nexmark"];
+        let mut want_sinks = vec!["blackhole", "file", "stdout"];
         if cfg!(feature = "kafka") {
-            assert_eq!(sources, vec!["datagen", "file", "kafka", "nexmark"]);
-            assert_eq!(sinks, vec!["blackhole", "file", "kafka", "stdout"]);
-        } else {
-            assert_eq!(sources, vec!["datagen", "file", "nexmark"]);
-            assert_eq!(sinks, vec!["blackhole", "file", "stdout"]);
+            want_sources.push("kafka");
+            want_sinks.push("kafka");
         }
+        if cfg!(feature = "postgres") {
+            want_sinks.push("postgres");
+        }
+        want_sources.sort_unstable();
+        want_sinks.sort_unstable();
+        assert_eq!(sources, want_sources);
+        assert_eq!(sinks, want_sinks);
         for f in r.sources() {
             let s = f.options_schema();
             assert_eq!(s["type"], "object", "{}", f.name());
@@ -79,8 +89,9 @@ mod tests {
         for f in r.sinks() {
             let s = f.options_schema();
             assert_eq!(s["type"], "object", "{}", f.name());
-            // Sinks that write text choose a format; the blackhole writes nothing.
-            if f.name() != "blackhole" {
+            // Sinks that write text choose a format; the blackhole writes nothing, and
+            // PostgreSQL gets columns.
+            if !["blackhole", "postgres"].contains(&f.name()) {
                 assert!(s["properties"]["format"].is_object(), "{}", f.name());
             }
             assert!(s["properties"].get("from").is_none(), "{}", f.name());

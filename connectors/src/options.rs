@@ -211,6 +211,38 @@ fn strip_null(v: &mut Value) {
     }
 }
 
+/// `${NAME}` in `value` replaced by the environment variable NAME.
+pub(crate) fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "`${` without a closing `}`".to_string())?;
+        let name = &after[..end];
+        let v = std::env::var(name)
+            .map_err(|_| format!("the environment variable `{name}` is not set"))?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// An optional duration option (`"10s"`), `default` when absent.
+pub(crate) fn duration_option(
+    value: &Option<String>,
+    path: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, FieldError> {
+    match value {
+        None => Ok(default),
+        Some(text) => weir_engine::time::parse_duration(text).map_err(|m| FieldError::at(path, m)),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {

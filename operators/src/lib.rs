@@ -37,7 +37,9 @@ use weir_engine::registry::Registry;
 pub use aggregates::BuiltinAggregate;
 pub use formats::{CsvFormat, FormatDecoder, JsonFormat, RawFormat, RegexFormat};
 pub use join::{JoinOperator, JoinStep};
-pub use steps::{DedupStep, FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep};
+pub use steps::{
+    DedupStep, EnrichStep, FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep, ValidateStep,
+};
 pub use window::{WindowOperator, WindowStep};
 
 /// Adds the formats (`json`, `csv`, `regex`, `raw`), steps (`filter`, `select`,
@@ -54,6 +56,8 @@ pub fn register(registry: &mut Registry) {
         .add_format(RegexFormat)
         .add_format(RawFormat)
         .add_step(FilterStep)
+        .add_step(ValidateStep)
+        .add_step(EnrichStep)
         .add_step(SelectStep)
         .add_step(KeyByStep)
         .add_step(DedupStep)
@@ -82,7 +86,10 @@ mod tests {
         let steps: Vec<&str> = r.steps().map(|s| s.name()).collect();
         assert_eq!(
             steps,
-            vec!["dedup", "filter", "join", "key_by", "parse", "select", "union", "window"]
+            vec![
+                "dedup", "enrich", "filter", "join", "key_by", "parse", "select", "union",
+                "validate", "window"
+            ]
         );
         assert_eq!(
             r.aggregates().names(),

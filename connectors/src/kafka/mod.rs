@@ -91,37 +91,7 @@ impl Connection {
     }
 }
 
-/// `${NAME}` in `value` replaced by the environment variable NAME.
-pub(crate) fn expand_env(value: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "`${` without a closing `}`".to_string())?;
-        let name = &after[..end];
-        let v = std::env::var(name)
-            .map_err(|_| format!("the environment variable `{name}` is not set"))?;
-        out.push_str(&v);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// An optional duration option (`"10s"`), `default` when absent.
-pub(crate) fn duration_option(
-    value: &Option<String>,
-    path: &str,
-    default: Duration,
-) -> Result<Duration, FieldError> {
-    match value {
-        None => Ok(default),
-        Some(text) => weir_engine::time::parse_duration(text).map_err(|m| FieldError::at(path, m)),
-    }
-}
+pub(crate) use crate::options::{duration_option, expand_env};
 
 /// What the librdkafka client context saw: whether the brokers answer, the last error,
 /// and per-partition consumer lag from its statistics.

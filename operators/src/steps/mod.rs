@@ -13,12 +13,14 @@
 //! a bad cast) goes to the step's `dead_letter` side output; the other rows go on.
 
 mod dedup;
+mod enrich;
 mod filter;
 mod key_by;
 mod parse;
 mod row_errors;
 mod select;
 mod union;
+mod validate;
 
 use std::sync::Arc;
 
@@ -27,11 +29,13 @@ use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{OperatorCreate, StepBuild};
 
 pub use self::dedup::DedupStep;
+pub use self::enrich::EnrichStep;
 pub use self::filter::{FilterOperator, FilterStep};
 pub use self::key_by::KeyByStep;
 pub use self::parse::{ParseOperator, ParseStep, DEAD_LETTER_OUTPUT};
 pub use self::select::{SelectOperator, SelectStep};
 pub use self::union::{UnionOperator, UnionStep};
+pub use self::validate::{ValidateOperator, ValidateStep};
 
 /// Passes every batch through unchanged (the operator of `key_by`: the work is done by
 /// the hash partitioning of its input edge).

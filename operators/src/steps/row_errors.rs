@@ -150,7 +150,9 @@ fn dead_letter(
 }
 
 /// A one-row batch as one JSON object, without the line break.
-fn row_json(row: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+pub(super) fn row_json(
+    row: &RecordBatch,
+) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, LineDelimited>(Vec::new());
