@@ -27,6 +27,7 @@
 //! ```
 
 pub mod bench;
+pub mod dlq;
 pub mod pipeline;
 pub mod typed;
 

@@ -62,6 +62,24 @@ fn init_logging(format: LogFormat) {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// Group dead letters by error kind and step: counts, first and last seen, and a
+    /// sample, largest group first.
+    Summary {
+        /// Dead-letter files: a dead-letter sink's `path` (its part files are found too,
+        /// e.g. `out/dead_letter.jsonl`) or a directory of them.
+        paths: Vec<PathBuf>,
+        /// Read a PostgreSQL dead-letter table instead: its connection string (`host=…
+        /// user=… password=… dbname=…` or a URL).
+        #[arg(long, requires = "table", conflicts_with = "paths")]
+        postgres: Option<String>,
+        /// The PostgreSQL table (`name` or `schema.name`).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a YAML job.
     Run {
@@ -114,6 +132,11 @@ enum Command {
     },
     /// Print the JSON Schema of job files (for editors).
     Schema,
+    /// Work off dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run the benchmark workloads (whole jobs) and print events/s, events/s per core,
     /// latency, peak RSS and the cost of checkpoints; see docs/BENCHMARKS.md.
     Bench {
@@ -238,6 +261,54 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 "{}",
                 serde_json::to_string_pretty(&schema)
                     .map_err(|e| WeirError::Command(e.to_string()))?
+            );
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Summary {
+                    paths,
+                    postgres,
+                    table,
+                },
+        } => {
+            let (entries, skipped) = match (postgres, table) {
+                #[cfg(feature = "postgres")]
+                (Some(conn), Some(table)) => (
+                    runtime()?.block_on(weir::dlq::read_postgres(&conn, &table))?,
+                    0,
+                ),
+                #[cfg(not(feature = "postgres"))]
+                (Some(_), _) => {
+                    return Err(WeirError::Command(
+                        "this weir was built without the `postgres` feature".into(),
+                    ))
+                }
+                _ => {
+                    if paths.is_empty() {
+                        return Err(WeirError::Command(
+                            "name the dead-letter files (e.g. out/dead_letter.jsonl, as the \
+                             run's summary shows) or --postgres CONNECTION --table TABLE"
+                                .into(),
+                        ));
+                    }
+                    let mut files = Vec::new();
+                    for p in &paths {
+                        let found = weir::dlq::files_for(p);
+                        if found.is_empty() {
+                            return Err(WeirError::Command(format!(
+                                "no dead-letter file at {} (nor part files of it)",
+                                p.display()
+                            )));
+                        }
+                        files.extend(found);
+                    }
+                    weir::dlq::read_files(&files)?
+                }
+            };
+            print!(
+                "{}",
+                weir::dlq::render(&weir::dlq::summarize(entries), skipped)
             );
             Ok(())
         }

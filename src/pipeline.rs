@@ -430,6 +430,18 @@ impl Stream {
         self.step_from(name, kind, value, &[])
     }
 
+    /// A step with more inputs: this stream first, then `others` (YAML `from: [this,
+    /// others…]`), e.g. `enrich` with a changelog.
+    pub fn step_with_inputs(
+        &self,
+        name: &str,
+        kind: &str,
+        value: Value,
+        others: &[&Stream],
+    ) -> Result<Stream, WeirError> {
+        self.step_from(name, kind, value, others)
+    }
+
     fn step_from(
         &self,
         name: &str,

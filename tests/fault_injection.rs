@@ -127,7 +127,7 @@ pub(crate) fn committed(dir: &Path) -> BTreeMap<String, Vec<String>> {
         by_sink
             .entry(sink)
             .or_default()
-            .extend(text.lines().map(str::to_string));
+            .extend(text.lines().map(crate::common::without_time));
     }
     for v in by_sink.values_mut() {
         v.sort();

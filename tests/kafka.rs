@@ -259,7 +259,7 @@ fn published_lines(dir: &Path) -> Vec<String> {
                 continue;
             }
             let text = std::fs::read_to_string(e.path()).unwrap();
-            out.extend(text.lines().map(str::to_string));
+            out.extend(text.lines().map(crate::common::without_time));
         }
     }
     out.sort();

@@ -78,7 +78,11 @@ fn sorted_lines(files: &[(String, String)]) -> Vec<String> {
     let mut lines: Vec<String> = files
         .iter()
         .filter(|(name, _)| !name.starts_with('.'))
-        .flat_map(|(_, text)| text.lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|(_, text)| {
+            text.lines()
+                .map(crate::common::without_time)
+                .collect::<Vec<_>>()
+        })
         .collect();
     lines.sort();
     lines

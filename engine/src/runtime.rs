@@ -1448,6 +1448,9 @@ impl ChainTask {
                     let node = head.node;
                     if !dead.is_empty() {
                         OperatorMetrics::add(&head.metrics.dead_letters, dead.len() as u64);
+                        for d in dead.iter_mut().filter(|d| d.step.is_empty()) {
+                            d.step = source_name.to_string();
+                        }
                         let b = dead_letters_to_batch(&dead)?;
                         self.route(
                             &StreamRef {

@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{EngineError, Result};
@@ -229,7 +231,24 @@ pub struct DeadLetter {
     pub position: u64,
     /// The raw bytes (truncated for huge records, see the reason).
     pub payload: Vec<u8>,
+    /// What went wrong, one of [`DEAD_LETTER_KINDS`].
+    pub kind: &'static str,
+    /// The node that rejected the record: a source or a step (empty: the runtime fills
+    /// in the source's name).
+    pub step: String,
 }
+
+/// The kinds of dead letters: `decode` (the format could not decode the record: bad
+/// syntax, a missing field, a wrong type, too large), `future_time` (event time beyond
+/// `max_future`), `expression` (a SQL expression failed on the row), `validation` (a
+/// `validate` rule broken), `lookup` (an `enrich` key not in the table).
+pub const DEAD_LETTER_KINDS: [&str; 5] = [
+    "decode",
+    "future_time",
+    "expression",
+    "validation",
+    "lookup",
+];
 
 /// The schema of the dead-letter output.
 pub fn dead_letter_schema() -> SchemaRef {
@@ -238,6 +257,13 @@ pub fn dead_letter_schema() -> SchemaRef {
         Field::new("source", DataType::Utf8, false),
         Field::new("position", DataType::UInt64, false),
         Field::new("payload", DataType::Utf8, false),
+        Field::new("step", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -251,11 +277,18 @@ pub fn dead_letters_to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
         .iter()
         .map(|d| Some(String::from_utf8_lossy(&d.payload).into_owned()))
         .collect();
+    let step: StringArray = letters.iter().map(|d| Some(d.step.as_str())).collect();
+    let kind: StringArray = letters.iter().map(|d| Some(d.kind)).collect();
+    let now = crate::checkpoint::coordinator::now_ms();
+    let time = TimestampMillisecondArray::from_iter_values(letters.iter().map(|_| now));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(reason),
         Arc::new(source),
         Arc::new(position),
         Arc::new(payload),
+        Arc::new(step),
+        Arc::new(kind),
+        Arc::new(time),
     ];
     RecordBatch::try_new(dead_letter_schema(), cols)
         .map_err(|e| EngineError::arrow("building dead-letter batch", e))
@@ -332,6 +365,8 @@ pub fn reject_future_rows(
             source: source.to_string(),
             position,
             payload,
+            kind: "future_time",
+            step: String::new(),
         });
     }
     let kept = arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))

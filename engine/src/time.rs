@@ -293,7 +293,23 @@ impl WatermarkGenerator {
             if self.splits.is_empty() {
                 return None;
             }
-            Watermark::Idle
+            // Every split is idle. What the splits with data had reached comes first: had
+            // a poll fallen between a split without data going idle and the last one, it
+            // would have been emitted, and the windows it closes must not wait for the
+            // timing of polls (a stream that goes quiet would otherwise stall them).
+            let reached = self
+                .splits
+                .values()
+                .filter_map(|st| st.max_ts)
+                .map(|m| m.saturating_sub(ooo).saturating_sub(1))
+                .min();
+            match reached {
+                Some(wm) if wm > self.last_wm => {
+                    self.last_wm = wm;
+                    Watermark::EventTime(wm)
+                }
+                _ => Watermark::Idle,
+            }
         } else {
             let wm = min.unwrap_or(EventTime::MIN).max(self.last_wm);
             if wm == EventTime::MIN {
@@ -469,6 +485,24 @@ mod tests {
         // Split 1 wakes up behind: the watermark does not go back.
         g.observe(1, &batch(&[3_000]), t2).expect("observe");
         assert_eq!(g.poll(t2), Some(Watermark::EventTime(19_899)));
+    }
+
+    /// An empty split and the split with data go idle between two polls: the watermark
+    /// the data reached is emitted before idleness, whatever the timing of the polls.
+    #[test]
+    fn splits_going_idle_between_two_polls_still_emit_what_the_data_reached() {
+        let mut g = WatermarkGenerator::new(cfg(Some(1000)));
+        let t0 = Instant::now();
+        g.register_assigned(1, t0);
+        g.observe(0, &batch(&[10_000]), t0 + Duration::from_millis(10))
+            .expect("observe");
+        // The empty split holds the watermark while it is not idle.
+        assert_eq!(g.poll(t0 + Duration::from_millis(20)), None);
+        // The next poll comes after both went idle.
+        let late = t0 + Duration::from_millis(2_000);
+        assert_eq!(g.poll(late), Some(Watermark::EventTime(9_899)));
+        assert_eq!(g.poll(late), Some(Watermark::Idle));
+        assert_eq!(g.poll(late), None);
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub fn build(dir: &Path) -> Result<Pipeline, WeirError> {
             ])
             .event_time("ts", "10s"),
     )?;
+    let fx_rates = p.source(
+        "fx_rates",
+        SourceSpec::new("file")
+            .option("path", path("data/fx_rates.jsonl"))
+            .format("json")
+            .schema(&[
+                ("currency", "string"),
+                ("valid_from", "timestamp"),
+                ("eur_rate", "float"),
+            ])
+            .event_time("valid_from", "0s"),
+    )?;
     let valid = payments.step(
         "valid",
         "validate",
@@ -66,14 +78,16 @@ pub fn build(dir: &Path) -> Result<Pipeline, WeirError> {
             "missing": "dead_letter",
         }),
     )?;
-    let with_rate = with_merchant.step(
+    let with_rate = with_merchant.step_with_inputs(
         "with_rate",
         "enrich",
         json!({
-            "table": { "path": path("data/fx_rates.csv"), "schema": { "currency": "string", "eur_rate": "float" } },
+            "changelog": { "time": "ts", "version_time": "valid_from" },
             "on": { "currency": "currency" },
+            "columns": ["eur_rate"],
             "missing": "dead_letter",
         }),
+        &[&fx_rates],
     )?;
     let booked = with_rate.select(
         "booked",

@@ -125,6 +125,8 @@ impl TextFormat {
                     source: source.to_string(),
                     position: position(e.row),
                     payload: bytes.to_vec(),
+                    kind: "decode",
+                    step: String::new(),
                 }
             })
             .collect()
@@ -357,6 +359,8 @@ impl FormatDecoder {
                     _ => row as u64,
                 },
                 payload: preview.to_vec(),
+                kind: "decode",
+                step: String::new(),
             });
         }
         // Rows of `rest` back to rows of `raw`.

@@ -56,12 +56,23 @@ pub struct EnrichStep;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnrichOptions {
-    table: TableOptions,
+    table: Option<TableOptions>,
+    changelog: Option<ChangelogOptions>,
     on: serde_json::Map<String, Value>,
     columns: Option<Vec<String>>,
     #[serde(default)]
     missing: Missing,
     reload: Option<String>,
+}
+
+/// The second input is a changelog: its rows are versions, joined as of event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangelogOptions {
+    /// The stream's event-time column.
+    time: String,
+    /// The changelog's column saying from when a version is valid.
+    version_time: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +312,8 @@ impl Operator for EnrichOperator {
                         source: format!("step {}", ctx.operator),
                         position: base + i as u64,
                         payload,
+                        kind: "lookup",
+                        step: ctx.operator.clone(),
                     });
                 }
                 out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
@@ -337,13 +350,26 @@ impl StepFactory for EnrichStep {
         "enrich"
     }
 
+    fn inputs(&self) -> (usize, usize) {
+        (1, 2)
+    }
+
     fn options_schema(&self) -> Value {
         json!({
             "type": "object",
-            "description": "Looks up each record's key in a reference table (a CSV or JSON-lines file) and adds the table's columns.",
+            "description": "Looks up each record's key in a reference table (a CSV or JSON-lines file) and adds the table's columns; or, with two inputs and `changelog:`, joins each record with the version of its key valid at its event time.",
             "additionalProperties": false,
-            "required": ["table", "on"],
+            "required": ["on"],
             "properties": {
+                "changelog": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["time", "version_time"],
+                    "properties": {
+                        "time": { "type": "string", "description": "The stream's event-time column." },
+                        "version_time": { "type": "string", "description": "The changelog's column: from when a version is valid." }
+                    }
+                },
                 "table": {
                     "type": "object",
                     "additionalProperties": false,
@@ -374,8 +400,6 @@ impl StepFactory for EnrichStep {
         let input = inputs
             .first()
             .ok_or_else(|| FieldError::here("enrich needs one input"))?;
-        let file_schema = weir_engine::spec::parse_schema(&o.table.schema)
-            .map_err(|e| e.under("/table/schema"))?;
         let (stream_col, table_col) = match o.on.iter().next() {
             Some((s, Value::String(t))) if o.on.len() == 1 => (s.clone(), t.clone()),
             _ => {
@@ -385,6 +409,52 @@ impl StepFactory for EnrichStep {
                 ))
             }
         };
+        if inputs.len() == 2 {
+            let Some(changelog) = &o.changelog else {
+                return Err(FieldError::here(
+                    "with two inputs (the stream, then a changelog) enrich needs                      `changelog: { time: …, version_time: … }`",
+                ));
+            };
+            if o.table.is_some() {
+                return Err(FieldError::at(
+                    "/table",
+                    "a file table and a changelog input exclude each other",
+                ));
+            }
+            let missing = match o.missing {
+                Missing::DeadLetter => super::as_of::MissingVersion::DeadLetter,
+                Missing::Null => super::as_of::MissingVersion::Null,
+                Missing::Drop => super::as_of::MissingVersion::Drop,
+            };
+            let plan = super::as_of::plan(
+                inputs,
+                &changelog.time,
+                &changelog.version_time,
+                &stream_col,
+                &table_col,
+                o.columns.as_deref(),
+                missing,
+            )?;
+            let describe = format!(
+                "enrich as of {} on {stream_col} = {table_col} (version time {})",
+                changelog.time, changelog.version_time
+            );
+            return Ok(super::as_of::build(plan, describe));
+        }
+        if o.changelog.is_some() {
+            return Err(FieldError::at(
+                "/changelog",
+                "a changelog is the step's second input: write `from: [stream, changelog]`",
+            ));
+        }
+        let Some(table) = o.table.clone() else {
+            return Err(FieldError::here(
+                "enrich needs `table:` (a file) or a second input with `changelog:`",
+            ));
+        };
+        let o = EnrichOptions { table: None, ..o };
+        let file_schema =
+            weir_engine::spec::parse_schema(&table.schema).map_err(|e| e.under("/table/schema"))?;
         let stream_key = input.index_of(&stream_col).map_err(|_| {
             FieldError::at(
                 "/on",
@@ -435,7 +505,7 @@ impl StepFactory for EnrichStep {
             }
         };
         let path = {
-            let p = Path::new(&o.table.path);
+            let p = Path::new(&table.path);
             if p.is_absolute() {
                 p.to_path_buf()
             } else {
@@ -444,8 +514,8 @@ impl StepFactory for EnrichStep {
         };
         let shared = Shared {
             path,
-            shown_path: o.table.path.clone(),
-            format: o.table.format,
+            shown_path: table.path.clone(),
+            format: table.format,
             file_schema: file_schema.clone(),
             key_column: table_col.clone(),
             columns: columns.clone(),
@@ -456,11 +526,11 @@ impl StepFactory for EnrichStep {
                 version: 0,
             })),
         };
-        let table = shared
+        let loaded = shared
             .load(1)
             .map_err(|m| FieldError::at("/table/path", m))?;
         if let Ok(mut w) = shared.table.write() {
-            *w = Arc::new(table);
+            *w = Arc::new(loaded);
         }
         let shared = Arc::new(shared);
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -476,10 +546,9 @@ impl StepFactory for EnrichStep {
         // The file's name only: a Rust pipeline passes absolute paths, YAML relative ones.
         let describe = format!(
             "enrich from {} on {stream_col} = {table_col} adding {}",
-            Path::new(&o.table.path).file_name().map_or_else(
-                || o.table.path.clone(),
-                |n| n.to_string_lossy().into_owned()
-            ),
+            Path::new(&table.path)
+                .file_name()
+                .map_or_else(|| table.path.clone(), |n| n.to_string_lossy().into_owned()),
             columns.join(", ")
         );
         let mut step = simple_build(

@@ -12,6 +12,7 @@
 //! A row on which a `filter` or `select` expression fails at run time (division by zero,
 //! a bad cast) goes to the step's `dead_letter` side output; the other rows go on.
 
+mod as_of;
 mod dedup;
 mod enrich;
 mod filter;

@@ -84,7 +84,7 @@ impl Operator for ParseOperator {
         &mut self,
         _input: usize,
         batch: RecordBatch,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Collector,
     ) -> weir_engine::Result<()> {
         let values = as_binary(batch.column(self.field))?;
@@ -93,11 +93,14 @@ impl Operator for ParseOperator {
         self.seen += batch.num_rows() as u64;
 
         if !decoded.errors.is_empty() {
-            let letters = self
-                .format
-                .dead_letters(&values, decoded.errors, &self.source, |row| {
-                    base + row as u64
-                });
+            let mut letters =
+                self.format
+                    .dead_letters(&values, decoded.errors, &self.source, |row| {
+                        base + row as u64
+                    });
+            for d in &mut letters {
+                d.step = ctx.operator.clone();
+            }
             out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
         }
         if self.keep.is_empty() {

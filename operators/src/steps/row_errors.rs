@@ -146,6 +146,8 @@ fn dead_letter(
         source: format!("step {step}"),
         position: base + row as u64,
         payload,
+        kind: "expression",
+        step: step.to_string(),
     }
 }
 

@@ -122,6 +122,8 @@ impl Operator for ValidateOperator {
                 source: format!("step {}", ctx.operator),
                 position: base + row as u64,
                 payload,
+                kind: "validation",
+                step: ctx.operator.clone(),
             });
         }
         if !keep.is_empty() {

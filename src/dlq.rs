@@ -1,0 +1,350 @@
+//! Reviewing dead letters (`weir dlq summary`, the third remediation tier): read the
+//! entries a dead-letter sink wrote — JSON-lines files (the sink's path and its part
+//! files) or a PostgreSQL table — and group them by error kind and step, with counts,
+//! first and last seen, and a sample, largest group first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::WeirError;
+
+/// One dead letter as written by a dead-letter sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Error kind (`decode`, `validation`, `lookup`, …; `unknown` for entries written
+    /// before weir recorded kinds).
+    pub kind: String,
+    /// The source or step that rejected the record.
+    pub step: String,
+    /// The message.
+    pub reason: String,
+    /// Source and split, and the position in it.
+    pub source: String,
+    pub position: u64,
+    /// The record as received (or the row as JSON).
+    pub payload: String,
+    /// When it was rejected, as written (`YYYY-MM-DDTHH:MM:SS.sss`); empty if unknown.
+    pub time: String,
+}
+
+impl Entry {
+    /// An entry from one JSON object of a dead-letter file.
+    pub fn from_json(v: &Value) -> Option<Entry> {
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let reason = text("reason")?;
+        let source = text("source").unwrap_or_default();
+        let step = text("step").unwrap_or_else(|| {
+            source
+                .strip_prefix("step ")
+                .unwrap_or_else(|| source.split(':').next().unwrap_or(""))
+                .to_string()
+        });
+        Some(Entry {
+            kind: text("kind").unwrap_or_else(|| "unknown".into()),
+            step,
+            reason,
+            position: v.get("position").and_then(Value::as_u64).unwrap_or(0),
+            payload: text("payload").unwrap_or_default(),
+            time: text("time").unwrap_or_default(),
+            source,
+        })
+    }
+}
+
+/// The entries of one kind and step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub kind: String,
+    pub step: String,
+    pub count: u64,
+    /// Earliest and latest `time` of its entries (empty if none had one).
+    pub first_seen: String,
+    pub last_seen: String,
+    /// The first entry read of the group.
+    pub sample: Entry,
+}
+
+/// Groups entries by (kind, step): largest group first, then by kind and step.
+pub fn summarize(entries: impl IntoIterator<Item = Entry>) -> Vec<Group> {
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    for e in entries {
+        let g = groups
+            .entry((e.kind.clone(), e.step.clone()))
+            .or_insert_with(|| Group {
+                kind: e.kind.clone(),
+                step: e.step.clone(),
+                count: 0,
+                first_seen: e.time.clone(),
+                last_seen: e.time.clone(),
+                sample: e.clone(),
+            });
+        g.count += 1;
+        if !e.time.is_empty() {
+            if g.first_seen.is_empty() || e.time < g.first_seen {
+                g.first_seen = e.time.clone();
+            }
+            if e.time > g.last_seen {
+                g.last_seen = e.time.clone();
+            }
+        }
+    }
+    let mut v: Vec<Group> = groups.into_values().collect();
+    v.sort_by_key(|g| std::cmp::Reverse(g.count));
+    v
+}
+
+/// The files a file sink writing `path` publishes: `path` itself, and its parts
+/// (`dead_letter-0.jsonl`, `dead_letter-0-000003.jsonl`, …); a directory: every
+/// visible `.jsonl` file in it.
+pub fn files_for(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "jsonl")
+                            && !p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        return v;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                        return false;
+                    };
+                    let (s, x) = match name.rsplit_once('.') {
+                        Some((s, x)) if ext.is_some() => (s.to_string(), Some(x.to_string())),
+                        _ => (name.clone(), None),
+                    };
+                    x == ext
+                        && (s == stem
+                            || s.strip_prefix(&format!("{stem}-")).is_some_and(|rest| {
+                                rest.split('-')
+                                    .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                            }))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Reads the entries of dead-letter JSON-lines files; lines that are not dead letters
+/// are counted and skipped.
+pub fn read_files(files: &[PathBuf]) -> Result<(Vec<Entry>, usize), WeirError> {
+    let mut entries = Vec::new();
+    let mut skipped = 0;
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| WeirError::Command(format!("cannot read {}: {e}", f.display())))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| Entry::from_json(&v))
+            {
+                Some(e) => entries.push(e),
+                None => skipped += 1,
+            }
+        }
+    }
+    Ok((entries, skipped))
+}
+
+/// Reads the entries of a dead-letter table in PostgreSQL.
+#[cfg(feature = "postgres")]
+pub async fn read_postgres(connection: &str, table: &str) -> Result<Vec<Entry>, WeirError> {
+    let quoted = table
+        .split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".");
+    let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| WeirError::Command(format!("cannot connect to PostgreSQL: {e}")))?;
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT reason, source, position, payload, step, kind, \
+                 to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') FROM {quoted}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| WeirError::Command(format!("reading {table}: {e}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| Entry {
+            reason: r.get(0),
+            source: r.get(1),
+            position: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+            payload: r.get(3),
+            step: r.get(4),
+            kind: r.get(5),
+            time: r.get::<_, Option<String>>(6).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The summary as a table for the terminal.
+pub fn render(groups: &[Group], skipped: usize) -> String {
+    use std::fmt::Write as _;
+    let total: u64 = groups.iter().map(|g| g.count).sum();
+    let mut s = format!("{total} dead letter(s) in {} group(s)\n", groups.len());
+    for g in groups {
+        let _ = writeln!(
+            s,
+            "\n{:>7}  {} in `{}`   first {}   last {}",
+            g.count,
+            g.kind,
+            g.step,
+            if g.first_seen.is_empty() {
+                "?"
+            } else {
+                &g.first_seen
+            },
+            if g.last_seen.is_empty() {
+                "?"
+            } else {
+                &g.last_seen
+            },
+        );
+        let _ = writeln!(s, "         e.g. {}", g.sample.reason);
+        let payload: String = g.sample.payload.chars().take(160).collect();
+        let _ = writeln!(
+            s,
+            "         at {} #{}: {payload}{}",
+            g.sample.source,
+            g.sample.position,
+            if g.sample.payload.chars().count() > 160 {
+                "…"
+            } else {
+                ""
+            }
+        );
+    }
+    if skipped > 0 {
+        let _ = writeln!(
+            s,
+            "\n({skipped} line(s) were not dead letters and were skipped)"
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, step: &str, time: &str) -> Entry {
+        Entry {
+            kind: kind.into(),
+            step: step.into(),
+            reason: format!("{kind} in {step}"),
+            source: "s".into(),
+            position: 1,
+            payload: "{}".into(),
+            time: time.into(),
+        }
+    }
+
+    #[test]
+    fn groups_by_kind_and_step_largest_first_with_first_and_last_seen() {
+        let groups = summarize(vec![
+            entry("decode", "payments", "2026-01-01T00:00:02.000"),
+            entry("validation", "valid", "2026-01-01T00:00:05.000"),
+            entry("validation", "valid", "2026-01-01T00:00:01.000"),
+            entry("validation", "valid", "2026-01-01T00:00:09.000"),
+            entry("lookup", "with_merchant", ""),
+        ]);
+        let shape: Vec<(String, String, u64, String, String)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.kind.clone(),
+                    g.step.clone(),
+                    g.count,
+                    g.first_seen.clone(),
+                    g.last_seen.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape[0],
+            (
+                "validation".into(),
+                "valid".into(),
+                3,
+                "2026-01-01T00:00:01.000".into(),
+                "2026-01-01T00:00:09.000".into()
+            )
+        );
+        assert_eq!(shape.len(), 3);
+        assert_eq!(groups[0].sample.time, "2026-01-01T00:00:05.000");
+        assert!(render(&groups, 2).contains("5 dead letter(s) in 3 group(s)"));
+    }
+
+    #[test]
+    fn entries_without_kind_or_step_are_read_too() {
+        let v: Value = serde_json::from_str(
+            r#"{"reason":"bad","source":"logs: a.jsonl","position":3,"payload":"x"}"#,
+        )
+        .unwrap();
+        let e = Entry::from_json(&v).unwrap();
+        assert_eq!((e.kind.as_str(), e.step.as_str()), ("unknown", "logs"));
+        assert!(Entry::from_json(&serde_json::json!({"n": 1})).is_none());
+    }
+
+    #[test]
+    fn a_sinks_path_finds_its_parts_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "dead_letter.jsonl",
+            "dead_letter-0-000003.jsonl",
+            "dead_letter-1.jsonl",
+            ".dead_letter-0-000004.jsonl.inprogress",
+            "dead_letter_other.jsonl",
+            "dead_letter-x.jsonl",
+            "alerts.jsonl",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let names: Vec<String> = files_for(&dir.path().join("dead_letter.jsonl"))
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "dead_letter-0-000003.jsonl",
+                "dead_letter-1.jsonl",
+                "dead_letter.jsonl"
+            ]
+        );
+    }
+}
