@@ -52,7 +52,7 @@ fn brokers(var: &str, test: &str) -> Option<String> {
 }
 
 /// noida-db: transactions and `read_committed` faithful.
-fn noida(test: &str) -> Option<String> {
+pub(crate) fn noida(test: &str) -> Option<String> {
     brokers("WEIR_TEST_KAFKA_BROKERS", test)
 }
 
@@ -76,7 +76,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -89,7 +89,7 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 }
 
 /// Produces `(partition, value)` messages.
-fn produce(brokers: &str, topic: &str, messages: &[(i32, Option<String>)]) {
+pub(crate) fn produce(brokers: &str, topic: &str, messages: &[(i32, Option<String>)]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")

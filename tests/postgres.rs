@@ -629,3 +629,199 @@ fn the_payments_example_books_into_postgres_exactly_once() {
         ]
     );
 }
+
+/// `enrich` from a PostgreSQL table: the rows found add their columns, a key not in the
+/// table is a dead letter naming it, and a table or column that does not exist is an
+/// error at start naming the field.
+#[test]
+fn enrich_looks_up_a_postgres_table_in_batches() {
+    let Some(conn) = pg("postgres lookups") else {
+        return;
+    };
+    let table = unique("merchants");
+    query(
+        &conn,
+        &format!(
+            "CREATE TABLE {table} (merchant_id text PRIMARY KEY, merchant_name text, risk integer); \
+             INSERT INTO {table} SELECT 'm' || i, 'Merchant ' || i, i % 7 FROM generate_series(1, 50) i"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let mut lines = String::new();
+    for i in 0..2_000 {
+        // Keys 1..=60: 51..=60 are not in the table.
+        lines.push_str(&format!(
+            "{{\"id\": {i}, \"merchant\": \"m{}\"}}\n",
+            i % 60 + 1
+        ));
+    }
+    std::fs::write(dir.path().join("data/p.jsonl"), lines).unwrap();
+    let job = |table: &str, extra: &str| {
+        format!(
+            "name: {}\nparallelism: 2\nbatch_size: 100\n\
+             sources:\n  p: {{ type: file, path: data/*.jsonl, format: json, schema: {{ id: int, merchant: string }} }}\n\
+             steps:\n  e:\n    from: p\n    enrich:\n      table: {{ type: postgres, connection: \"{conn}\", name: {table}, schema: {{ merchant_id: string, merchant_name: string, risk: int }} }}\n\
+             \x20     on: {{ merchant: merchant_id }}\n      cache: {{ size: 20, ttl: 1m }}\n{extra}\
+             sinks:\n  o: {{ from: e, type: file, path: out/o.jsonl }}\n\
+             dead_letter: {{ type: file, path: dead/dead_letter.jsonl }}\n",
+            unique("lookup")
+        )
+    };
+    std::fs::write(dir.path().join("job.yaml"), job(&table, "")).unwrap();
+    let out = weir_cmd(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for e in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+        for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+            rows.push(serde_json::from_str(l).unwrap());
+        }
+    }
+    // 50 of every 60 keys are in the table.
+    let want = (0..2_000).filter(|i| i % 60 < 50).count();
+    assert_eq!(rows.len(), want);
+    for r in &rows {
+        let m: i64 = r["merchant"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r["merchant_name"], format!("Merchant {m}"));
+        assert_eq!(r["risk"], m % 7);
+    }
+    let dead: Vec<String> = std::fs::read_dir(dir.path().join("dead"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(dead.len(), 2_000 - want);
+    assert!(
+        dead.iter()
+            .all(|d| d.contains("no row in PostgreSQL table") && d.contains("\"kind\":\"lookup\"")),
+        "{:?}",
+        &dead[..2]
+    );
+    // A missing table and a missing column are errors at start.
+    std::fs::write(dir.path().join("job.yaml"), job(&unique("nope"), "")).unwrap();
+    let out = weir_cmd(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("steps.e.enrich.table")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    let other = unique("merchants2");
+    query(
+        &conn,
+        &format!("CREATE TABLE {other} (merchant_id text, merchant_name text)"),
+    );
+    std::fs::write(dir.path().join("job.yaml"), job(&other, "")).unwrap();
+    let out = weir_cmd(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no column `risk`"),
+        "{err}"
+    );
+}
+
+/// The payments example's Kafka variant (`examples/payments/kafka.yaml`): payments and the
+/// FX changelog produced to Kafka topics (noida-db), read to their end, booked into
+/// PostgreSQL exactly once, with a kill after a checkpoint: the same ledger as the file
+/// variant.
+#[test]
+fn the_payments_example_from_kafka_books_the_same_ledger() {
+    let (Some(conn), Some(brokers)) = (
+        pg("postgres payments from kafka"),
+        crate::kafka::noida("postgres payments from kafka"),
+    ) else {
+        return;
+    };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/payments");
+    let suffix = unique("k");
+    let (payments, fx) = (format!("payments-{suffix}"), format!("fx-{suffix}"));
+    crate::kafka::create_topic(&brokers, &payments, 3);
+    crate::kafka::create_topic(&brokers, &fx, 1);
+    let lines = |f: &str, partitions: i32| -> Vec<(i32, Option<String>)> {
+        std::fs::read_to_string(example.join("data").join(f))
+            .unwrap()
+            .lines()
+            .enumerate()
+            .map(|(i, l)| ((i as i32) % partitions, Some(l.to_string())))
+            .collect()
+    };
+    crate::kafka::produce(&brokers, &payments, &lines("payments.jsonl", 3));
+    crate::kafka::produce(&brokers, &fx, &lines("fx_rates.jsonl", 1));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        example.join("data/merchants.csv"),
+        dir.path().join("data/merchants.csv"),
+    )
+    .unwrap();
+    let yaml = std::fs::read_to_string(example.join("kafka.yaml"))
+        .unwrap()
+        .replace(
+            "name: payments-kafka",
+            &format!("name: payments-kafka-{suffix}"),
+        )
+        .replace(
+            "topic: payments\n",
+            &format!("topic: {payments}\n    end: latest\n"),
+        )
+        .replace(
+            "topic: fx-rates\n",
+            &format!("topic: {fx}\n    end: latest\n"),
+        )
+        .replace("group: payments-ledger", &format!("group: ledger-{suffix}"))
+        .replace(
+            "table: payments_dead_letters",
+            &format!("table: dlq_{suffix}"),
+        )
+        .replace("table: payments\n", &format!("table: payments_{suffix}\n"))
+        .replace(
+            "checkpoint: { interval: 1s }",
+            "checkpoint: { interval: 100ms }",
+        );
+    std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
+    let mut killed = 0;
+    for attempt in 0..10 {
+        let mut c = weir_cmd(dir.path());
+        c.env("PAYMENTS_DB", &conn).env("KAFKA_BROKERS", &brokers);
+        if attempt == 0 {
+            c.env("WEIR_FAULT", "before_commit:2");
+        }
+        let out = c.output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed += 1;
+    }
+    assert_eq!(killed, 1, "the crash point was not reached");
+    let count = |sql: String| query(&conn, &sql)[0][0].clone();
+    assert_eq!(
+        count(format!(
+            "SELECT count(DISTINCT payment_id) || '/' || count(*) FROM payments_{suffix}"
+        )),
+        "1933/1933"
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT round(sum(amount_eur)::numeric, 2) FROM payments_{suffix}"
+        )),
+        "682561.61"
+    );
+    assert_eq!(count(format!("SELECT count(*) FROM dlq_{suffix}")), "33");
+}

@@ -7,6 +7,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use weir_engine::registry::FieldError;
 
+pub(crate) use weir_engine::env::expand_env;
+
 /// Escapes one JSON pointer segment (`~` → `~0`, `/` → `~1`).
 pub(crate) fn pointer_segment(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
@@ -209,26 +211,6 @@ fn strip_null(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(strip_null),
         _ => {}
     }
-}
-
-/// `${NAME}` in `value` replaced by the environment variable NAME.
-pub(crate) fn expand_env(value: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "`${` without a closing `}`".to_string())?;
-        let name = &after[..end];
-        let v = std::env::var(name)
-            .map_err(|_| format!("the environment variable `{name}` is not set"))?;
-        out.push_str(&v);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// An optional duration option (`"10s"`), `default` when absent.

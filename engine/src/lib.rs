@@ -17,6 +17,7 @@ pub mod aggregate;
 pub mod batch;
 pub mod channel;
 pub mod checkpoint;
+pub mod env;
 pub mod error;
 pub mod expr;
 pub mod fault;

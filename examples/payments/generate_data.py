@@ -10,9 +10,17 @@
 
 Prints what the job must find: booked payments, and dead letters by reason.
 """
+import argparse
 import datetime
 import json
+import os
 import random
+
+args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+args.add_argument("--count", type=int, default=2000, help="payments (default 2000)")
+args.add_argument("--out", default=".", help="folder that gets data/ (default: here)")
+args = args.parse_args()
+os.makedirs(os.path.join(args.out, "data"), exist_ok=True)
 
 random.seed(11)
 base = datetime.datetime(2026, 3, 2, 9, 0, 0, tzinfo=datetime.timezone.utc)
@@ -37,7 +45,7 @@ lines, booked, dead = [], 0, {"malformed": 0, "rule": 0, "merchant": 0}
 total_eur = 0.0
 sent = []
 t = 0
-for i in range(2000):
+for i in range(args.count):
     t += random.randint(0, 7_000)
     ms = int(base.timestamp() * 1000) + t - random.randint(0, 10_000)
     ts = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -63,13 +71,13 @@ for i in range(2000):
     else:
         booked += 1
         total_eur += round(amount * rate_at(currency, ms), 2)
-with open("data/payments.jsonl", "w") as f:
+with open(os.path.join(args.out, "data/payments.jsonl"), "w") as f:
     f.write("\n".join(lines) + "\n")
-with open("data/merchants.csv", "w") as f:
+with open(os.path.join(args.out, "data/merchants.csv"), "w") as f:
     f.write("merchant_id,merchant_name,merchant_country,mcc\n")
     for m in merchants:
         f.write(",".join(m) + "\n")
-with open("data/fx_rates.jsonl", "w") as f:
+with open(os.path.join(args.out, "data/fx_rates.jsonl"), "w") as f:
     for c, vs in versions.items():
         for ms, r in vs:
             when = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

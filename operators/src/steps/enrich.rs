@@ -49,6 +49,140 @@ use weir_engine::{EngineError, Result};
 use super::row_errors::{self, row_json};
 use super::simple_build;
 
+/// What happens to a record whose key has no row (shared with the lookup operators).
+pub(super) type MissingMode = Missing;
+
+/// A `type: postgres` table: looked up per batch, cached.
+#[cfg(feature = "postgres")]
+fn postgres_build(
+    o: &EnrichOptions,
+    table: &TableOptions,
+    schema: &SchemaRef,
+    input: &SchemaRef,
+    stream_col: &str,
+    table_col: &str,
+) -> std::result::Result<StepBuild, FieldError> {
+    use super::pg_lookup::{check, output_schema, PgLookupOperator, PgTable};
+    let connection = weir_engine::env::expand_env(
+        table
+            .connection
+            .as_deref()
+            .ok_or_else(|| FieldError::at("/table", "a postgres table needs `connection`"))?,
+    )
+    .map_err(|m| FieldError::at("/table/connection", m))?;
+    let name = table
+        .name
+        .clone()
+        .ok_or_else(|| FieldError::at("/table", "a postgres table needs `name` (the table)"))?;
+    if table.path.is_some() {
+        return Err(FieldError::at(
+            "/table/path",
+            "a postgres table has `name`, not `path`",
+        ));
+    }
+    let stream_key = input
+        .index_of(stream_col)
+        .map_err(|_| FieldError::at("/on", format!("the stream has no column `{stream_col}`")))?;
+    if schema.index_of(table_col).is_err() {
+        return Err(FieldError::at(
+            "/on",
+            format!("the table's schema has no column `{table_col}`"),
+        ));
+    }
+    let wanted: Vec<String> = match &o.columns {
+        Some(c) => c.clone(),
+        None => schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != table_col)
+            .collect(),
+    };
+    let mut columns = Vec::new();
+    for (i, c) in wanted.iter().enumerate() {
+        let f = schema.field_with_name(c).map_err(|_| {
+            FieldError::at(
+                format!("/columns/{i}"),
+                format!("the table's schema has no column `{c}`"),
+            )
+        })?;
+        if input.index_of(c).is_ok() {
+            return Err(FieldError::at(
+                format!("/columns/{i}"),
+                format!(
+                    "the stream already has a column `{c}`: list the table columns to add \
+                     with `columns:` and leave it out"
+                ),
+            ));
+        }
+        columns.push((c.clone(), f.data_type().clone()));
+    }
+    let duration = |v: &Option<String>, at: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(t) => weir_engine::time::parse_duration(t).map_err(|m| FieldError::at(at, m)),
+    };
+    let cache = o.cache.clone().unwrap_or(CacheOptions {
+        size: None,
+        ttl: None,
+    });
+    let pg = Arc::new(PgTable {
+        connection,
+        name: name.clone(),
+        key_column: table_col.to_string(),
+        columns,
+        cache_size: cache.size.unwrap_or(100_000).max(1),
+        cache_ttl: duration(&cache.ttl, "/cache/ttl", Duration::from_secs(60))?,
+        unavailable_timeout: duration(
+            &table.unavailable_timeout,
+            "/table/unavailable_timeout",
+            Duration::from_secs(60),
+        )?,
+    });
+    check(&pg)?;
+    let output = output_schema(input, &pg);
+    let missing = o.missing;
+    let input = input.clone();
+    let stream_col = stream_col.to_string();
+    let describe = format!(
+        "enrich from PostgreSQL table {name} on {stream_col} = {table_col} adding {}",
+        pg.columns
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut step = simple_build(
+        output,
+        describe,
+        Arc::new(move |_subtask, _parallelism| {
+            Ok(Box::new(PgLookupOperator::new(
+                pg.clone(),
+                stream_key,
+                stream_col.clone(),
+                missing,
+                &input,
+            )) as Box<dyn Operator>)
+        }),
+    );
+    step.side_outputs = row_errors::side_outputs();
+    Ok(step)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_build(
+    _o: &EnrichOptions,
+    _table: &TableOptions,
+    _schema: &SchemaRef,
+    _input: &SchemaRef,
+    _stream_col: &str,
+    _table_col: &str,
+) -> std::result::Result<StepBuild, FieldError> {
+    Err(FieldError::at(
+        "/table/type",
+        "this weir was built without PostgreSQL (cargo feature `postgres`, on by default)",
+    ))
+}
+
 /// Factory of the `enrich` step.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EnrichStep;
@@ -63,6 +197,24 @@ struct EnrichOptions {
     #[serde(default)]
     missing: Missing,
     reload: Option<String>,
+    cache: Option<CacheOptions>,
+}
+
+/// The cache of a PostgreSQL lookup table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheOptions {
+    size: Option<usize>,
+    ttl: Option<String>,
+}
+
+/// Where a table lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TableKind {
+    #[default]
+    File,
+    Postgres,
 }
 
 /// The second input is a changelog: its rows are versions, joined as of event time.
@@ -78,10 +230,15 @@ struct ChangelogOptions {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TableOptions {
-    path: String,
+    #[serde(rename = "type", default)]
+    kind: TableKind,
+    path: Option<String>,
     #[serde(default)]
     format: TableFormat,
     schema: Value,
+    connection: Option<String>,
+    name: Option<String>,
+    unavailable_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -95,7 +252,7 @@ enum TableFormat {
 /// What happens to a record whose key is not in the table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Missing {
+pub(super) enum Missing {
     /// To the dead-letter output, with the key in the reason.
     #[default]
     DeadLetter,
@@ -373,9 +530,13 @@ impl StepFactory for EnrichStep {
                 "table": {
                     "type": "object",
                     "additionalProperties": false,
-                    "required": ["path", "schema"],
+                    "required": ["schema"],
                     "properties": {
-                        "path": { "type": "string", "description": "The file, relative to the job file." },
+                        "type": { "enum": ["file", "postgres"], "description": "file (the default: a CSV or JSON-lines file, held in memory) or postgres (a table looked up per batch, cached)." },
+                        "path": { "type": "string", "description": "file: the file, relative to the job file." },
+                        "connection": { "type": "string", "description": "postgres: `host=… user=… password=… dbname=…` or a URL; ${NAME} reads the environment." },
+                        "name": { "type": "string", "description": "postgres: the table, `name` or `schema.name`." },
+                        "unavailable_timeout": { "type": "string", "description": "postgres: how long lookups are retried while the server is unreachable (default 60s)." },
                         "format": { "enum": ["csv", "json"], "description": "csv (with a header line, the default) or json (JSON lines)." },
                         "schema": { "type": "object", "description": "The file's columns and types, as a source's schema." }
                     }
@@ -383,7 +544,16 @@ impl StepFactory for EnrichStep {
                 "on": { "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": { "type": "string" }, "description": "{ stream_column: table_column }: the key." },
                 "columns": { "type": "array", "items": { "type": "string" }, "description": "Table columns to add (default: all but the key)." },
                 "missing": { "enum": ["dead_letter", "null", "drop"], "description": "A record whose key is not in the table: to the dead-letter output (default), on with null columns, or dropped." },
-                "reload": { "type": "string", "description": "How often to look whether the file changed (default 10s)." }
+                "reload": { "type": "string", "description": "How often to look whether the file changed (default 10s)." },
+                "cache": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "description": "postgres tables: the cache of looked-up keys.",
+                    "properties": {
+                        "size": { "type": "integer", "minimum": 1, "description": "Keys kept (default 100000)." },
+                        "ttl": { "type": "string", "description": "How long an answer is used (default 1m)." }
+                    }
+                }
             }
         })
     }
@@ -455,6 +625,18 @@ impl StepFactory for EnrichStep {
         let o = EnrichOptions { table: None, ..o };
         let file_schema =
             weir_engine::spec::parse_schema(&table.schema).map_err(|e| e.under("/table/schema"))?;
+        if table.kind == TableKind::Postgres {
+            return postgres_build(&o, &table, &file_schema, input, &stream_col, &table_col);
+        }
+        if o.cache.is_some() {
+            return Err(FieldError::at(
+                "/cache",
+                "a file table is held whole in memory: `cache` is for `type: postgres` tables",
+            ));
+        }
+        let Some(table_path) = table.path.clone() else {
+            return Err(FieldError::at("/table", "a file table needs `path`"));
+        };
         let stream_key = input.index_of(&stream_col).map_err(|_| {
             FieldError::at(
                 "/on",
@@ -505,7 +687,7 @@ impl StepFactory for EnrichStep {
             }
         };
         let path = {
-            let p = Path::new(&table.path);
+            let p = Path::new(&table_path);
             if p.is_absolute() {
                 p.to_path_buf()
             } else {
@@ -514,7 +696,7 @@ impl StepFactory for EnrichStep {
         };
         let shared = Shared {
             path,
-            shown_path: table.path.clone(),
+            shown_path: table_path.clone(),
             format: table.format,
             file_schema: file_schema.clone(),
             key_column: table_col.clone(),
@@ -546,9 +728,9 @@ impl StepFactory for EnrichStep {
         // The file's name only: a Rust pipeline passes absolute paths, YAML relative ones.
         let describe = format!(
             "enrich from {} on {stream_col} = {table_col} adding {}",
-            Path::new(&table.path)
+            Path::new(&table_path)
                 .file_name()
-                .map_or_else(|| table.path.clone(), |n| n.to_string_lossy().into_owned()),
+                .map_or_else(|| table_path.clone(), |n| n.to_string_lossy().into_owned()),
             columns.join(", ")
         );
         let mut step = simple_build(

@@ -18,6 +18,8 @@ mod enrich;
 mod filter;
 mod key_by;
 mod parse;
+#[cfg(feature = "postgres")]
+mod pg_lookup;
 mod row_errors;
 mod select;
 mod union;
