@@ -1,7 +1,10 @@
-//! Reviewing dead letters (`weir dlq summary`, the third remediation tier): read the
-//! entries a dead-letter sink wrote — JSON-lines files (the sink's path and its part
-//! files) or a PostgreSQL table — and group them by error kind and step, with counts,
-//! first and last seen, and a sample, largest group first.
+//! Working off dead letters. Review (`weir dlq summary`, the third remediation tier):
+//! read the entries a dead-letter sink wrote — JSON-lines files (the sink's path and its
+//! part files) or a PostgreSQL table — and group them by error kind and step, with
+//! counts, first and last seen, and a sample, largest group first. Transform and replay
+//! (`weir dlq replay`, the second tier): decode the chosen entries' payloads with a file
+//! source's schema, apply a remediation (SQL expressions per column), and append them to
+//! the source's input exactly once (see [`replay`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -208,6 +211,284 @@ pub async fn read_postgres(connection: &str, table: &str) -> Result<Vec<Entry>, 
             time: r.get::<_, Option<String>>(6).unwrap_or_default(),
         })
         .collect())
+}
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct ReplaySpec {
+    /// The job file.
+    pub job: PathBuf,
+    /// The source whose input gets the records (default: the job's only file source).
+    pub source: Option<String>,
+    /// Only entries of these kinds / steps (empty: any).
+    pub kinds: Vec<String>,
+    pub steps: Vec<String>,
+    /// Remediation: column → SQL expression over the decoded record.
+    pub set: Vec<(String, String)>,
+    /// Print what would be replayed, change nothing.
+    pub dry_run: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayReport {
+    pub replayed: usize,
+    pub already_replayed: usize,
+    pub not_decodable: Vec<String>,
+    pub input: PathBuf,
+    pub ledger: PathBuf,
+}
+
+/// A stable identity of a dead letter: a hash of everything it carries.
+fn entry_id(e: &Entry) -> String {
+    // FNV-1a over the fields, stable across processes (unlike RandomState).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |s: &str| {
+        for b in s.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for f in [&e.kind, &e.step, &e.reason, &e.source, &e.payload, &e.time] {
+        feed(f);
+    }
+    feed(&e.position.to_string());
+    format!("{h:016x}")
+}
+
+/// The ledger of replays next to the dead letters: `<path>.replayed`, a JSON line per
+/// replay: its id, the file it wrote, the remediation and the entries' ids.
+fn ledger_path(dead_letters: &Path) -> PathBuf {
+    let mut name = dead_letters
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dead_letter".into());
+    name.push_str(".replayed");
+    dead_letters.with_file_name(name)
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> WeirError {
+    WeirError::Command(format!("{what} {}: {e}", path.display()))
+}
+
+/// Replays dead letters into a file source's input, exactly once.
+///
+/// The chosen entries (not yet in the ledger) are decoded with the source's schema, the
+/// remediation is applied, and the records are written as a new JSON-lines file
+/// `replay-<id>.jsonl` next to the source's files (the source's `path` must be a
+/// pattern that matches it, e.g. `data/*.jsonl`): a checkpointing job that runs again
+/// reads it as a file it has not seen. `<id>` is a hash of the entries, so the same
+/// replay always writes the same file. The file is written hidden, synced and renamed
+/// into place (a reader sees all of it or nothing), then the entries are recorded in
+/// the ledger next to the dead letters (`<path>.replayed`). A replay killed between the
+/// rename and the ledger finds its file already there on the next run, keeps it and
+/// records the entries: no entry is ever published twice, none is lost.
+pub fn replay(
+    spec: &ReplaySpec,
+    dead_letters_path: &Path,
+    dead_letters: &[PathBuf],
+) -> Result<ReplayReport, WeirError> {
+    use std::io::Write as _;
+    let text =
+        std::fs::read_to_string(&spec.job).map_err(|e| io_err("cannot read", &spec.job, e))?;
+    let job = weir_engine::spec::parse_yaml(&text, &spec.job.display().to_string())
+        .map_err(|e| WeirError::Command(e.to_string()))?;
+    let sources = job
+        .get("sources")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let file_sources: Vec<&String> = sources
+        .iter()
+        .filter(|(_, v)| v.get("type").and_then(Value::as_str) == Some("file"))
+        .map(|(k, _)| k)
+        .collect();
+    let source_name = match &spec.source {
+        Some(s) => s.clone(),
+        None if file_sources.len() == 1 => file_sources[0].clone(),
+        None => {
+            return Err(WeirError::Command(format!(
+                "name the source to replay into with --source (file sources: {})",
+                file_sources
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    let source = sources
+        .get(&source_name)
+        .ok_or_else(|| WeirError::Command(format!("the job has no source `{source_name}`")))?;
+    if source.get("type").and_then(Value::as_str) != Some("file")
+        || source.get("format").and_then(Value::as_str) != Some("json")
+    {
+        return Err(WeirError::Command(format!(
+            "source `{source_name}`: replay writes JSON lines for a `type: file`, `format: \
+             json` source (Kafka and other formats are not supported yet)"
+        )));
+    }
+    let pattern = source
+        .get("path")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let pattern_path = Path::new(pattern);
+    let file_pattern = pattern_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = spec.job.parent().unwrap_or(Path::new("."));
+    let folder = base.join(pattern_path.parent().unwrap_or(Path::new("")));
+    let schema = weir_engine::spec::parse_schema(source.get("schema").unwrap_or(&Value::Null))
+        .map_err(|e| WeirError::Command(format!("source `{source_name}` schema: {}", e.message)))?;
+
+    let (entries, _) = read_files(dead_letters)?;
+    let ledger = ledger_path(dead_letters_path);
+    let mut done_ids = std::collections::HashSet::new();
+    if let Ok(t) = std::fs::read_to_string(&ledger) {
+        for r in t
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            for e in r["entries"].as_array().into_iter().flatten() {
+                if let Some(e) = e.as_str() {
+                    done_ids.insert(e.to_string());
+                }
+            }
+        }
+    }
+    let mut report = ReplayReport {
+        replayed: 0,
+        already_replayed: 0,
+        not_decodable: Vec::new(),
+        input: folder.clone(),
+        ledger: ledger.clone(),
+    };
+    let mut ids = Vec::new();
+    let mut rows: Vec<arrow::record_batch::RecordBatch> = Vec::new();
+    let chosen = entries
+        .iter()
+        .filter(|e| spec.kinds.is_empty() || spec.kinds.contains(&e.kind))
+        .filter(|e| spec.steps.is_empty() || spec.steps.contains(&e.step));
+    for e in chosen {
+        let id = entry_id(e);
+        if done_ids.contains(&id) {
+            report.already_replayed += 1;
+            continue;
+        }
+        match decode_one(&schema, &e.payload) {
+            Some(b) => {
+                rows.push(b);
+                ids.push(id);
+            }
+            None => report
+                .not_decodable
+                .push(format!("{} #{}: {}", e.source, e.position, e.reason)),
+        }
+    }
+    if rows.is_empty() {
+        return Ok(report);
+    }
+    let batch = arrow::compute::concat_batches(&schema, &rows)
+        .map_err(|e| WeirError::Command(e.to_string()))?;
+    let batch = remediate(&batch, &spec.set)?;
+    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+    w.write(&batch)
+        .map_err(|e| WeirError::Command(e.to_string()))?;
+    w.finish().map_err(|e| WeirError::Command(e.to_string()))?;
+    let bytes = w.into_inner();
+    let replay_id = {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in ids.join(",").bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    };
+    let name = format!("replay-{replay_id}.jsonl");
+    let matches = glob::Pattern::new(&file_pattern).is_ok_and(|p| p.matches(&name));
+    if !matches {
+        return Err(WeirError::Command(format!(
+            "source `{source_name}` reads `{pattern}`, which would not match the replay file \
+             `{name}`: read a pattern such as `{}/*.jsonl`",
+            pattern_path
+                .parent()
+                .map_or_else(|| ".".into(), |p| p.display().to_string())
+        )));
+    }
+    let target = folder.join(&name);
+    report.input = target.clone();
+    report.replayed = ids.len();
+    if spec.dry_run {
+        return Ok(report);
+    }
+    if !target.exists() {
+        let hidden = folder.join(format!(".{name}.inprogress"));
+        let mut f =
+            std::fs::File::create(&hidden).map_err(|e| io_err("cannot write", &hidden, e))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot write", &hidden, e))?;
+        std::fs::rename(&hidden, &target).map_err(|e| io_err("cannot publish", &target, e))?;
+        if let Ok(d) = std::fs::File::open(&folder) {
+            let _ = d.sync_all();
+        }
+    }
+    weir_engine::fault::point("replay_published");
+    let mut l = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&ledger)
+        .map_err(|e| io_err("cannot write", &ledger, e))?;
+    writeln!(
+        l,
+        "{}",
+        serde_json::json!({"replay": replay_id, "file": target.display().to_string(),
+                           "set": spec.set.iter().map(|(c, e)| format!("{c}={e}")).collect::<Vec<_>>(),
+                           "entries": ids})
+    )
+    .and_then(|()| l.sync_all())
+    .map_err(|e| io_err("cannot write", &ledger, e))?;
+    Ok(report)
+}
+
+/// One JSON object decoded with `schema`, or None.
+fn decode_one(
+    schema: &arrow::datatypes::SchemaRef,
+    payload: &str,
+) -> Option<arrow::record_batch::RecordBatch> {
+    if !serde_json::from_str::<Value>(payload).is_ok_and(|v| v.is_object()) {
+        return None;
+    }
+    let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .ok()?;
+    d.decode(payload.as_bytes()).ok()?;
+    d.flush().ok().flatten().filter(|b| b.num_rows() == 1)
+}
+
+/// Applies `column = SQL` assignments to a batch (unlisted columns pass through).
+fn remediate(
+    batch: &arrow::record_batch::RecordBatch,
+    set: &[(String, String)],
+) -> Result<arrow::record_batch::RecordBatch, WeirError> {
+    let schema = batch.schema();
+    let mut columns = batch.columns().to_vec();
+    for (col, sql) in set {
+        let i = schema.index_of(col).map_err(|_| {
+            WeirError::Command(format!("--set {col}=…: the source has no column `{col}`"))
+        })?;
+        let expr = weir_engine::expr::SqlExpr::compile(sql, &schema)
+            .map_err(|m| WeirError::Command(format!("--set {col}={sql}: {m}")))?;
+        let v = expr
+            .evaluate(batch)
+            .map_err(|e| WeirError::Command(format!("--set {col}={sql}: {e}")))?;
+        let v = arrow::compute::kernels::cast::cast(&v, schema.field(i).data_type())
+            .map_err(|e| WeirError::Command(format!("--set {col}={sql}: {e}")))?;
+        columns[i] = v;
+    }
+    arrow::record_batch::RecordBatch::try_new(schema, columns)
+        .map_err(|e| WeirError::Command(e.to_string()))
 }
 
 /// The summary as a table for the terminal.

@@ -77,6 +77,33 @@ enum DlqCommand {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Re-inject dead letters into a file source's input, through a remediation, exactly
+    /// once: their payloads are decoded with the source's schema, `--set` expressions
+    /// applied, and the records written as a new file the source's pattern matches (a
+    /// checkpointing job reads it when it runs again). Replayed entries are recorded next
+    /// to the dead letters (`<path>.replayed`) and never replayed twice.
+    Replay {
+        /// The job file.
+        job: PathBuf,
+        /// The dead-letter files (a sink's path: its part files are found too).
+        #[arg(long = "dead-letters", required = true)]
+        dead_letters: Vec<PathBuf>,
+        /// The source to replay into (default: the job's only file source).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only entries of this kind (repeatable): decode, validation, lookup, ...
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Only entries of this step (repeatable).
+        #[arg(long)]
+        step: Vec<String>,
+        /// A remediation, `COLUMN=SQL` (repeatable), e.g. `amount=abs(amount)`.
+        #[arg(long)]
+        set: Vec<String>,
+        /// Print what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +337,61 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 "{}",
                 weir::dlq::render(&weir::dlq::summarize(entries), skipped)
             );
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    job,
+                    dead_letters,
+                    source,
+                    kind,
+                    step,
+                    set,
+                    dry_run,
+                },
+        } => {
+            let mut files = Vec::new();
+            for p in &dead_letters {
+                let found = weir::dlq::files_for(p);
+                if found.is_empty() {
+                    return Err(WeirError::Command(format!(
+                        "no dead-letter file at {} (nor part files of it)",
+                        p.display()
+                    )));
+                }
+                files.extend(found);
+            }
+            let set = set
+                .iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(c, e)| (c.trim().to_string(), e.trim().to_string()))
+                        .ok_or_else(|| {
+                            WeirError::Command(format!("--set {s}: expected COLUMN=SQL"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let spec = weir::dlq::ReplaySpec {
+                job,
+                source,
+                kinds: kind,
+                steps: step,
+                set,
+                dry_run,
+            };
+            let r = weir::dlq::replay(&spec, &dead_letters[0], &files)?;
+            println!(
+                "{} {} dead letter(s) into {} ({} replayed before; ledger {})",
+                if dry_run { "would replay" } else { "replayed" },
+                r.replayed,
+                r.input.display(),
+                r.already_replayed,
+                r.ledger.display()
+            );
+            for n in &r.not_decodable {
+                println!("  not decodable with the source's schema, left: {n}");
+            }
             Ok(())
         }
         Command::Run {

@@ -5,6 +5,8 @@
 mod backpressure;
 mod cli;
 mod common;
+#[cfg(unix)]
+mod dlq;
 mod event_time;
 #[cfg(unix)]
 mod fault_injection;
