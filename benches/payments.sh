@@ -2,8 +2,8 @@
 # The payments example job into PostgreSQL, exactly once (docs/BENCHMARKS.md, "Payments
 # into PostgreSQL"):
 #   1. throughput: payments/s at parallelism 1 and 2, checkpoints every 1 s and 10 s;
-#   2. latency from ingestion to commit: the job paced at RATE payments/s (about half the
-#      p=1 throughput), each row's commit time (a `committed_at` column defaulting to
+#   2. latency from ingestion to commit, at p=1 and 2: the job paced at RATE lines/s (half
+#      the p=1 throughput; the file is one split, so the pace is the job's), each row's commit time (a `committed_at` column defaulting to
 #      clock_timestamp(), set when the sink's COPY writes it) minus its ingestion time
 #      (process start + line index / RATE, so start-up counts against the latency);
 #   3. the limit: PostgreSQL's own COPY of the same rows (psql \copy from a CSV file).
@@ -78,17 +78,17 @@ rate="${rate:-$((best / 2))}"
 echo
 echo "| latency run (paced at $rate lines/s) | p | checkpoints | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|---|"
-for interval in 1s 10s; do
-  name="l_p1_${interval}"
-  job "$name" 1 "$interval" "$rate"
+for lp in 1 2; do for interval in 1s 10s; do
+  name="l_p${lp}_${interval}"
+  job "$name" "$lp" "$interval" "$rate"
   read -r s _e _rows < <(run "$name")
   psql_ -F ' ' -c "WITH l AS (SELECT (extract(epoch FROM committed_at) - ($s +
       substring(payment_id FROM 5)::bigint / $rate.0)) * 1000 AS ms FROM pay_$name)
     SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric),
            round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric),
            round(max(ms)::numeric) FROM l" |
-    while read -r p50 p99 mx; do echo "| latency | 1 | $interval | $p50 | $p99 | $mx |"; done
-done
+    while read -r p50 p99 mx; do echo "| latency | $lp | $interval | $p50 | $p99 | $mx |"; done
+done; done
 
 # The limit: PostgreSQL's own COPY of the rows the job wrote.
 src="pay_t_p1_1s"
@@ -101,6 +101,6 @@ e=$(date +%s.%N)
 echo
 echo "PostgreSQL's own COPY of the same $rows rows (psql \\copy, CSV, one transaction, primary key): $(python3 -c "print(f'{$e - $s:.2f} s, {int($rows / ($e - $s))} rows/s')")"
 psql_ -c "DROP TABLE IF EXISTS copy_limit"
-for t in t_p1_1s t_p1_10s t_p2_1s t_p2_10s l_p1_1s l_p1_10s; do
+for t in t_p1_1s t_p1_10s t_p2_1s t_p2_10s l_p1_1s l_p1_10s l_p2_1s l_p2_10s; do
   psql_ -c "DROP TABLE IF EXISTS pay_$t, dlq_$t"
 done

@@ -214,7 +214,7 @@ pub async fn read_postgres(connection: &str, table: &str) -> Result<Vec<Entry>, 
 }
 
 /// What to replay and how.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReplaySpec {
     /// The job file.
     pub job: PathBuf,
@@ -225,8 +225,50 @@ pub struct ReplaySpec {
     pub steps: Vec<String>,
     /// Remediation: column → SQL expression over the decoded record.
     pub set: Vec<(String, String)>,
+    /// Remediation in Rust, after `set`: the decoded records in, the records to replay
+    /// out (same schema; rows may be dropped). See [`register_remediation`].
+    pub function: Option<Remediation>,
     /// Print what would be replayed, change nothing.
     pub dry_run: bool,
+}
+
+/// A remediation written in Rust: a batch of decoded dead letters in, the batch to replay
+/// out (the source's schema).
+pub type Remediation = std::sync::Arc<
+    dyn Fn(arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::RecordBatch, String>
+        + Send
+        + Sync,
+>;
+
+fn remediations() -> &'static std::sync::Mutex<BTreeMap<String, Remediation>> {
+    static R: std::sync::OnceLock<std::sync::Mutex<BTreeMap<String, Remediation>>> =
+        std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Registers a Rust remediation under `name`, for `weir dlq replay --remediation NAME`
+/// in a binary that registers it (e.g. a project's own `main` built on `weir`).
+pub fn register_remediation(name: &str, f: Remediation) {
+    if let Ok(mut m) = remediations().lock() {
+        m.insert(name.to_string(), f);
+    }
+}
+
+/// The remediation registered under `name`.
+pub fn remediation(name: &str) -> Result<Remediation, WeirError> {
+    let m = remediations()
+        .lock()
+        .map_err(|_| WeirError::Command("the remediation registry is poisoned".into()))?;
+    m.get(name).cloned().ok_or_else(|| {
+        WeirError::Command(format!(
+            "no remediation `{name}` is registered in this binary (registered: {})",
+            if m.is_empty() {
+                "none".to_string()
+            } else {
+                m.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        ))
+    })
 }
 
 /// What a replay did.
@@ -391,7 +433,15 @@ pub fn replay(
     }
     let batch = arrow::compute::concat_batches(&schema, &rows)
         .map_err(|e| WeirError::Command(e.to_string()))?;
-    let batch = remediate(&batch, &spec.set)?;
+    let mut batch = remediate(&batch, &spec.set)?;
+    if let Some(f) = &spec.function {
+        batch = f(batch).map_err(|m| WeirError::Command(format!("remediation: {m}")))?;
+        if batch.schema().fields() != schema.fields() {
+            return Err(WeirError::Command(
+                "remediation: the records out must have the source's schema".into(),
+            ));
+        }
+    }
     let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
     w.write(&batch)
         .map_err(|e| WeirError::Command(e.to_string()))?;
@@ -599,6 +649,71 @@ mod tests {
         let e = Entry::from_json(&v).unwrap();
         assert_eq!((e.kind.as_str(), e.step.as_str()), ("unknown", "logs"));
         assert!(Entry::from_json(&serde_json::json!({"n": 1})).is_none());
+    }
+
+    /// A Rust remediation registered by name fixes the records; the replay file holds
+    /// them, and the registry names what it has when asked for something else.
+    #[test]
+    fn a_rust_remediation_registered_by_name_fixes_the_records() {
+        use arrow::array::{Array, Float64Array};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::write(
+            d.join("job.yaml"),
+            "name: r\nsources:\n  p: { type: file, path: data/*.jsonl, format: json, schema: { id: int, amount: float } }\n\
+             sinks:\n  o: { from: p, type: stdout }\n",
+        )
+        .unwrap();
+        let letters: String = (0..3)
+            .map(|i| {
+                serde_json::json!({"reason": "r", "source": "step v", "position": i,
+                    "payload": format!("{{\"id\":{i},\"amount\":-{i}.5}}"),
+                    "step": "v", "kind": "validation", "time": "2026-01-01T00:00:00.000"})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(d.join("dead.jsonl"), letters).unwrap();
+        register_remediation(
+            "abs_amount",
+            std::sync::Arc::new(|b: arrow::record_batch::RecordBatch| {
+                let a = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or("amount is not a float")?;
+                let fixed: Float64Array = a.iter().map(|v| v.map(f64::abs)).collect();
+                let mut cols = b.columns().to_vec();
+                cols[1] = std::sync::Arc::new(fixed);
+                arrow::record_batch::RecordBatch::try_new(b.schema(), cols)
+                    .map_err(|e| e.to_string())
+            }),
+        );
+        let spec = ReplaySpec {
+            job: d.join("job.yaml"),
+            source: None,
+            kinds: vec!["validation".into()],
+            steps: Vec::new(),
+            set: Vec::new(),
+            function: Some(remediation("abs_amount").unwrap()),
+            dry_run: false,
+        };
+        let r = replay(&spec, &d.join("dead.jsonl"), &[d.join("dead.jsonl")]).unwrap();
+        assert_eq!(r.replayed, 3);
+        let text = std::fs::read_to_string(&r.input).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            vec![
+                r#"{"id":0,"amount":0.5}"#,
+                r#"{"id":1,"amount":1.5}"#,
+                r#"{"id":2,"amount":2.5}"#
+            ]
+        );
+        let again = replay(&spec, &d.join("dead.jsonl"), &[d.join("dead.jsonl")]).unwrap();
+        assert_eq!((again.replayed, again.already_replayed), (0, 3));
+        let e = remediation("nope").err().unwrap().to_string();
+        assert!(e.contains("abs_amount"), "{e}");
     }
 
     #[test]

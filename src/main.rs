@@ -100,6 +100,10 @@ enum DlqCommand {
         /// A remediation, `COLUMN=SQL` (repeatable), e.g. `amount=abs(amount)`.
         #[arg(long)]
         set: Vec<String>,
+        /// A remediation written in Rust and registered under this name
+        /// (`weir::dlq::register_remediation`) in the binary that runs the replay.
+        #[arg(long)]
+        remediation: Option<String>,
         /// Print what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -348,6 +352,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                     kind,
                     step,
                     set,
+                    remediation,
                     dry_run,
                 },
         } => {
@@ -378,6 +383,10 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 kinds: kind,
                 steps: step,
                 set,
+                function: remediation
+                    .as_deref()
+                    .map(weir::dlq::remediation)
+                    .transpose()?,
                 dry_run,
             };
             let r = weir::dlq::replay(&spec, &dead_letters[0], &files)?;

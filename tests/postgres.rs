@@ -825,3 +825,75 @@ fn the_payments_example_from_kafka_books_the_same_ledger() {
     );
     assert_eq!(count(format!("SELECT count(*) FROM dlq_{suffix}")), "33");
 }
+
+/// Lookups that keep failing (here: the table is dropped while the job runs) turn the
+/// records that needed them into dead letters with the error; the job goes on.
+#[test]
+fn failed_lookups_become_dead_letters_and_the_job_goes_on() {
+    let Some(conn) = pg("postgres failing lookups") else {
+        return;
+    };
+    let table = unique("vanishing");
+    query(
+        &conn,
+        &format!(
+            "CREATE TABLE {table} (k text PRIMARY KEY, v text); \
+             INSERT INTO {table} SELECT 'k' || i, 'v' || i FROM generate_series(0, 9) i"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let lines: String = (0..1_500)
+        .map(|i| format!("{{\"id\": {i}, \"k\": \"k{}\"}}\n", i % 10))
+        .collect();
+    std::fs::write(dir.path().join("data/p.jsonl"), lines).unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        format!(
+            "name: {}\nbatch_size: 50\n\
+             sources:\n  p: {{ type: file, path: data/*.jsonl, format: json, rate: 500, schema: {{ id: int, k: string }} }}\n\
+             steps:\n  e:\n    from: p\n    enrich:\n      table: {{ type: postgres, connection: \"{conn}\", name: {table}, schema: {{ k: string, v: string }}, unavailable_timeout: 200ms }}\n\
+             \x20     on: {{ k: k }}\n      cache: {{ ttl: 1ms }}\n\
+             sinks:\n  o: {{ from: e, type: file, path: out/o.jsonl }}\n\
+             dead_letter: {{ type: file, path: dead/dead_letter.jsonl }}\n",
+            unique("vanish")
+        ),
+    )
+    .unwrap();
+    let child = weir_cmd(dir.path()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    query(&conn, &format!("DROP TABLE {table}"));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(dir.path().join(sub))
+            .unwrap()
+            .flatten()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (rows, dead) = (read("out"), read("dead"));
+    assert_eq!(rows.len() + dead.len(), 1_500);
+    assert!(
+        !rows.is_empty() && !dead.is_empty(),
+        "{} rows, {} dead",
+        rows.len(),
+        dead.len()
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d.contains("failed after retries") && d.contains("\"kind\":\"lookup\"")),
+        "{}",
+        dead[0]
+    );
+}

@@ -22,8 +22,9 @@
 //! (backpressure) instead of queueing lookups without bound. A query that fails for a
 //! reason a new connection may cure (connection lost, server restarting, out of
 //! resources) is retried with exponential backoff and jitter for `unavailable_timeout`;
-//! then the job fails naming the table. The table and its columns are checked when the
-//! job starts.
+//! then the records that needed an answer become dead letters (kind `lookup`, the error
+//! in the reason; `weir dlq replay` can bring them back) and the job goes on. The table
+//! and its columns are checked when the job starts.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -380,6 +381,10 @@ impl Operator for PgLookupOperator {
             .ok_or_else(|| EngineError::operator(&ctx.operator, "keys are not text"))?
             .clone();
         let ttl = self.table.cache_ttl;
+        // An answer serves this batch if it is younger than the TTL or was fetched for it.
+        let batch_start = Instant::now();
+        let usable = move |at: &Instant| *at >= batch_start || at.elapsed() < ttl;
+        let mut failed: Option<String> = None;
         let mut wanted: Vec<String> = Vec::new();
         let mut asked = std::collections::HashSet::new();
         for i in 0..keys.len() {
@@ -387,7 +392,7 @@ impl Operator for PgLookupOperator {
                 continue;
             }
             let k = keys.value(i);
-            let fresh = self.cache.get(k).is_some_and(|(at, _)| at.elapsed() < ttl);
+            let fresh = self.cache.get(k).is_some_and(|(at, _)| usable(at));
             if !fresh && asked.insert(k) {
                 wanted.push(k.to_string());
             }
@@ -400,37 +405,61 @@ impl Operator for PgLookupOperator {
                 .worker
                 .as_ref()
                 .ok_or_else(|| EngineError::operator(&ctx.operator, "lookup before open"))?;
-            let rows = worker
-                .lookup(wanted.clone())
-                .map_err(|m| EngineError::operator(&ctx.operator, m))?;
-            let now = Instant::now();
-            for k in wanted {
-                self.cache.insert(k, (now, None));
-            }
-            for (k, values) in rows {
-                self.cache.insert(k, (now, Some(values)));
+            match worker.lookup(wanted.clone()) {
+                Ok(rows) => {
+                    let now = Instant::now();
+                    for k in wanted {
+                        self.cache.insert(k, (now, None));
+                    }
+                    for (k, values) in rows {
+                        self.cache.insert(k, (now, Some(values)));
+                    }
+                }
+                Err(m) => {
+                    // Retried until `unavailable_timeout`: the records that needed an
+                    // answer become dead letters (replayable later), the job goes on.
+                    failed = Some(m);
+                }
             }
         }
         let found: Vec<Option<&Vec<Option<String>>>> = (0..keys.len())
             .map(|i| {
                 if keys.is_valid(i) {
-                    self.cache.get(keys.value(i)).and_then(|(_, v)| v.as_ref())
+                    // A stale answer is not used, also when the lookup failed.
+                    self.cache
+                        .get(keys.value(i))
+                        .filter(|(at, _)| usable(at))
+                        .and_then(|(_, v)| v.as_ref())
                 } else {
                     None
                 }
             })
             .collect();
         use super::enrich::MissingMode;
+        // Rows whose key could not be looked up (the database stayed unreachable).
+        let unanswered: Vec<bool> = (0..keys.len())
+            .map(|i| {
+                failed.is_some()
+                    && keys.is_valid(i)
+                    && self
+                        .cache
+                        .get(keys.value(i))
+                        .is_none_or(|(at, _)| !usable(at))
+            })
+            .collect();
         let keep: Vec<u32> = match self.missing {
-            MissingMode::Null => (0..found.len() as u32).collect(),
+            MissingMode::Null => (0..found.len() as u32)
+                .filter(|&i| !unanswered[i as usize])
+                .collect(),
             _ => (0..found.len() as u32)
                 .filter(|&i| found[i as usize].is_some())
                 .collect(),
         };
-        if self.missing == MissingMode::DeadLetter && keep.len() < found.len() {
+        let dead_letter_missing = self.missing == MissingMode::DeadLetter;
+        if keep.len() < found.len() && (dead_letter_missing || failed.is_some()) {
             let mut letters = Vec::new();
             for (i, f) in found.iter().enumerate() {
-                if f.is_some() {
+                if f.is_some() || !(dead_letter_missing || unanswered[i]) {
                     continue;
                 }
                 let key = if keys.is_valid(i) {
@@ -438,10 +467,16 @@ impl Operator for PgLookupOperator {
                 } else {
                     "null".to_string()
                 };
-                let mut reason = format!(
-                    "step `{}`: no row in PostgreSQL table {} for {} = {key}",
-                    ctx.operator, self.table.name, self.stream_key_name
-                );
+                let mut reason = match (&failed, unanswered[i]) {
+                    (Some(m), true) => format!(
+                        "step `{}`: lookup of {} = {key} failed after retries: {m}",
+                        ctx.operator, self.stream_key_name
+                    ),
+                    _ => format!(
+                        "step `{}`: no row in PostgreSQL table {} for {} = {key}",
+                        ctx.operator, self.table.name, self.stream_key_name
+                    ),
+                };
                 let payload = match row_json(&batch.slice(i, 1)) {
                     Ok(p) => p,
                     Err(e) => {
