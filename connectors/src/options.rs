@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use weir_engine::registry::FieldError;
 
+#[cfg(any(feature = "kafka", feature = "postgres"))]
 pub(crate) use weir_engine::env::expand_env;
 
 /// Escapes one JSON pointer segment (`~` → `~0`, `/` → `~1`).
@@ -214,6 +215,7 @@ fn strip_null(v: &mut Value) {
 }
 
 /// An optional duration option (`"10s"`), `default` when absent.
+#[cfg(any(feature = "kafka", feature = "postgres"))]
 pub(crate) fn duration_option(
     value: &Option<String>,
     path: &str,

@@ -1,6 +1,7 @@
-//! The `enrich` step: a lookup join of a stream against reference data in a file (CSV
-//! or JSON lines), loaded once, shared by the step's subtasks, and reloaded when the
-//! file changes.
+//! The `enrich` step: a lookup join of a stream against reference data in a file (CSV,
+//! JSON lines or Parquet), loaded once, shared by the step's subtasks, and reloaded when
+//! the file changes; or against a PostgreSQL table ([`super::pg_lookup`]) or a
+//! changelog joined as of event time ([`super::as_of`]).
 //!
 //! ```yaml
 //! steps:
@@ -50,6 +51,7 @@ use super::row_errors::{self, row_json};
 use super::simple_build;
 
 /// What happens to a record whose key has no row (shared with the lookup operators).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(super) type MissingMode = Missing;
 
 /// A `type: postgres` table: looked up per batch, cached.
@@ -203,6 +205,7 @@ struct EnrichOptions {
 /// The cache of a PostgreSQL lookup table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 struct CacheOptions {
     size: Option<usize>,
     ttl: Option<String>,
@@ -229,6 +232,7 @@ struct ChangelogOptions {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 struct TableOptions {
     #[serde(rename = "type", default)]
     kind: TableKind,
@@ -247,6 +251,7 @@ enum TableFormat {
     #[default]
     Csv,
     Json,
+    Parquet,
 }
 
 /// What happens to a record whose key is not in the table.
@@ -308,6 +313,7 @@ impl Shared {
                 .map_err(|e| format!("{}: {e}", self.shown_path))?
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| format!("{}: {e}", self.shown_path))?,
+            TableFormat::Parquet => self.read_parquet()?,
         };
         let all = arrow::compute::concat_batches(&self.file_schema, &batches)
             .map_err(|e| format!("{}: {e}", self.shown_path))?;
@@ -343,6 +349,39 @@ impl Shared {
             stamp,
             version,
         })
+    }
+
+    /// A Parquet file's rows, each declared column found by name and cast to its
+    /// declared type (a file written with `int32` reads into an `int` column).
+    fn read_parquet(&self) -> std::result::Result<Vec<RecordBatch>, String> {
+        let file = std::fs::File::open(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.shown_path))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| format!("{}: not a Parquet file we can read: {e}", self.shown_path))?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| format!("{}: {e}", self.shown_path))?;
+            let mut cols = Vec::with_capacity(self.file_schema.fields().len());
+            for f in self.file_schema.fields() {
+                let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                    format!(
+                        "{}: no column `{}` in the Parquet file",
+                        self.shown_path,
+                        f.name()
+                    )
+                })?;
+                cols.push(
+                    cast(c, f.data_type())
+                        .map_err(|e| format!("{}: column `{}`: {e}", self.shown_path, f.name()))?,
+                );
+            }
+            out.push(
+                RecordBatch::try_new(self.file_schema.clone(), cols)
+                    .map_err(|e| format!("{}: {e}", self.shown_path))?,
+            );
+        }
+        Ok(out)
     }
 
     fn current(&self) -> Arc<Table> {
@@ -537,7 +576,7 @@ impl StepFactory for EnrichStep {
                         "connection": { "type": "string", "description": "postgres: `host=… user=… password=… dbname=…` or a URL; ${NAME} reads the environment." },
                         "name": { "type": "string", "description": "postgres: the table, `name` or `schema.name`." },
                         "unavailable_timeout": { "type": "string", "description": "postgres: how long lookups are retried while the server is unreachable (default 60s)." },
-                        "format": { "enum": ["csv", "json"], "description": "csv (with a header line, the default) or json (JSON lines)." },
+                        "format": { "enum": ["csv", "json", "parquet"], "description": "csv (with a header line, the default), json (JSON lines) or parquet." },
                         "schema": { "type": "object", "description": "The file's columns and types, as a source's schema." }
                     }
                 },
@@ -882,6 +921,55 @@ mod tests {
             col(&main[0], "name")[..2],
             [Some("Acme 2".into()), Some("Nine".into())]
         );
+    }
+
+    #[test]
+    fn a_parquet_table_reads_its_columns_by_name_and_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("extra", DataType::Utf8, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("merchant_id", DataType::Utf8, false),
+            Field::new("risk", DataType::Int32, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["x", "y"])),
+                Arc::new(StringArray::from(vec!["Acme", "Bolt"])),
+                Arc::new(StringArray::from(vec!["m1", "m2"])),
+                Arc::new(arrow::array::Int32Array::from(vec![3, 7])),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(dir.path().join("m.parquet")).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let (input, rows) = stream();
+        let step = build_in(
+            dir.path(),
+            json!({
+                "table": { "path": "m.parquet", "format": "parquet", "schema": { "merchant_id": "string", "name": "string", "risk": "int" } },
+                "on": { "merchant": "merchant_id" }, "missing": "null",
+            }),
+            &input,
+        )
+        .unwrap();
+        let (main, _) = run(&step, vec![(0, rows)]);
+        assert_eq!(
+            col(&main[0], "name"),
+            vec![Some("Acme".into()), None, None, Some("Bolt".into())]
+        );
+        assert_eq!(
+            main[0]
+                .schema()
+                .field_with_name("risk")
+                .unwrap()
+                .data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(col(&main[0], "risk")[3], Some("7".into()));
     }
 
     #[test]
