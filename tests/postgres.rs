@@ -897,3 +897,73 @@ fn failed_lookups_become_dead_letters_and_the_job_goes_on() {
         dead[0]
     );
 }
+
+/// Rows the database refuses (a CHECK constraint, a value too long) are isolated by
+/// halving under savepoints and become dead letters in the rejects table, in the same
+/// transaction: the job goes on, exactly once for them too (a kill after a checkpoint,
+/// before its commit, doubles nothing).
+#[test]
+fn rows_the_database_refuses_become_dead_letters_exactly_once() {
+    let Some(conn) = pg("postgres refused rows") else {
+        return;
+    };
+    let table = unique("checked");
+    let rejects = unique("rejects");
+    query(
+        &conn,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, amount double precision CHECK (amount > 0), \
+             currency varchar(3))"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let lines: String = (0..600)
+        .map(|i| {
+            let amount = if i % 50 == 7 {
+                -1.0
+            } else {
+                f64::from(i) + 0.5
+            };
+            let currency = if i % 90 == 11 { "EURO" } else { "EUR" };
+            format!("{{\"id\": {i}, \"amount\": {amount}, \"currency\": \"{currency}\"}}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("data/p.jsonl"), lines).unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        format!(
+            "name: {}\nparallelism: 2\nbatch_size: 40\ncheckpoint: {{ interval: 50ms, storage: ckpt }}\n\
+             sources:\n  p: {{ type: file, path: data/*.jsonl, format: json, rate: 1500, schema: {{ id: int, amount: float, currency: string }} }}\n\
+             sinks:\n  db: {{ from: p, type: postgres, connection: \"{conn}\", table: {table}, rejects_table: {rejects} }}\n",
+            unique("refused")
+        ),
+    )
+    .unwrap();
+    let killed = run_to_end(dir.path(), Some("before_commit:3"));
+    assert_eq!(killed, 1);
+    let bad = |i: i64| i % 50 == 7 || i % 90 == 11;
+    let want: Vec<String> = (0..600)
+        .filter(|&i| !bad(i))
+        .map(|i| i.to_string())
+        .collect();
+    let got: Vec<String> = query(&conn, &format!("SELECT id FROM {table} ORDER BY id"))
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(got, want);
+    let refused = query(
+        &conn,
+        &format!("SELECT payload, reason, kind, step FROM {rejects} ORDER BY payload"),
+    );
+    let n_bad = (0..600).filter(|&i| bad(i)).count();
+    assert_eq!(refused.len(), n_bad, "{refused:?}");
+    for r in &refused {
+        assert_eq!((r[2].as_str(), r[3].as_str()), ("sink", "db"));
+        assert!(
+            r[1].contains("violates check constraint") || r[1].contains("too long"),
+            "{}",
+            r[1]
+        );
+    }
+}

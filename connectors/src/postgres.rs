@@ -103,6 +103,10 @@ struct PostgresSinkOptions {
     /// Exactly once: the table of the sinks' progress (default `weir_sink_progress`,
     /// created when missing).
     progress_table: Option<String>,
+    /// Where rows the database refuses (a value too long, a constraint broken) go, as
+    /// dead letters, in the same transaction as the rest (default `weir_sink_rejects`,
+    /// created when missing; `weir dlq summary --postgres … --table …` reads it).
+    rejects_table: Option<String>,
     /// How long connecting at start may take (default 10s).
     connect_timeout: Option<String>,
     /// How long the server may stay unreachable while running before the job fails
@@ -165,6 +169,7 @@ struct Config {
     create_table: bool,
     delivery: Delivery,
     progress_table: String,
+    rejects_table: String,
     connect_timeout: Duration,
     unavailable_timeout: Duration,
 }
@@ -344,6 +349,10 @@ impl SinkFactory for PostgresSinkFactory {
             create_table: o.create_table,
             delivery,
             progress_table,
+            rejects_table: o
+                .rejects_table
+                .clone()
+                .unwrap_or_else(|| "weir_sink_rejects".to_string()),
             connect_timeout: duration_option(
                 &o.connect_timeout,
                 "/connect_timeout",
@@ -683,6 +692,17 @@ impl PostgresSink {
                 }
             }
         }
+        let rejects = qualified(&config.rejects_table);
+        self.ddl(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {rejects} (job text NOT NULL, sink text NOT NULL, \
+                 reason text NOT NULL, source text NOT NULL, position bigint NOT NULL, \
+                 payload text NOT NULL, step text NOT NULL, kind text NOT NULL, \
+                 time timestamptz NOT NULL DEFAULT now())"
+            ),
+            "creating the rejects table",
+        )
+        .await?;
         if config.delivery == Delivery::ExactlyOnce {
             let progress = qualified(&config.progress_table);
             let sql = format!(
@@ -766,6 +786,116 @@ impl PostgresSink {
         }
     }
 
+    /// Creates this connection's staging table for upserts (once; it lives with the
+    /// session and empties at each commit).
+    async fn ensure_stage(
+        tx: &tokio_postgres::Transaction<'_>,
+        config: &Config,
+        staged: &mut bool,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        if *staged || config.mode != Mode::Upsert {
+            return Ok(());
+        }
+        let cols = config
+            .columns
+            .iter()
+            .map(|c| ident(&c.table))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS weir_stage ON COMMIT DELETE ROWS AS \
+             SELECT {cols} FROM {} WITH NO DATA; \
+             ALTER TABLE weir_stage ADD COLUMN IF NOT EXISTS weir_seq bigserial",
+            config.table_sql
+        ))
+        .await?;
+        *staged = true;
+        Ok(())
+    }
+
+    /// Writes `batches` inside `tx` like [`Self::copy_rows`], isolating the rows the
+    /// database refuses: each attempt runs under a savepoint; a data error (SQLSTATE
+    /// classes 22 and 23: a value out of range or too long, a constraint broken) rolls
+    /// it back and the rows are split in halves and tried again, down to single rows.
+    /// Refused rows go to the rejects table as dead letters in the same transaction, so
+    /// one bad row never stops the job and exactly once holds for them too.
+    async fn write_rows(
+        tx: &tokio_postgres::Transaction<'_>,
+        config: &Config,
+        key: &[String],
+        staged: &mut bool,
+        batches: &[RecordBatch],
+        job: &str,
+        label: &str,
+    ) -> std::result::Result<usize, tokio_postgres::Error> {
+        Self::ensure_stage(tx, config, staged).await?;
+        let mut stack: Vec<(u64, Vec<RecordBatch>)> = vec![(0, batches.to_vec())];
+        let mut rejects: Vec<(u64, RecordBatch, String)> = Vec::new();
+        let mut n_savepoint = 0u64;
+        while let Some((first_row, unit)) = stack.pop() {
+            n_savepoint += 1;
+            let sp = format!("weir_rows_{n_savepoint}");
+            tx.batch_execute(&format!("SAVEPOINT {sp}")).await?;
+            let refs: Vec<&RecordBatch> = unit.iter().collect();
+            match Self::copy_rows(tx, config, key, staged, &refs).await {
+                Ok(_) => tx.batch_execute(&format!("RELEASE SAVEPOINT {sp}")).await?,
+                Err(e) if data_error(&e) => {
+                    tx.batch_execute(&format!(
+                        "ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"
+                    ))
+                    .await?;
+                    let n: usize = unit.iter().map(RecordBatch::num_rows).sum();
+                    if n == 1 {
+                        if let Some(b) = unit.into_iter().find(|b| b.num_rows() == 1) {
+                            rejects.push((first_row, b, error_text(&e)));
+                        }
+                    } else {
+                        let (a, b) = split_rows(&unit, n / 2);
+                        // Second half below the first on the stack: rows go in order.
+                        stack.push((first_row + (n / 2) as u64, b));
+                        stack.push((first_row, a));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !rejects.is_empty() {
+            let table = qualified(&config.rejects_table);
+            let sql = format!(
+                "INSERT INTO {table} (job, sink, reason, source, position, payload, step, kind) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'sink')"
+            );
+            for (position, row, reason) in &rejects {
+                let payload = row_json(row);
+                let position = i64::try_from(*position).unwrap_or(i64::MAX);
+                let reason = format!(
+                    "sink `{}`: the database refused the row: {reason}",
+                    config.name
+                );
+                tx.execute(
+                    &sql,
+                    &[
+                        &job,
+                        &config.name,
+                        &reason,
+                        &label,
+                        &position,
+                        &payload,
+                        &config.name,
+                    ],
+                )
+                .await?;
+            }
+            tracing::warn!(
+                sink = %config.name,
+                rows = rejects.len(),
+                table = %config.rejects_table,
+                "the database refused rows; they are dead letters in the rejects table"
+            );
+        }
+        Ok(rejects.len())
+    }
+
     /// Copies `batches` into the table inside `tx` (directly, or through the staging
     /// table for upserts).
     async fn copy_rows(
@@ -787,16 +917,7 @@ impl PostgresSink {
         let target = match config.mode {
             Mode::Insert => config.table_sql.clone(),
             Mode::Upsert => {
-                if !*staged {
-                    tx.batch_execute(&format!(
-                        "CREATE TEMP TABLE IF NOT EXISTS weir_stage ON COMMIT DELETE ROWS AS \
-                         SELECT {cols} FROM {} WITH NO DATA; \
-                         ALTER TABLE weir_stage ADD COLUMN IF NOT EXISTS weir_seq bigserial",
-                        config.table_sql
-                    ))
-                    .await?;
-                    *staged = true;
-                }
+                Self::ensure_stage(tx, config, staged).await?;
                 "weir_stage".to_string()
             }
         };
@@ -879,8 +1000,8 @@ impl PostgresSink {
                     wrote.store(false, std::sync::atomic::Ordering::Relaxed);
                     return Ok(());
                 }
-                let refs: Vec<&RecordBatch> = batches.iter().collect();
-                Self::copy_rows(&tx, &config, &key, &mut staged, &refs).await?;
+                let label = format!("sink {} epoch {epoch}", config.name);
+                Self::write_rows(&tx, &config, &key, &mut staged, &batches, &job, &label).await?;
                 tx.execute(
                     &format!(
                         "INSERT INTO {progress} (job, sink, subtask, token, epoch) \
@@ -915,10 +1036,11 @@ impl PostgresSink {
                 let config = sink.config.clone();
                 let key = sink.key.clone();
                 let mut staged = sink.staged;
+                let job = sink.job.clone();
+                let label = format!("sink {}", config.name);
                 let client = sink.client().await?;
                 let tx = client.transaction().await?;
-                let refs: Vec<&RecordBatch> = batches.iter().collect();
-                Self::copy_rows(&tx, &config, &key, &mut staged, &refs).await?;
+                Self::write_rows(&tx, &config, &key, &mut staged, &batches, &job, &label).await?;
                 tx.commit().await?;
                 sink.staged = staged;
                 Ok(())
@@ -956,6 +1078,44 @@ fn encode_copy_text(config: &Config, batch: &RecordBatch) -> Vec<Bytes> {
         chunks.push(buf.freeze());
     }
     chunks
+}
+
+/// A value or a constraint the database refuses (SQLSTATE classes 22 and 23): the rows'
+/// fault, not the connection's.
+fn data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// `rows` split after `k` rows (zero-copy slices).
+fn split_rows(rows: &[RecordBatch], k: usize) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut left = k;
+    for batch in rows {
+        let n = batch.num_rows();
+        if left >= n {
+            a.push(batch.clone());
+            left -= n;
+        } else if left == 0 {
+            b.push(batch.clone());
+        } else {
+            a.push(batch.slice(0, left));
+            b.push(batch.slice(left, n - left));
+            left = 0;
+        }
+    }
+    (a, b)
+}
+
+/// A one-row batch as a JSON object.
+fn row_json(row: &RecordBatch) -> String {
+    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+    if w.write(row).and_then(|()| w.finish()).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&w.into_inner())
+        .trim_end()
+        .to_string()
 }
 
 /// The server's message with its detail and hint, or the I/O error.
