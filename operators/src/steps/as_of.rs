@@ -33,14 +33,14 @@ use weir_engine::graph::DEAD_LETTER_OUTPUT;
 use weir_engine::message::EventTime;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{FieldError, Partitioning, StepBuild};
-use weir_engine::source::{dead_letters_to_batch, DeadLetter};
+use weir_engine::source::dead_letters_to_batch;
 use weir_engine::state::{
     hash_key, key_group_for_hash, KeyCodec, StateDescriptor, StateKey, VOID_NAMESPACE,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
 
-use super::row_errors::{self, row_json};
+use super::row_errors::{self, row_dead_letter};
 
 /// Name of the keyed state of each key: its versions and its waiting records.
 pub const AS_OF_STATE: &str = "as-of";
@@ -359,25 +359,18 @@ impl AsOfOperator {
                         || ready[i].1.to_string(),
                         |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
                     );
-                let mut reason = format!(
+                let reason = format!(
                     "step `{}`: no version of {} = {key} at or before {when}",
                     ctx.operator, self.plan.key_name
                 );
-                let payload = match row_json(&batch.slice(i, 1)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        reason.push_str(&format!(" (the row could not be written as JSON: {e})"));
-                        Vec::new()
-                    }
-                };
-                letters.push(DeadLetter {
+                letters.push(row_dead_letter(
+                    &ctx.operator,
+                    &batch,
+                    i,
+                    0,
+                    "lookup",
                     reason,
-                    source: format!("step {}", ctx.operator),
-                    position: 0,
-                    payload,
-                    kind: "lookup",
-                    step: ctx.operator.clone(),
-                });
+                ));
             }
             out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
         }

@@ -44,10 +44,10 @@ use serde_json::{json, Value};
 use weir_engine::graph::DEAD_LETTER_OUTPUT;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, StepBuild, StepFactory};
-use weir_engine::source::{dead_letters_to_batch, DeadLetter};
+use weir_engine::source::dead_letters_to_batch;
 use weir_engine::{EngineError, Result};
 
-use super::row_errors::{self, row_json};
+use super::row_errors::{self, row_dead_letter};
 use super::simple_build;
 
 /// What happens to a record whose key has no row (shared with the lookup operators).
@@ -472,51 +472,42 @@ impl Operator for EnrichOperator {
                 }
             })
             .collect();
-        let (rows, kept): (Vec<Option<u32>>, Option<Vec<u32>>) = if self.missing == Missing::Null
-            || found.iter().all(Option::is_some)
-        {
-            (found, None)
-        } else {
-            let kept: Vec<u32> = (0..found.len() as u32)
-                .filter(|&i| found[i as usize].is_some())
-                .collect();
-            if self.missing == Missing::DeadLetter {
-                let mut letters = Vec::new();
-                for (i, f) in found.iter().enumerate() {
-                    if f.is_some() {
-                        continue;
-                    }
-                    let key = if keys.is_valid(i) {
-                        format!("`{}`", keys.value(i))
-                    } else {
-                        "null".to_string()
-                    };
-                    let mut reason = format!(
-                        "step `{}`: no row in {} for {} = {key}",
-                        ctx.operator, self.shared.shown_path, self.stream_key_name
-                    );
-                    let payload = match row_json(&batch.slice(i, 1)) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            reason
-                                .push_str(&format!(" (the row could not be written as JSON: {e})"));
-                            Vec::new()
+        let (rows, kept): (Vec<Option<u32>>, Option<Vec<u32>>) =
+            if self.missing == Missing::Null || found.iter().all(Option::is_some) {
+                (found, None)
+            } else {
+                let kept: Vec<u32> = (0..found.len() as u32)
+                    .filter(|&i| found[i as usize].is_some())
+                    .collect();
+                if self.missing == Missing::DeadLetter {
+                    let mut letters = Vec::new();
+                    for (i, f) in found.iter().enumerate() {
+                        if f.is_some() {
+                            continue;
                         }
-                    };
-                    letters.push(DeadLetter {
-                        reason,
-                        source: format!("step {}", ctx.operator),
-                        position: base + i as u64,
-                        payload,
-                        kind: "lookup",
-                        step: ctx.operator.clone(),
-                    });
+                        let key = if keys.is_valid(i) {
+                            format!("`{}`", keys.value(i))
+                        } else {
+                            "null".to_string()
+                        };
+                        let reason = format!(
+                            "step `{}`: no row in {} for {} = {key}",
+                            ctx.operator, self.shared.shown_path, self.stream_key_name
+                        );
+                        letters.push(row_dead_letter(
+                            &ctx.operator,
+                            &batch,
+                            i,
+                            base + i as u64,
+                            "lookup",
+                            reason,
+                        ));
+                    }
+                    out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
                 }
-                out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
-            }
-            let rows = kept.iter().map(|&i| found[i as usize]).collect();
-            (rows, Some(kept))
-        };
+                let rows = kept.iter().map(|&i| found[i as usize]).collect();
+                (rows, Some(kept))
+            };
         let left = match kept {
             None => batch,
             Some(kept) if kept.is_empty() => return Ok(()),

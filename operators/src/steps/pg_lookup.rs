@@ -38,10 +38,10 @@ use arrow::record_batch::RecordBatch;
 use weir_engine::graph::DEAD_LETTER_OUTPUT;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::FieldError;
-use weir_engine::source::{dead_letters_to_batch, DeadLetter};
+use weir_engine::source::dead_letters_to_batch;
 use weir_engine::{EngineError, Result};
 
-use super::row_errors::{self, row_json};
+use super::row_errors::{self, row_dead_letter};
 
 /// Settings of a PostgreSQL lookup table.
 #[derive(Debug, Clone)]
@@ -467,7 +467,7 @@ impl Operator for PgLookupOperator {
                 } else {
                     "null".to_string()
                 };
-                let mut reason = match (&failed, unanswered[i]) {
+                let reason = match (&failed, unanswered[i]) {
                     (Some(m), true) => format!(
                         "step `{}`: lookup of {} = {key} failed after retries: {m}",
                         ctx.operator, self.stream_key_name
@@ -477,21 +477,14 @@ impl Operator for PgLookupOperator {
                         ctx.operator, self.table.name, self.stream_key_name
                     ),
                 };
-                let payload = match row_json(&batch.slice(i, 1)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        reason.push_str(&format!(" (the row could not be written as JSON: {e})"));
-                        Vec::new()
-                    }
-                };
-                letters.push(DeadLetter {
+                letters.push(row_dead_letter(
+                    &ctx.operator,
+                    &batch,
+                    i,
+                    base + i as u64,
+                    "lookup",
                     reason,
-                    source: format!("step {}", ctx.operator),
-                    position: base + i as u64,
-                    payload,
-                    kind: "lookup",
-                    step: ctx.operator.clone(),
-                });
+                ));
             }
             out.emit_side(DEAD_LETTER_OUTPUT, dead_letters_to_batch(&letters)?);
         }

@@ -133,7 +133,27 @@ fn dead_letter(
     base: u64,
     e: &EngineError,
 ) -> DeadLetter {
-    let mut reason = format!("step `{step}`: {e}");
+    row_dead_letter(
+        step,
+        batch,
+        row,
+        base + row as u64,
+        "expression",
+        format!("step `{step}`: {e}"),
+    )
+}
+
+/// The dead letter of row `row` of `batch`, rejected by step `step` for `reason`: the
+/// row as one JSON object for its payload (if it cannot be written so, the reason says
+/// why and the payload is empty).
+pub(super) fn row_dead_letter(
+    step: &str,
+    batch: &RecordBatch,
+    row: usize,
+    position: u64,
+    kind: &'static str,
+    mut reason: String,
+) -> DeadLetter {
     let payload = match row_json(&batch.slice(row, 1)) {
         Ok(json) => json,
         Err(err) => {
@@ -144,17 +164,15 @@ fn dead_letter(
     DeadLetter {
         reason,
         source: format!("step {step}"),
-        position: base + row as u64,
+        position,
         payload,
-        kind: "expression",
+        kind,
         step: step.to_string(),
     }
 }
 
 /// A one-row batch as one JSON object, without the line break.
-pub(super) fn row_json(
-    row: &RecordBatch,
-) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+fn row_json(row: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, LineDelimited>(Vec::new());

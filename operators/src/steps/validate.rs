@@ -27,10 +27,10 @@ use weir_engine::expr::SqlExpr;
 use weir_engine::graph::DEAD_LETTER_OUTPUT;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, StepBuild, StepFactory};
-use weir_engine::source::{dead_letters_to_batch, DeadLetter};
+use weir_engine::source::dead_letters_to_batch;
 use weir_engine::{EngineError, Result};
 
-use super::row_errors::{self, row_json};
+use super::row_errors::{self, row_dead_letter};
 use super::{clone_per_subtask, simple_build};
 use crate::options::kind;
 
@@ -105,26 +105,19 @@ impl Operator for ValidateOperator {
                 keep.push(row as u32);
                 continue;
             }
-            let mut reason = format!(
+            let reason = format!(
                 "step `{}`: validation failed: {}",
                 ctx.operator,
                 rules.join(", ")
             );
-            let payload = match row_json(&batch.slice(row, 1)) {
-                Ok(p) => p,
-                Err(e) => {
-                    reason.push_str(&format!(" (the row could not be written as JSON: {e})"));
-                    Vec::new()
-                }
-            };
-            letters.push(DeadLetter {
+            letters.push(row_dead_letter(
+                &ctx.operator,
+                &batch,
+                row,
+                base + row as u64,
+                "validation",
                 reason,
-                source: format!("step {}", ctx.operator),
-                position: base + row as u64,
-                payload,
-                kind: "validation",
-                step: ctx.operator.clone(),
-            });
+            ));
         }
         if !keep.is_empty() {
             let rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
