@@ -387,7 +387,7 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
         Ok(())
     };
     for c in sql.chars() {
-        if quote.is_none() && (c.is_alphanumeric() || c == '_') {
+        if quote.is_none() && (c.is_alphanumeric() || matches!(c, '_' | '#' | '@' | '$')) {
             word.push(c);
         } else if !word.is_empty() {
             end_word(&mut word, &mut depth)?;
@@ -418,7 +418,11 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
                         ));
                     }
                 }
-                c if c.is_alphanumeric() || c == '_' || c == '.' || c.is_whitespace() => {}
+                // Name characters of the SQL dialect (`#`, `@` and `$` too: `u#sr.id` is
+                // one dotted name), dots and spaces continue a name.
+                c if c.is_alphanumeric()
+                    || matches!(c, '_' | '#' | '@' | '$' | '.')
+                    || c.is_whitespace() => {}
                 _ => parts = 1,
             },
         }
@@ -755,6 +759,10 @@ mod tests {
         assert!(err.contains("more than 8 parts"), "{err}");
         let spaced = ["amount"; 9].join(" . ");
         let err = SqlExpr::compile(&spaced, &b.schema()).expect_err("long name");
+        assert!(err.contains("more than 8 parts"), "{err}");
+        // `#`, `@` and `$` are name characters of the dialect: `u#sr.id#x.y` is one name.
+        let hashed = ["u#sr"; 9].join(".");
+        let err = SqlExpr::compile(&hashed, &b.schema()).expect_err("long name");
         assert!(err.contains("more than 8 parts"), "{err}");
         let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
         let err = SqlExpr::compile(&deep, &b.schema()).expect_err("deep");
