@@ -342,7 +342,9 @@ pub const MAX_EXPR_BYTES: usize = 16 << 10;
 pub const MAX_EXPR_NESTING: usize = 32;
 /// Deepest nesting of CASE expressions: DataFusion's parser backtracks through every
 /// level of a nested CASE that has a syntax error inside (an END missing, say), twice
-/// the work per level; 12 levels take a few tenths of a second in a debug build.
+/// the work per level; 12 levels take a few tenths of a second in a debug build. The
+/// same bound applies to unterminated CAST-like forms (`CAST(`, `TRY_CAST(`,
+/// `EXTRACT(`, …) nested in one another, which backtrack the same way.
 pub const MAX_CASE_NESTING: usize = 12;
 /// Most parts of a dotted name (`ctx.user.id` has 3): DataFusion's resolution of a
 /// dotted name tries its prefixes and grows steeply with its length.
@@ -365,6 +367,12 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
     // The current word, to see CASE … END, which nest like parentheses.
     let mut word = String::new();
     let mut cases = 0usize;
+    // The last word read (to see `CAST (`), and per open parenthesis whether it opens
+    // a keyword form (CAST, TRY_CAST, EXTRACT, …) whose unterminated nesting makes the
+    // parser backtrack like CASE does.
+    let mut last_word = String::new();
+    let mut parens: Vec<bool> = Vec::new();
+    let mut forms = 0usize;
     let mut end_word = |word: &mut String, depth: &mut usize| -> std::result::Result<(), String> {
         if word.eq_ignore_ascii_case("case") {
             *depth += 1;
@@ -390,7 +398,10 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
         if quote.is_none() && (c.is_alphanumeric() || matches!(c, '_' | '#' | '@' | '$')) {
             word.push(c);
         } else if !word.is_empty() {
+            last_word.clone_from(&word);
             end_word(&mut word, &mut depth)?;
+        } else if quote.is_none() && !c.is_whitespace() && c != '(' {
+            last_word.clear();
         }
         match quote {
             Some(q) => {
@@ -401,6 +412,29 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
             None => match c {
                 '\'' | '"' | '`' => quote = Some(c),
                 '(' | '[' => {
+                    let form = c == '('
+                        && [
+                            "cast",
+                            "try_cast",
+                            "extract",
+                            "substring",
+                            "trim",
+                            "position",
+                            "overlay",
+                        ]
+                        .iter()
+                        .any(|k| last_word.eq_ignore_ascii_case(k));
+                    parens.push(form);
+                    if form {
+                        forms += 1;
+                        if forms > MAX_CASE_NESTING {
+                            return Err(format!(
+                                "the expression nests CAST-like forms deeper than \
+                                 {MAX_CASE_NESTING} levels"
+                            ));
+                        }
+                    }
+                    last_word.clear();
                     depth += 1;
                     if depth > MAX_EXPR_NESTING {
                         return Err(format!(
@@ -408,7 +442,12 @@ fn check_bounds(sql: &str) -> std::result::Result<(), String> {
                         ));
                     }
                 }
-                ')' | ']' => depth = depth.saturating_sub(1),
+                ')' | ']' => {
+                    if parens.pop() == Some(true) {
+                        forms = forms.saturating_sub(1);
+                    }
+                    depth = depth.saturating_sub(1);
+                }
                 // A dot after a name (not in a number like 1.5) continues it.
                 '.' if !prev.is_ascii_digit() || parts > 1 => {
                     parts += 1;
@@ -760,6 +799,16 @@ mod tests {
         let spaced = ["amount"; 9].join(" . ");
         let err = SqlExpr::compile(&spaced, &b.schema()).expect_err("long name");
         assert!(err.contains("more than 8 parts"), "{err}");
+        // Unterminated nested CASTs made the parser backtrack exponentially.
+        let casts = format!("{}1", "CAST(1 + ".repeat(MAX_CASE_NESTING + 1));
+        let err = SqlExpr::compile(&casts, &b.schema()).expect_err("nested casts");
+        assert!(err.contains("CAST-like forms deeper"), "{err}");
+        let fine = format!(
+            "{}1{}",
+            "CAST(1 + ".repeat(MAX_CASE_NESTING),
+            " AS BIGINT)".repeat(MAX_CASE_NESTING)
+        );
+        SqlExpr::compile(&fine, &b.schema()).expect("12 nested casts compile");
         // `#`, `@` and `$` are name characters of the dialect: `u#sr.id#x.y` is one name.
         let hashed = ["u#sr"; 9].join(".");
         let err = SqlExpr::compile(&hashed, &b.schema()).expect_err("long name");
