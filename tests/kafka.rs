@@ -218,7 +218,7 @@ fn job_yaml(
     )
 }
 
-fn weir_cmd(dir: &Path) -> Command {
+pub(crate) fn weir_cmd(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.args(["run", "job.yaml", "--no-progress"])
         .current_dir(dir)
@@ -230,7 +230,7 @@ fn weir_cmd(dir: &Path) -> Command {
 
 /// Runs until the job exits successfully; the first run with `WEIR_FAULT=fault`.
 /// Returns how many runs were killed.
-fn run_to_end(dir: &Path, fault: Option<&str>) -> usize {
+pub(crate) fn run_to_end(dir: &Path, fault: Option<&str>) -> usize {
     for (killed, attempt) in (0..20).enumerate() {
         let mut c = weir_cmd(dir);
         if let (Some(f), 0) = (fault, attempt) {

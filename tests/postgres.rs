@@ -16,6 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::{block_on, under_ci};
+use crate::kafka::{run_to_end, weir_cmd};
 
 /// The test database's connection string, or `None` (skipped with a note; under CI a
 /// failure).
@@ -136,38 +137,6 @@ fn job_yaml(name: &str, conn: &str, table: &str, kind: &str, parallelism: usize)
         ),
     };
     format!("{head}{rest}dead_letter: {{ type: file, path: out/dead_letter.jsonl }}\n")
-}
-
-fn weir_cmd(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
-    c.args(["run", "job.yaml", "--no-progress"])
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Runs until the job exits successfully; the first run with `WEIR_FAULT=fault`.
-/// Returns how many runs were killed.
-fn run_to_end(dir: &Path, fault: Option<&str>) -> usize {
-    for (killed, attempt) in (0..20).enumerate() {
-        let mut c = weir_cmd(dir);
-        if let (Some(f), 0) = (fault, attempt) {
-            c.env("WEIR_FAULT", f);
-        }
-        let out = c.output().unwrap();
-        if out.status.success() {
-            return killed;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "the run failed otherwise than by SIGKILL: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    panic!("the job did not finish after 20 runs");
 }
 
 /// The table's rows, sorted, as text.

@@ -227,6 +227,22 @@ pub(crate) fn duration_option(
     }
 }
 
+/// A token no other transaction has: 128 bits from the clock, the process and the
+/// standard library's random hasher keys.
+#[cfg(any(feature = "kafka", feature = "postgres"))]
+pub(crate) fn new_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{:016x}{:016x}", h.finish(), nanos as u64)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {

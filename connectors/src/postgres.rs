@@ -65,7 +65,7 @@ use weir_engine::error::{EngineError, Result};
 use weir_engine::registry::{BuildContext, Checkpointing, FieldError, SinkBuild, SinkFactory};
 use weir_engine::sink::{Sink, SinkContext, SinkRecovery};
 
-use crate::options::{duration_option, expand_env, parse_options, schema_for};
+use crate::options::{duration_option, expand_env, new_token, parse_options, schema_for};
 
 /// Default name of the progress table.
 pub const DEFAULT_PROGRESS_TABLE: &str = "weir_sink_progress";
@@ -418,20 +418,6 @@ fn describe_server(pg: &tokio_postgres::Config) -> String {
     } else {
         hosts.join(",")
     }
-}
-
-/// A random token for this process and subtask.
-fn new_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    format!("{:016x}{:016x}", h.finish(), nanos as u64)
 }
 
 /// Whether an error is worth a retry with a new connection: the connection broke or

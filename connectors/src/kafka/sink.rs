@@ -62,7 +62,7 @@ use weir_engine::sink::{Sink, SinkContext, SinkRecovery};
 
 use super::{duration_option, Connection, Health, WeirContext};
 use crate::encode::{BatchEncoder, TextFormat};
-use crate::options::{parse_options, schema_for};
+use crate::options::{new_token, parse_options, schema_for};
 
 /// Options of `type: kafka` sinks.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -372,21 +372,6 @@ struct Record {
     key: Option<Vec<u8>>,
     value: Vec<u8>,
     headers: Vec<(String, Vec<u8>)>,
-}
-
-/// A token no other transaction has: 128 bits from the clock, the process and the
-/// standard library's random hasher keys.
-fn new_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    format!("{:016x}{:016x}", h.finish(), nanos as u64)
 }
 
 /// Encodes an epoch's messages for the checkpoint: a version byte, then per message
