@@ -230,6 +230,8 @@ pub struct ReplaySpec {
     pub function: Option<Remediation>,
     /// Print what would be replayed, change nothing.
     pub dry_run: bool,
+    /// Replays into Kafka: the ledger topic (default `__weir_dlq_replays`).
+    pub ledger_topic: Option<String>,
 }
 
 /// A remediation written in Rust: a batch of decoded dead letters in, the batch to replay
@@ -277,8 +279,10 @@ pub struct ReplayReport {
     pub replayed: usize,
     pub already_replayed: usize,
     pub not_decodable: Vec<String>,
-    pub input: PathBuf,
-    pub ledger: PathBuf,
+    /// Where the records went: the file written, or `kafka topic <name>`.
+    pub input: String,
+    /// Where the replayed entries are recorded: the ledger file or topic.
+    pub ledger: String,
 }
 
 /// A stable identity of a dead letter: a hash of everything it carries.
@@ -300,7 +304,7 @@ fn entry_id(e: &Entry) -> String {
 
 /// The ledger of replays next to the dead letters: `<path>.replayed`, a JSON line per
 /// replay: its id, the file it wrote, the remediation and the entries' ids.
-fn ledger_path(dead_letters: &Path) -> PathBuf {
+pub fn ledger_path(dead_letters: &Path) -> PathBuf {
     let mut name = dead_letters
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -313,24 +317,44 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> WeirError {
     WeirError::Command(format!("{what} {}: {e}", path.display()))
 }
 
-/// Replays dead letters into a file source's input, exactly once.
+/// Where a replay writes: a file source's folder or a Kafka source's topic.
+enum Target {
+    File {
+        /// The folder the source's pattern reads.
+        folder: PathBuf,
+        /// The pattern as written, and its file-name part.
+        pattern: String,
+        file_pattern: String,
+        /// The ledger file.
+        ledger: PathBuf,
+    },
+    #[cfg(feature = "kafka")]
+    Kafka(weir_connectors::kafka::replay::ReplayTarget),
+}
+
+/// Replays dead letters into a source's input, exactly once: a `type: file` source
+/// (JSON lines) or a `type: kafka` source (JSON values).
 ///
-/// The chosen entries (not yet in the ledger) are decoded with the source's schema, the
-/// remediation is applied, and the records are written as a new JSON-lines file
-/// `replay-<id>.jsonl` next to the source's files (the source's `path` must be a
-/// pattern that matches it, e.g. `data/*.jsonl`): a checkpointing job that runs again
-/// reads it as a file it has not seen. `<id>` is a hash of the entries, so the same
-/// replay always writes the same file. The file is written hidden, synced and renamed
-/// into place (a reader sees all of it or nothing), then the entries are recorded in
-/// the ledger next to the dead letters (`<path>.replayed`). A replay killed between the
-/// rename and the ledger finds its file already there on the next run, keeps it and
-/// records the entries: no entry is ever published twice, none is lost.
+/// The chosen entries not replayed before are decoded with the source's schema, the
+/// remediation is applied, and the records are published:
+///
+/// - **file source**: as a new JSON-lines file `replay-<id>.jsonl` next to the source's
+///   files (the source's `path` must be a pattern that matches it, e.g. `data/*.jsonl`):
+///   a checkpointing job that runs again reads it as a file it has not seen. `<id>` is a
+///   hash of the entries, so the same replay always writes the same file. The file is
+///   written hidden, synced and renamed into place (a reader sees all of it or nothing),
+///   then the entries are recorded in the `ledger` file (for dead-letter files,
+///   [`ledger_path`]). A replay killed between the rename and the ledger finds its file
+///   already there on the next run, keeps it and records the entries.
+/// - **Kafka source**: as messages to the source's topic, in one transaction with a
+///   ledger message on the ledger topic (see [`weir_connectors::kafka::replay`]).
+///
+/// Either way no entry is ever published twice, and none is lost.
 pub fn replay(
     spec: &ReplaySpec,
-    dead_letters_path: &Path,
-    dead_letters: &[PathBuf],
+    entries: &[Entry],
+    ledger: Option<&Path>,
 ) -> Result<ReplayReport, WeirError> {
-    use std::io::Write as _;
     let text =
         std::fs::read_to_string(&spec.job).map_err(|e| io_err("cannot read", &spec.job, e))?;
     let job = weir_engine::spec::parse_yaml(&text, &spec.job.display().to_string())
@@ -340,18 +364,24 @@ pub fn replay(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let file_sources: Vec<&String> = sources
+    let replayable = |v: &Value| {
+        matches!(
+            v.get("type").and_then(Value::as_str),
+            Some("file") | Some("kafka")
+        )
+    };
+    let candidates: Vec<&String> = sources
         .iter()
-        .filter(|(_, v)| v.get("type").and_then(Value::as_str) == Some("file"))
+        .filter(|(_, v)| replayable(v))
         .map(|(k, _)| k)
         .collect();
     let source_name = match &spec.source {
         Some(s) => s.clone(),
-        None if file_sources.len() == 1 => file_sources[0].clone(),
+        None if candidates.len() == 1 => candidates[0].clone(),
         None => {
             return Err(WeirError::Command(format!(
-                "name the source to replay into with --source (file sources: {})",
-                file_sources
+                "name the source to replay into with --source (file and Kafka sources: {})",
+                candidates
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
@@ -362,49 +392,106 @@ pub fn replay(
     let source = sources
         .get(&source_name)
         .ok_or_else(|| WeirError::Command(format!("the job has no source `{source_name}`")))?;
-    if source.get("type").and_then(Value::as_str) != Some("file")
-        || source.get("format").and_then(Value::as_str) != Some("json")
-    {
-        return Err(WeirError::Command(format!(
-            "source `{source_name}`: replay writes JSON lines for a `type: file`, `format: \
-             json` source (Kafka and other formats are not supported yet)"
-        )));
-    }
-    let pattern = source
-        .get("path")
+    let kind = source
+        .get("type")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let pattern_path = Path::new(pattern);
-    let file_pattern = pattern_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let base = spec.job.parent().unwrap_or(Path::new("."));
-    let folder = base.join(pattern_path.parent().unwrap_or(Path::new("")));
+    if !replayable(source) || source.get("format").and_then(Value::as_str) != Some("json") {
+        return Err(WeirError::Command(format!(
+            "source `{source_name}`: replay writes JSON to a `type: file` or `type: kafka` \
+             source with `format: json` (this one is `type: {kind}`, format {})",
+            source
+                .get("format")
+                .and_then(Value::as_str)
+                .unwrap_or("unset")
+        )));
+    }
     let schema = weir_engine::spec::parse_schema(source.get("schema").unwrap_or(&Value::Null))
         .map_err(|e| WeirError::Command(format!("source `{source_name}` schema: {}", e.message)))?;
+    let target = if kind == "file" {
+        let pattern = source
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let pattern_path = Path::new(&pattern);
+        let file_pattern = pattern_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let base = spec.job.parent().unwrap_or(Path::new("."));
+        let folder = base.join(pattern_path.parent().unwrap_or(Path::new("")));
+        let ledger = ledger.map(Path::to_path_buf).ok_or_else(|| {
+            WeirError::Command(
+                "a replay into a file source records its entries in a ledger file: name it \
+                 with --ledger PATH (dead letters read from files have one next to them)"
+                    .into(),
+            )
+        })?;
+        Target::File {
+            folder,
+            pattern,
+            file_pattern,
+            ledger,
+        }
+    } else {
+        kafka_target(spec, &source_name, source)?
+    };
 
-    let (entries, _) = read_files(dead_letters)?;
-    let ledger = ledger_path(dead_letters_path);
-    let mut done_ids = std::collections::HashSet::new();
-    if let Ok(t) = std::fs::read_to_string(&ledger) {
-        for r in t
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        {
-            for e in r["entries"].as_array().into_iter().flatten() {
-                if let Some(e) = e.as_str() {
-                    done_ids.insert(e.to_string());
+    #[cfg(feature = "kafka")]
+    let publisher = match &target {
+        Target::Kafka(t) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| WeirError::Command(format!("cannot start a runtime: {e}")))?
+                .block_on(weir_connectors::kafka::replay::ReplayPublisher::open(
+                    t.clone(),
+                    !spec.dry_run,
+                ))
+                .map_err(|m| WeirError::Command(format!("source `{source_name}`: {m}")))?,
+        ),
+        Target::File { .. } => None,
+    };
+    let done_ids: std::collections::HashSet<String> = match &target {
+        Target::File { ledger, .. } => {
+            let mut done = std::collections::HashSet::new();
+            if let Ok(t) = std::fs::read_to_string(ledger) {
+                for r in t
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                {
+                    for e in r["entries"].as_array().into_iter().flatten() {
+                        if let Some(e) = e.as_str() {
+                            done.insert(e.to_string());
+                        }
+                    }
                 }
             }
+            done
         }
-    }
+        #[cfg(feature = "kafka")]
+        Target::Kafka(_) => publisher
+            .as_ref()
+            .map(|p| p.replayed())
+            .transpose()
+            .map_err(|m| WeirError::Command(format!("source `{source_name}`: {m}")))?
+            .unwrap_or_default(),
+    };
     let mut report = ReplayReport {
         replayed: 0,
         already_replayed: 0,
         not_decodable: Vec::new(),
-        input: folder.clone(),
-        ledger: ledger.clone(),
+        input: match &target {
+            Target::File { folder, .. } => folder.display().to_string(),
+            #[cfg(feature = "kafka")]
+            Target::Kafka(t) => format!("Kafka topic `{}`", t.topic),
+        },
+        ledger: match &target {
+            Target::File { ledger, .. } => ledger.display().to_string(),
+            #[cfg(feature = "kafka")]
+            Target::Kafka(t) => format!("topic `{}`", t.ledger_topic),
+        },
     };
     let mut ids = Vec::new();
     let mut rows: Vec<arrow::record_batch::RecordBatch> = Vec::new();
@@ -455,51 +542,150 @@ pub fn replay(
         }
         format!("{h:016x}")
     };
-    let name = format!("replay-{replay_id}.jsonl");
-    let matches = glob::Pattern::new(&file_pattern).is_ok_and(|p| p.matches(&name));
-    if !matches {
-        return Err(WeirError::Command(format!(
-            "source `{source_name}` reads `{pattern}`, which would not match the replay file \
-             `{name}`: read a pattern such as `{}/*.jsonl`",
-            pattern_path
-                .parent()
-                .map_or_else(|| ".".into(), |p| p.display().to_string())
-        )));
-    }
-    let target = folder.join(&name);
-    report.input = target.clone();
-    report.replayed = ids.len();
-    if spec.dry_run {
-        return Ok(report);
-    }
-    if !target.exists() {
-        let hidden = folder.join(format!(".{name}.inprogress"));
-        let mut f =
-            std::fs::File::create(&hidden).map_err(|e| io_err("cannot write", &hidden, e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err("cannot write", &hidden, e))?;
-        std::fs::rename(&hidden, &target).map_err(|e| io_err("cannot publish", &target, e))?;
-        if let Ok(d) = std::fs::File::open(&folder) {
-            let _ = d.sync_all();
+    let record = serde_json::json!({
+        "replay": replay_id,
+        "set": spec.set.iter().map(|(c, e)| format!("{c}={e}")).collect::<Vec<_>>(),
+        "entries": ids,
+    });
+    match &target {
+        Target::File {
+            folder,
+            pattern,
+            file_pattern,
+            ledger,
+        } => {
+            let name = format!("replay-{replay_id}.jsonl");
+            let matches = glob::Pattern::new(file_pattern).is_ok_and(|p| p.matches(&name));
+            if !matches {
+                return Err(WeirError::Command(format!(
+                    "source `{source_name}` reads `{pattern}`, which would not match the \
+                     replay file `{name}`: read a pattern such as `{}/*.jsonl`",
+                    Path::new(pattern)
+                        .parent()
+                        .map_or_else(|| ".".into(), |p| p.display().to_string())
+                )));
+            }
+            let target = folder.join(&name);
+            report.input = target.display().to_string();
+            report.replayed = ids.len();
+            if spec.dry_run {
+                return Ok(report);
+            }
+            publish_file(folder, &name, &bytes)?;
+            weir_engine::fault::point("replay_published");
+            let mut record = record;
+            record["file"] = Value::String(target.display().to_string());
+            append_ledger(ledger, &record)?;
+        }
+        #[cfg(feature = "kafka")]
+        Target::Kafka(_) => {
+            report.replayed = ids.len();
+            if spec.dry_run {
+                return Ok(report);
+            }
+            let values: Vec<Vec<u8>> = bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect();
+            if let Some(p) = &publisher {
+                p.publish(&replay_id, &values, &record)
+                    .map_err(|m| WeirError::Command(format!("source `{source_name}`: {m}")))?;
+            }
+            weir_engine::fault::point("replay_published");
         }
     }
-    weir_engine::fault::point("replay_published");
+    Ok(report)
+}
+
+/// The Kafka topic a Kafka source reads, for a replay into it.
+#[cfg(feature = "kafka")]
+fn kafka_target(spec: &ReplaySpec, name: &str, source: &Value) -> Result<Target, WeirError> {
+    let err = |m: String| WeirError::Command(format!("source `{name}`: {m}"));
+    let topic = match (source.get("topic"), source.get("topics")) {
+        (Some(Value::String(t)), _) => t.clone(),
+        (_, Some(Value::Array(ts))) if ts.len() == 1 => {
+            ts[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return Err(err(
+                "replay writes to the one topic a source reads (`topic`); this source reads \
+                 several topics or a pattern"
+                    .into(),
+            ))
+        }
+    };
+    let brokers = weir_engine::env::expand_env(
+        source
+            .get("brokers")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|m| err(format!("brokers: {m}")))?;
+    let properties = source
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Target::Kafka(
+        weir_connectors::kafka::replay::ReplayTarget {
+            brokers,
+            properties,
+            topic,
+            ledger_topic: spec
+                .ledger_topic
+                .clone()
+                .unwrap_or_else(|| weir_connectors::kafka::replay::DEFAULT_LEDGER_TOPIC.into()),
+            timeout: std::time::Duration::from_secs(30),
+        },
+    ))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka_target(_: &ReplaySpec, name: &str, _: &Value) -> Result<Target, WeirError> {
+    Err(WeirError::Command(format!(
+        "source `{name}` is a Kafka source, and this weir was built without the `kafka` feature"
+    )))
+}
+
+/// Writes `name` into `folder` all at once: hidden, synced, renamed into place. A file
+/// already there (an earlier run of the same replay published it) is kept.
+fn publish_file(folder: &Path, name: &str, bytes: &[u8]) -> Result<(), WeirError> {
+    use std::io::Write as _;
+    let target = folder.join(name);
+    if target.exists() {
+        return Ok(());
+    }
+    let hidden = folder.join(format!(".{name}.inprogress"));
+    let mut f = std::fs::File::create(&hidden).map_err(|e| io_err("cannot write", &hidden, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_err("cannot write", &hidden, e))?;
+    std::fs::rename(&hidden, &target).map_err(|e| io_err("cannot publish", &target, e))?;
+    if let Ok(d) = std::fs::File::open(folder) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Appends one record to a ledger file, synced.
+fn append_ledger(ledger: &Path, record: &Value) -> Result<(), WeirError> {
+    use std::io::Write as _;
     let mut l = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&ledger)
-        .map_err(|e| io_err("cannot write", &ledger, e))?;
-    writeln!(
-        l,
-        "{}",
-        serde_json::json!({"replay": replay_id, "file": target.display().to_string(),
-                           "set": spec.set.iter().map(|(c, e)| format!("{c}={e}")).collect::<Vec<_>>(),
-                           "entries": ids})
-    )
-    .and_then(|()| l.sync_all())
-    .map_err(|e| io_err("cannot write", &ledger, e))?;
-    Ok(report)
+        .open(ledger)
+        .map_err(|e| io_err("cannot write", ledger, e))?;
+    writeln!(l, "{record}")
+        .and_then(|()| l.sync_all())
+        .map_err(|e| io_err("cannot write", ledger, e))
 }
 
 /// One JSON object decoded with `schema`, or None.
@@ -698,8 +884,11 @@ mod tests {
             set: Vec::new(),
             function: Some(remediation("abs_amount").unwrap()),
             dry_run: false,
+            ledger_topic: None,
         };
-        let r = replay(&spec, &d.join("dead.jsonl"), &[d.join("dead.jsonl")]).unwrap();
+        let (entries, _) = read_files(&[d.join("dead.jsonl")]).unwrap();
+        let ledger = ledger_path(&d.join("dead.jsonl"));
+        let r = replay(&spec, &entries, Some(&ledger)).unwrap();
         assert_eq!(r.replayed, 3);
         let text = std::fs::read_to_string(&r.input).unwrap();
         assert_eq!(
@@ -710,7 +899,7 @@ mod tests {
                 r#"{"id":2,"amount":2.5}"#
             ]
         );
-        let again = replay(&spec, &d.join("dead.jsonl"), &[d.join("dead.jsonl")]).unwrap();
+        let again = replay(&spec, &entries, Some(&ledger)).unwrap();
         assert_eq!((again.replayed, again.already_replayed), (0, 3));
         let e = remediation("nope").err().unwrap().to_string();
         assert!(e.contains("abs_amount"), "{e}");

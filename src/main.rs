@@ -77,17 +77,32 @@ enum DlqCommand {
         #[arg(long)]
         table: Option<String>,
     },
-    /// Re-inject dead letters into a file source's input, through a remediation, exactly
-    /// once: their payloads are decoded with the source's schema, `--set` expressions
-    /// applied, and the records written as a new file the source's pattern matches (a
-    /// checkpointing job reads it when it runs again). Replayed entries are recorded next
-    /// to the dead letters (`<path>.replayed`) and never replayed twice.
+    /// Re-inject dead letters into a source's input through a remediation, exactly once:
+    /// their payloads are decoded with the source's schema, `--set` expressions (or a
+    /// registered Rust remediation) applied, and the records published. Into a file
+    /// source: a new file its pattern matches (a checkpointing job reads it when it runs
+    /// again), the entries recorded in a ledger file (`<path>.replayed` next to
+    /// dead-letter files). Into a Kafka source: messages to its topic, in one transaction
+    /// with a ledger message on the ledger topic. An entry is never replayed twice.
     Replay {
         /// The job file.
         job: PathBuf,
         /// The dead-letter files (a sink's path: its part files are found too).
-        #[arg(long = "dead-letters", required = true)]
+        #[arg(long = "dead-letters", required_unless_present = "postgres")]
         dead_letters: Vec<PathBuf>,
+        /// Read a PostgreSQL dead-letter table instead: its connection string.
+        #[arg(long, requires = "table", conflicts_with = "dead_letters")]
+        postgres: Option<String>,
+        /// The PostgreSQL dead-letter table (`name` or `schema.name`).
+        #[arg(long)]
+        table: Option<String>,
+        /// The ledger file of a replay into a file source (default: `<path>.replayed`
+        /// next to the dead-letter files; needed with --postgres).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// The ledger topic of a replay into a Kafka source.
+        #[arg(long, default_value = "__weir_dlq_replays")]
+        ledger_topic: String,
         /// The source to replay into (default: the job's only file source).
         #[arg(long)]
         source: Option<String>,
@@ -348,6 +363,10 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 DlqCommand::Replay {
                     job,
                     dead_letters,
+                    postgres,
+                    table,
+                    ledger,
+                    ledger_topic,
                     source,
                     kind,
                     step,
@@ -356,17 +375,35 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                     dry_run,
                 },
         } => {
-            let mut files = Vec::new();
-            for p in &dead_letters {
-                let found = weir::dlq::files_for(p);
-                if found.is_empty() {
-                    return Err(WeirError::Command(format!(
-                        "no dead-letter file at {} (nor part files of it)",
-                        p.display()
-                    )));
+            let (entries, ledger) = match (postgres, table) {
+                #[cfg(feature = "postgres")]
+                (Some(conn), Some(table)) => (
+                    runtime()?.block_on(weir::dlq::read_postgres(&conn, &table))?,
+                    ledger,
+                ),
+                #[cfg(not(feature = "postgres"))]
+                (Some(_), _) => {
+                    return Err(WeirError::Command(
+                        "this weir was built without the `postgres` feature".into(),
+                    ))
                 }
-                files.extend(found);
-            }
+                _ => {
+                    let mut files = Vec::new();
+                    for p in &dead_letters {
+                        let found = weir::dlq::files_for(p);
+                        if found.is_empty() {
+                            return Err(WeirError::Command(format!(
+                                "no dead-letter file at {} (nor part files of it)",
+                                p.display()
+                            )));
+                        }
+                        files.extend(found);
+                    }
+                    let ledger =
+                        ledger.or_else(|| dead_letters.first().map(|p| weir::dlq::ledger_path(p)));
+                    (weir::dlq::read_files(&files)?.0, ledger)
+                }
+            };
             let set = set
                 .iter()
                 .map(|s| {
@@ -388,15 +425,16 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                     .map(weir::dlq::remediation)
                     .transpose()?,
                 dry_run,
+                ledger_topic: Some(ledger_topic),
             };
-            let r = weir::dlq::replay(&spec, &dead_letters[0], &files)?;
+            let r = weir::dlq::replay(&spec, &entries, ledger.as_deref())?;
             println!(
                 "{} {} dead letter(s) into {} ({} replayed before; ledger {})",
                 if dry_run { "would replay" } else { "replayed" },
                 r.replayed,
-                r.input.display(),
+                r.input,
                 r.already_replayed,
-                r.ledger.display()
+                r.ledger
             );
             for n in &r.not_decodable {
                 println!("  not decodable with the source's schema, left: {n}");

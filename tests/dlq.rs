@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn weir(dir: &Path, args: &[&str], fault: Option<&str>) -> Output {
+pub(crate) fn weir(dir: &Path, args: &[&str], fault: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.args(args).current_dir(dir).env("RUST_LOG", "warn");
     if let Some(f) = fault {
@@ -17,7 +17,7 @@ fn weir(dir: &Path, args: &[&str], fault: Option<&str>) -> Output {
     c.output().unwrap()
 }
 
-fn ok(o: &Output) -> String {
+pub(crate) fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
         "{}{}",

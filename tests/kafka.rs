@@ -1237,3 +1237,98 @@ fn a_broker_going_away_is_retried_then_fails_and_resumes_exactly_once() {
     assert_eq!(got.len(), want.len(), "message count after the outage");
     assert_eq!(got, want, "committed output after the outage");
 }
+
+/// `weir dlq replay` into a Kafka source: the remediated records and the ledger message
+/// are one transaction. Killed before the commit, nothing is in the topic and the next
+/// replay publishes everything; killed after it, the next replay finds the entries in
+/// the ledger and publishes nothing. The job then reads each replayed record once.
+#[test]
+fn dlq_replay_into_a_kafka_source_is_exactly_once_through_kills() {
+    use crate::dlq::{ok, weir};
+    let Some(b) = noida("dlq_replay_into_a_kafka_source_is_exactly_once_through_kills") else {
+        return;
+    };
+    let topic = unique("payments");
+    create_topic(&b, &topic, 2);
+    let messages: Vec<(i32, Option<String>)> = (0..40)
+        .map(|i| {
+            // Every 4th amount is negative: a validation dead letter.
+            let amount = if i % 4 == 0 {
+                -(i as f64) - 0.5
+            } else {
+                i as f64 + 0.5
+            };
+            (
+                i % 2,
+                Some(format!("{{\"id\": {i}, \"amount\": {amount}}}")),
+            )
+        })
+        .collect();
+    produce(&b, &topic, &messages);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("job.yaml"),
+        format!(
+            "name: {}\ncheckpoint: {{ interval: 50ms, storage: ckpt }}\n\
+             sources:\n  p:\n    type: kafka\n    brokers: \"{b}\"\n    topic: {topic}\n\
+             \x20   end: latest\n    format: json\n    schema: {{ id: int, amount: float }}\n\
+             steps:\n  valid: {{ from: p, validate: {{ positive_amount: \"amount > 0\" }} }}\n\
+             sinks:\n  o: {{ from: valid, type: file, path: out/o.jsonl }}\n\
+             dead_letter: {{ type: file, path: dlq/dead_letter.jsonl }}\n",
+            unique("replay")
+        ),
+    )
+    .unwrap();
+    let ids = |d: &Path| -> Vec<i64> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(d.join("out")).unwrap().flatten() {
+            if !e.file_name().to_string_lossy().starts_with("o-") {
+                continue;
+            }
+            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["amount"].as_f64().unwrap() > 0.0, "{l}");
+                ids.push(v["id"].as_i64().unwrap());
+            }
+        }
+        ids.sort_unstable();
+        ids
+    };
+    ok(&weir(d, &["run", "job.yaml", "--no-progress"], None));
+    assert_eq!(ids(d), (0..40).filter(|i| i % 4 != 0).collect::<Vec<i64>>());
+
+    let ledger = unique("ledger");
+    let replay = [
+        "dlq",
+        "replay",
+        "job.yaml",
+        "--dead-letters",
+        "dlq/dead_letter.jsonl",
+        "--set",
+        "amount=abs(amount)",
+        "--ledger-topic",
+        &ledger,
+    ];
+    let dry = ok(&weir(d, &[&replay[..], &["--dry-run"]].concat(), None));
+    assert!(dry.contains("would replay 10 dead letter(s)"), "{dry}");
+    // Killed with the transaction open: nothing reaches the topic.
+    let killed = weir(d, &replay, Some("replay_produced"));
+    assert_eq!(killed.status.signal(), Some(9));
+    assert_eq!(read_committed(&b, &topic).len(), 40);
+    // Killed after the commit: the records are in, and recorded.
+    let killed = weir(d, &replay, Some("replay_published"));
+    assert_eq!(killed.status.signal(), Some(9));
+    let committed = read_committed(&b, &topic);
+    assert_eq!(committed.len(), 50, "{committed:?}");
+    let again = ok(&weir(d, &replay, None));
+    assert!(
+        again.contains("replayed 0 dead letter(s)") && again.contains("(10 replayed before"),
+        "{again}"
+    );
+    assert_eq!(read_committed(&b, &topic).len(), 50);
+
+    // The job resumes from its checkpoint and reads the replayed records once.
+    ok(&weir(d, &["run", "job.yaml", "--no-progress"], None));
+    assert_eq!(ids(d), (0..40).collect::<Vec<i64>>());
+}

@@ -793,6 +793,62 @@ fn the_payments_example_from_kafka_books_the_same_ledger() {
         "682561.61"
     );
     assert_eq!(count(format!("SELECT count(*) FROM dlq_{suffix}")), "33");
+
+    // Tier 2: the negative amounts, fixed, replayed from the dead-letter table into the
+    // payments topic (one transaction with the ledger topic), then booked when the job
+    // runs again; a second replay finds them in the ledger.
+    let negative = count(format!(
+        "SELECT count(*) FROM dlq_{suffix} WHERE reason LIKE '%positive_amount%'"
+    ));
+    assert_ne!(negative, "0");
+    let ledger = format!("ledger-{suffix}");
+    let replay = |expect: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["dlq", "replay", "job.yaml", "--postgres", &conn, "--table"])
+            .arg(format!("dlq_{suffix}"))
+            .args(["--source", "payments", "--kind", "validation"])
+            .args(["--set", "amount=abs(amount)"])
+            .args(["--ledger-topic", &ledger])
+            .current_dir(dir.path())
+            .env("KAFKA_BROKERS", &brokers)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains(expect),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let validation = count(format!(
+        "SELECT count(*) FROM dlq_{suffix} WHERE kind = 'validation'"
+    ));
+    replay(&format!(
+        "replayed {validation} dead letter(s) into Kafka topic `{payments}`"
+    ));
+    replay(&format!(
+        "replayed 0 dead letter(s) into Kafka topic `{payments}` ({validation} replayed before"
+    ));
+    let mut c = weir_cmd(dir.path());
+    c.env("PAYMENTS_DB", &conn).env("KAFKA_BROKERS", &brokers);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booked: usize = count(format!("SELECT count(*) FROM payments_{suffix}"))
+        .parse()
+        .unwrap();
+    let negative: usize = negative.parse().unwrap();
+    eprintln!("DEBUG {:?}", query(&conn, &format!("SELECT kind, reason, payload FROM dlq_{suffix} WHERE reason LIKE '%positive%' OR time > now() - interval '5 seconds'")));
+    assert_eq!(booked, 1933 + negative, "each fixed payment booked once");
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM payments_{suffix} WHERE amount <= 0"
+        )),
+        "0"
+    );
 }
 
 /// Lookups that keep failing (here: the table is dropped while the job runs) turn the

@@ -82,7 +82,7 @@ pub fn build(dir: &Path) -> Result<Pipeline, WeirError> {
         "with_rate",
         "enrich",
         json!({
-            "changelog": { "time": "ts", "version_time": "valid_from" },
+            "changelog": { "time": "ts", "version_time": "valid_from", "retention": "30d" },
             "on": { "currency": "currency" },
             "columns": ["eur_rate"],
             "missing": "dead_letter",

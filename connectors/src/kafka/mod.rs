@@ -9,6 +9,7 @@
 //! the brokers are reachable, and duration options.
 
 pub mod bench;
+pub mod replay;
 pub mod sink;
 pub mod source;
 

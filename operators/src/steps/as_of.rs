@@ -17,8 +17,10 @@
 //! A record waits until the watermark (the minimum over both inputs) passes its event
 //! time: then every version that can apply has arrived, even one that came after the
 //! record. Versions are kept per key, and as the watermark advances only the newest one
-//! at or below it (and any newer) survives. A record already behind the watermark when
-//! it arrives is joined at once with the versions kept. Both inputs are
+//! at or below `watermark − retention` (and any newer) survives (`retention`, default 0,
+//! keeps history for late records). A record already behind the watermark when it
+//! arrives is joined at once with the versions kept; one older than every version kept
+//! is missing (the dead letter says the history was not kept that far back). Both inputs are
 //! hash-partitioned by the key (the key columns must have the same type), and versions
 //! and waiting records are written to keyed state at checkpoints.
 
@@ -67,6 +69,8 @@ pub(super) struct AsOfPlan {
     pub columns: Vec<usize>,
     pub missing: MissingVersion,
     pub key_name: String,
+    /// How far behind the watermark superseded versions are kept (ms).
+    pub retention_ms: i64,
 }
 
 /// Resolves the plan, or a field error.
@@ -183,6 +187,7 @@ pub(super) fn plan(
         columns: idx,
         missing,
         key_name: left_key.to_string(),
+        retention_ms: 0,
         left,
         right,
     })
@@ -359,9 +364,26 @@ impl AsOfOperator {
                         || ready[i].1.to_string(),
                         |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
                     );
+                let pruned = self
+                    .keys
+                    .get(&ready[i].0)
+                    .is_some_and(|k| !k.versions.is_empty())
+                    && ready[i].1 < self.watermark.saturating_sub(self.plan.retention_ms);
                 let reason = format!(
-                    "step `{}`: no version of {} = {key} at or before {when}",
-                    ctx.operator, self.plan.key_name
+                    "step `{}`: no version of {} = {key} at or before {when}{}",
+                    ctx.operator,
+                    self.plan.key_name,
+                    if pruned {
+                        format!(
+                            " (the record is later than the history kept: versions are kept \
+                             {} behind the watermark, see `changelog.retention`)",
+                            weir_engine::time::format_duration(std::time::Duration::from_millis(
+                                self.plan.retention_ms.max(0) as u64
+                            ))
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
                 letters.push(row_dead_letter(
                     &ctx.operator,
@@ -424,10 +446,11 @@ impl AsOfOperator {
             ctx,
             out,
         )?;
-        // Prune: keep the newest version at or below `w` and every newer one.
+        // Prune: keep the newest version at or below `w − retention` and every newer one.
         if w != EventTime::MAX {
+            let cut = w.saturating_sub(self.plan.retention_ms);
             for (key, data) in self.keys.iter_mut() {
-                let Some((&newest_due, _)) = data.versions.range(..=w).next_back() else {
+                let Some((&newest_due, _)) = data.versions.range(..=cut).next_back() else {
                     continue;
                 };
                 if data.versions.range(..newest_due).next().is_some() {
@@ -662,13 +685,17 @@ mod tests {
     }
 
     fn step(missing: &str) -> StepBuild {
+        step_keeping(missing, "0s")
+    }
+
+    fn step_keeping(missing: &str, retention: &str) -> StepBuild {
         let (left, right) = schemas();
         super::super::EnrichStep
             .build(
                 &super::super::test_util::ctx(),
                 "e",
                 &json!({
-                    "changelog": { "time": "ts", "version_time": "valid_from" },
+                    "changelog": { "time": "ts", "version_time": "valid_from", "retention": retention },
                     "on": { "key": "key" },
                     "missing": missing,
                 }),
@@ -793,6 +820,49 @@ mod tests {
             let arrivals: Vec<Event> = order.iter().map(|&(_, i)| events[i].clone()).collect();
             let got = results(&run(&step("null"), &arrivals, disorder, restart));
             prop_assert_eq!(got, oracle(&events));
+        }
+    }
+
+    /// A record far behind the watermark (a replayed dead letter) gets the version valid
+    /// at its time when `retention` kept it; without, it is a dead letter that says the
+    /// history was not kept that far back.
+    #[test]
+    fn retention_keeps_history_for_late_records() {
+        for (retention, want) in [("2s", Some(rate(1, 100))), ("0s", None)] {
+            let s = step_keeping("dead_letter", retention);
+            let mut ctx = OperatorContext::for_test("e");
+            let mut op = (s.create)(0, 1).unwrap();
+            op.open(&mut ctx).unwrap();
+            let mut out = Collector::default();
+            for e in [Event::Version(1, 100), Event::Version(1, 200)] {
+                let (i, b) = batch(&e);
+                op.process_batch(i, b, &mut ctx, &mut out).unwrap();
+            }
+            op.handle_watermark(2_000, &mut ctx, &mut out).unwrap();
+            // Checkpoint and restore: what was kept survives.
+            op.handle_checkpoint(1, &mut ctx).unwrap();
+            let mut op = (s.create)(0, 1).unwrap();
+            op.open(&mut ctx).unwrap();
+            let (i, b) = batch(&Event::Record(7, 1, 150));
+            op.process_batch(i, b, &mut ctx, &mut out).unwrap();
+            op.handle_watermark(2_001, &mut ctx, &mut out).unwrap();
+            let got = results(&out.take_main());
+            match want {
+                Some(r) => assert_eq!(got, vec![(7, Some(r))], "retention {retention}"),
+                None => {
+                    assert!(got.is_empty(), "retention {retention}: {got:?}");
+                    let side = out.take_side();
+                    let reasons = side[0]
+                        .1
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .unwrap()
+                        .value(0)
+                        .to_string();
+                    assert!(reasons.contains("changelog.retention"), "{reasons}");
+                }
+            }
         }
     }
 

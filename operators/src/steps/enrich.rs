@@ -228,6 +228,9 @@ struct ChangelogOptions {
     time: String,
     /// The changelog's column saying from when a version is valid.
     version_time: String,
+    /// How far behind the watermark versions are kept for late records (default 0s:
+    /// only the newest version at or below the watermark).
+    retention: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -554,7 +557,8 @@ impl StepFactory for EnrichStep {
                     "required": ["time", "version_time"],
                     "properties": {
                         "time": { "type": "string", "description": "The stream's event-time column." },
-                        "version_time": { "type": "string", "description": "The changelog's column: from when a version is valid." }
+                        "version_time": { "type": "string", "description": "The changelog's column: from when a version is valid." },
+                        "retention": { "type": "string", "description": "How far behind the watermark superseded versions are kept, so that late (or replayed) records still get the version valid at their time, e.g. `30d`. Default 0s: only the newest version at or below the watermark." }
                     }
                 },
                 "table": {
@@ -626,7 +630,12 @@ impl StepFactory for EnrichStep {
                 Missing::Null => super::as_of::MissingVersion::Null,
                 Missing::Drop => super::as_of::MissingVersion::Drop,
             };
-            let plan = super::as_of::plan(
+            let retention = match &changelog.retention {
+                None => Duration::ZERO,
+                Some(t) => weir_engine::time::parse_duration(t)
+                    .map_err(|m| FieldError::at("/changelog/retention", m))?,
+            };
+            let mut plan = super::as_of::plan(
                 inputs,
                 &changelog.time,
                 &changelog.version_time,
@@ -635,6 +644,7 @@ impl StepFactory for EnrichStep {
                 o.columns.as_deref(),
                 missing,
             )?;
+            plan.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
             let describe = format!(
                 "enrich as of {} on {stream_col} = {table_col} (version time {})",
                 changelog.time, changelog.version_time

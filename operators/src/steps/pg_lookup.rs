@@ -1,6 +1,7 @@
 //! `enrich` from a PostgreSQL table: for each batch, the keys not in the cache are looked
 //! up with one query (`WHERE key = ANY($1)`), the answers (and the keys not found) are
-//! cached for `cache.ttl` up to `cache.size` keys, and the table's columns are added.
+//! cached for `cache.ttl` in an LRU cache of `cache.size` keys, and the table's columns
+//! are added.
 //!
 //! ```yaml
 //! steps:
@@ -30,6 +31,8 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
 
 use arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
 use arrow::compute::kernels::cast::cast;
@@ -68,8 +71,48 @@ fn qualified(name: &str) -> String {
 /// An answer: for each key found, its columns as text (`None` for null).
 type Rows = Vec<(String, Vec<Option<String>>)>;
 
-/// A cached answer: when it was fetched, and the key's columns (None: not in the table).
-type Cached = (Instant, Option<Vec<Option<String>>>);
+/// A key's columns as text (`None` for null), shared by the cache and the batch using them.
+type Columns = Arc<Vec<Option<String>>>;
+
+/// The answers of a lookup step: least recently used keys go first when it is full, and
+/// an answer older than the TTL is not served (it is fetched again).
+pub(super) struct LookupCache {
+    /// Key → (when fetched, the columns, or None: not in the table).
+    entries: LruCache<String, (Instant, Option<Columns>)>,
+    ttl: Duration,
+}
+
+impl LookupCache {
+    pub(super) fn new(size: usize, ttl: Duration) -> Self {
+        LookupCache {
+            entries: LruCache::new(size.max(1)),
+            ttl,
+        }
+    }
+
+    /// The answer for `key` if one younger than the TTL is cached (`Some(None)`: the key is
+    /// not in the table); marks the key as used.
+    pub(super) fn get(&mut self, key: &str) -> Option<Option<Columns>> {
+        match self.entries.get(key) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Caches an answer fetched now, pushing out the least recently used key when full.
+    pub(super) fn put(&mut self, key: String, value: Option<Columns>) {
+        self.entries.insert(key, (Instant::now(), value));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 struct Request {
     keys: Vec<String>,
@@ -295,8 +338,7 @@ pub(super) struct PgLookupOperator {
     stream_key_name: String,
     missing: super::enrich::MissingMode,
     output: SchemaRef,
-    /// Key → (when cached, the columns as text, or None: not in the table).
-    cache: HashMap<String, Cached>,
+    cache: LookupCache,
     seen: u64,
 }
 
@@ -317,25 +359,13 @@ impl PgLookupOperator {
         );
         PgLookupOperator {
             output: Arc::new(Schema::new(fields)),
+            cache: LookupCache::new(table.cache_size, table.cache_ttl),
             table,
             worker: None,
             stream_key,
             stream_key_name,
             missing,
-            cache: HashMap::new(),
             seen: 0,
-        }
-    }
-
-    fn evict(&mut self) {
-        let ttl = self.table.cache_ttl;
-        self.cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        if self.cache.len() >= self.table.cache_size {
-            // Least recently fetched half out.
-            let mut ages: Vec<Instant> = self.cache.values().map(|(at, _)| *at).collect();
-            ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            self.cache.retain(|_, (at, _)| *at > cut);
         }
     }
 }
@@ -380,56 +410,57 @@ impl Operator for PgLookupOperator {
             .downcast_ref::<StringArray>()
             .ok_or_else(|| EngineError::operator(&ctx.operator, "keys are not text"))?
             .clone();
-        let ttl = self.table.cache_ttl;
-        // An answer serves this batch if it is younger than the TTL or was fetched for it.
-        let batch_start = Instant::now();
-        let usable = move |at: &Instant| *at >= batch_start || at.elapsed() < ttl;
+        // The answers for this batch's keys: from the cache, or fetched for the batch
+        // (kept here, so a batch with more keys than the cache holds is answered too).
+        let mut answers: HashMap<&str, Option<Columns>> = HashMap::new();
         let mut failed: Option<String> = None;
-        let mut wanted: Vec<String> = Vec::new();
-        let mut asked = std::collections::HashSet::new();
+        let mut wanted: Vec<&str> = Vec::new();
+        let mut asked: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for i in 0..keys.len() {
             if !keys.is_valid(i) {
                 continue;
             }
             let k = keys.value(i);
-            let fresh = self.cache.get(k).is_some_and(|(at, _)| usable(at));
-            if !fresh && asked.insert(k) {
-                wanted.push(k.to_string());
+            if answers.contains_key(k) || asked.contains(k) {
+                continue;
+            }
+            match self.cache.get(k) {
+                Some(v) => {
+                    answers.insert(k, v);
+                }
+                None => {
+                    asked.insert(k);
+                    wanted.push(k);
+                }
             }
         }
         if !wanted.is_empty() {
-            if self.cache.len() + wanted.len() > self.table.cache_size {
-                self.evict();
-            }
             let worker = self
                 .worker
                 .as_ref()
                 .ok_or_else(|| EngineError::operator(&ctx.operator, "lookup before open"))?;
-            match worker.lookup(wanted.clone()) {
+            match worker.lookup(wanted.iter().map(|k| k.to_string()).collect()) {
                 Ok(rows) => {
-                    let now = Instant::now();
+                    let mut rows: HashMap<String, Columns> =
+                        rows.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
                     for k in wanted {
-                        self.cache.insert(k, (now, None));
-                    }
-                    for (k, values) in rows {
-                        self.cache.insert(k, (now, Some(values)));
+                        let v = rows.remove(k);
+                        self.cache.put(k.to_string(), v.clone());
+                        answers.insert(k, v);
                     }
                 }
                 Err(m) => {
                     // Retried until `unavailable_timeout`: the records that needed an
-                    // answer become dead letters (replayable later), the job goes on.
+                    // answer become dead letters (replayable later), the job goes on. A
+                    // stale answer is not served instead.
                     failed = Some(m);
                 }
             }
         }
-        let found: Vec<Option<&Vec<Option<String>>>> = (0..keys.len())
+        let found: Vec<Option<&Columns>> = (0..keys.len())
             .map(|i| {
                 if keys.is_valid(i) {
-                    // A stale answer is not used, also when the lookup failed.
-                    self.cache
-                        .get(keys.value(i))
-                        .filter(|(at, _)| usable(at))
-                        .and_then(|(_, v)| v.as_ref())
+                    answers.get(keys.value(i)).and_then(|v| v.as_ref())
                 } else {
                     None
                 }
@@ -438,14 +469,7 @@ impl Operator for PgLookupOperator {
         use super::enrich::MissingMode;
         // Rows whose key could not be looked up (the database stayed unreachable).
         let unanswered: Vec<bool> = (0..keys.len())
-            .map(|i| {
-                failed.is_some()
-                    && keys.is_valid(i)
-                    && self
-                        .cache
-                        .get(keys.value(i))
-                        .is_none_or(|(at, _)| !usable(at))
-            })
+            .map(|i| failed.is_some() && keys.is_valid(i) && !answers.contains_key(keys.value(i)))
             .collect();
         let keep: Vec<u32> = match self.missing {
             MissingMode::Null => (0..found.len() as u32)
@@ -523,5 +547,42 @@ impl Operator for PgLookupOperator {
 
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
         row_errors::side_outputs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols(v: &str) -> Option<Columns> {
+        Some(Arc::new(vec![Some(v.to_string())]))
+    }
+
+    #[test]
+    fn the_least_recently_used_key_goes_first() {
+        let mut c = LookupCache::new(2, Duration::from_secs(60));
+        c.put("a".into(), cols("1"));
+        c.put("b".into(), cols("2"));
+        // `a` is used, so `b` is the least recently used when `c` comes.
+        assert!(c.get("a").is_some());
+        c.put("c".into(), None);
+        assert_eq!(c.len(), 2);
+        assert!(c.get("b").is_none(), "b was the least recently used");
+        assert_eq!(c.get("a"), Some(cols("1")));
+        assert_eq!(
+            c.get("c"),
+            Some(None),
+            "a key not in the table is cached as such"
+        );
+    }
+
+    #[test]
+    fn an_answer_older_than_the_ttl_is_not_served() {
+        let mut c = LookupCache::new(10, Duration::from_millis(30));
+        c.put("a".into(), cols("1"));
+        assert!(c.get("a").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.get("a").is_none());
+        assert_eq!(c.len(), 0, "the stale answer is dropped");
     }
 }
