@@ -13,6 +13,8 @@ start_s3
 start_kafka
 start_tansu
 start_postgres
+# Headless Chromium for the dashboard test (tests/ops.rs), from Debian.
+command -v chromium >/dev/null 2>&1 || service_apt_install chromium
 # The services are up: a test that needs one fails rather than skips (CI semantics).
 export CI="${CI:-true}"
 # Each fuzz target (tests/fuzz.rs) runs this long after replaying its corpus.

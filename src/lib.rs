@@ -28,6 +28,7 @@
 
 pub mod bench;
 pub mod dlq;
+pub mod http;
 pub mod pipeline;
 pub mod typed;
 

@@ -44,21 +44,41 @@ enum LogFormat {
 /// Installs the log subscriber: `RUST_LOG` filters (default: warnings and S3 retries),
 /// stderr only.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // Warnings, and the object store's retries (a slow or unreachable S3 endpoint is
     // otherwise a silent wait).
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,object_store::client::retry=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let errors = error_log().layer();
+    let registry = tracing_subscriber::registry().with(filter).with(errors);
     match format {
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
         LogFormat::Text => {
             let colour = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            builder.with_ansi(colour).init()
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(colour)
+                        .with_writer(std::io::stderr),
+                )
+                .init()
         }
     }
+}
+
+/// The latest warnings and errors, for the dashboard.
+fn error_log() -> &'static weir::http::ErrorLog {
+    static LOG: std::sync::OnceLock<weir::http::ErrorLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(Default::default)
 }
 
 #[derive(Subcommand)]
@@ -150,6 +170,11 @@ enum Command {
         /// commit, or drain and publish) before it is aborted.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         stop_timeout: Duration,
+        /// Serve Prometheus metrics (`/metrics`), the REST API (`/api/jobs`) and the
+        /// dashboard (`/`) on this address while the job runs, e.g. `127.0.0.1:8081`
+        /// (overrides the job's `http:`).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Take a savepoint of a running job (`weir run` of the same file, process PID): it
     /// is signalled (SIGUSR1) and the savepoint's path is printed once complete.
@@ -448,8 +473,17 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             restore,
             fresh,
             stop_timeout,
+            http,
         } => {
             let job = weir::load_job_file(&file, parallelism)?;
+            let server = match http.as_deref().or(job.http.as_deref()) {
+                Some(addr) => {
+                    let s = weir::http::HttpServer::start(addr, error_log().clone())?;
+                    eprintln!("dashboard and REST API on http://{}/", s.local_addr());
+                    Some(s)
+                }
+                None => None,
+            };
             let restore = match (restore, fresh) {
                 (_, true) => Restore::Fresh,
                 (Some(r), _) if r == "latest" => Restore::Latest,
@@ -463,7 +497,13 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 eprint!("{cleared}");
             }
             let show = !no_progress && std::io::stderr().is_terminal();
-            let result = rt.block_on(run_with_progress(job.graph, options, show, stop_timeout));
+            let result = rt.block_on(run_with_progress(
+                job.graph,
+                options,
+                show,
+                stop_timeout,
+                server.as_ref(),
+            ));
             // A failed job's tasks are cancelled; whatever is still inside a blocking
             // call does not hold the exit up for long.
             rt.shutdown_timeout(Duration::from_secs(5));
@@ -630,12 +670,20 @@ async fn run_with_progress(
     options: weir_engine::runtime::RunOptions,
     show: bool,
     stop_timeout: Duration,
+    server: Option<&weir::http::HttpServer>,
 ) -> Result<weir_engine::runtime::JobSummary, WeirError> {
     let checkpoints = options.checkpoint.is_some();
+    let job_name = graph.job.clone();
+    let nodes = weir::http::NodeInfo::of(&graph);
     // Listening starts before the job does: a signal sent at any moment of the run is
     // seen.
     let mut signals = StopSignals::new()?;
     let handle = weir_engine::runtime::start_with(graph, options).await?;
+    let entry = server.map(|s| {
+        let e = weir::http::JobEntry::new(job_name, nodes, &handle);
+        s.add_job(e.clone());
+        e
+    });
     // Said on the terminal, not only in the log: a run that resumes reads only what is
     // new, and one resumed from a final checkpoint reads nothing.
     match &handle.restored_from {
@@ -682,6 +730,13 @@ async fn run_with_progress(
             }
             r = &mut done => {
                 if let Some(b) = &bar { b.finish_and_clear(); }
+                if let Some(e) = &entry {
+                    e.set_status(match &r {
+                        Ok(s) if s.stopped_at_checkpoint.is_some() => "stopped",
+                        Ok(_) => "finished",
+                        Err(_) => "failed",
+                    });
+                }
                 return Ok(r?);
             }
             _ = tick.tick() => {

@@ -19,6 +19,8 @@ mod joins_oracle;
 mod kafka;
 #[cfg(unix)]
 mod newcomer;
+#[cfg(unix)]
+mod ops;
 mod partitioning;
 #[cfg(unix)]
 mod postgres;

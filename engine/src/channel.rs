@@ -22,6 +22,15 @@ pub struct ChannelStats {
     pub queued_rows: AtomicU64,
     /// Largest number of rows ever queued at once.
     pub peak_rows: AtomicU64,
+    /// The channel's capacity in rows.
+    capacity: AtomicU64,
+}
+
+impl ChannelStats {
+    /// The channel's capacity in rows.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
 }
 
 struct Shared {
@@ -53,7 +62,10 @@ pub fn channel(capacity_rows: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         permits: Semaphore::new(capacity as usize),
         capacity,
-        stats: Arc::new(ChannelStats::default()),
+        stats: Arc::new(ChannelStats {
+            capacity: AtomicU64::new(u64::from(capacity)),
+            ..ChannelStats::default()
+        }),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     (

@@ -30,7 +30,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
 use crate::message::EventTime;
-use crate::metrics::OperatorMetrics;
+use crate::metrics::SubtaskMetrics;
 use crate::state::{InMemoryStateBackend, KeyGroupRange, KeyedStateBackend, TimerService};
 
 /// Where an operator's output goes: the main output and named side outputs (late
@@ -94,7 +94,7 @@ pub struct OperatorContext {
     /// The operator's current input watermark (`i64::MIN` before the first).
     pub watermark: EventTime,
     /// Counters shown in the progress line and metrics.
-    pub metrics: std::sync::Arc<OperatorMetrics>,
+    pub metrics: std::sync::Arc<SubtaskMetrics>,
 }
 
 impl OperatorContext {
@@ -112,7 +112,7 @@ impl OperatorContext {
             state: Box::new(InMemoryStateBackend::new()),
             timers: TimerService::new(),
             watermark: i64::MIN,
-            metrics: std::sync::Arc::new(OperatorMetrics::default()),
+            metrics: std::sync::Arc::new(SubtaskMetrics::default()),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig}
 use crate::error::{EngineError, Result};
 use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
 use crate::message::{CheckpointBarrier, EventTime, LatencyMarker, Message, Watermark};
-use crate::metrics::{JobMetrics, OperatorMetrics};
+use crate::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::planner::PhysicalPlan;
 use crate::registry::Partitioning;
@@ -41,6 +41,30 @@ use crate::state::{
     PreparedSnapshot, TimerService,
 };
 use crate::time::{WatermarkCombiner, WatermarkGenerator};
+
+/// Counts a dead-letter batch by kind on `m`, and keeps its last reason.
+fn count_dead_letters(m: &SubtaskMetrics, b: &RecordBatch) {
+    use arrow::array::{Array, StringArray};
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    };
+    let (Some(kinds), reasons) = (col("kind"), col("reason")) else {
+        m.dead_letter("other", b.num_rows() as u64, None);
+        return;
+    };
+    for i in 0..b.num_rows() {
+        let kind = if kinds.is_valid(i) {
+            kinds.value(i)
+        } else {
+            "other"
+        };
+        let last = (i + 1 == b.num_rows())
+            .then(|| reasons.filter(|r| r.is_valid(i)).map(|r| r.value(i)))
+            .flatten();
+        m.dead_letter(kind, 1, last);
+    }
+}
 
 /// Per-node figures at the end of a job.
 #[derive(Debug, Clone)]
@@ -358,6 +382,26 @@ impl JobControl {
             .map_err(|_| EngineError::Checkpoint("the job ended before the savepoint".into()))?
     }
 
+    /// Stops the job with a savepoint (Flink's stop-with-savepoint): sinks commit it,
+    /// then the tasks are cancelled; the job resumes from it (`--restore NAME`) exactly
+    /// where it stopped. Returns the savepoint's name once the sinks committed.
+    pub async fn stop_with_savepoint(&self) -> Result<String> {
+        let requests = self.requests.clone().ok_or_else(|| {
+            EngineError::Checkpoint("the job does not checkpoint: no savepoint can be taken".into())
+        })?;
+        let (tx, rx) = oneshot::channel();
+        requests
+            .send(CoordinatorRequest::StopWithSavepoint(tx))
+            .map_err(|_| EngineError::Checkpoint("the job has ended".into()))?;
+        let epoch = rx
+            .await
+            .map_err(|_| EngineError::Checkpoint("the job ended before the savepoint".into()))??;
+        info!(epoch, "stopped with a savepoint");
+        self.stopped_at.store(epoch, Ordering::Relaxed);
+        self.cancel.notify_one();
+        Ok(crate::checkpoint::coordinator::savepoint_name(epoch))
+    }
+
     /// Cancels every task at once; sinks publish nothing more.
     pub fn abort(&self) {
         self.abort.abort();
@@ -547,6 +591,7 @@ fn start_inner(
             })
             .collect(),
         latency: Default::default(),
+        started_ms: std::sync::atomic::AtomicI64::new(crate::checkpoint::coordinator::now_ms()),
     });
     let wiring = wire(&graph, &plan, &metrics)?;
     let m2 = metrics.clone();
@@ -741,7 +786,7 @@ struct Wiring {
     channel_stats: Vec<(NodeId, Arc<ChannelStats>)>,
 }
 
-fn wire(graph: &LogicalGraph, plan: &PhysicalPlan, _metrics: &JobMetrics) -> Result<Wiring> {
+fn wire(graph: &LogicalGraph, plan: &PhysicalPlan, metrics: &JobMetrics) -> Result<Wiring> {
     let mut tasks: Vec<Vec<TaskWiring>> = plan
         .chains
         .iter()
@@ -797,6 +842,11 @@ fn wire(graph: &LogicalGraph, plan: &PhysicalPlan, _metrics: &JobMetrics) -> Res
                 }
                 let (tx, rx) = channel(cap);
                 channel_stats.push((e.from.node, tx.stats()));
+                metrics.nodes[e.from.node]
+                    .2
+                    .subtask(u)
+                    .add_output(tx.stats());
+                metrics.nodes[e.to].2.subtask(d).add_input(tx.stats());
                 *slot = Some(tx);
                 tasks[to_chain][d].inputs.push((e.input, rx));
             }
@@ -960,10 +1010,10 @@ async fn supervise(
             name: name.clone(),
             kind,
             parallelism: graph.nodes[i].parallelism,
-            records_in: OperatorMetrics::get(&m.records_in),
-            records_out: OperatorMetrics::get(&m.records_out),
-            dead_letters: OperatorMetrics::get(&m.dead_letters),
-            late_records: OperatorMetrics::get(&m.late_records),
+            records_in: m.records_in(),
+            records_out: m.records_out(),
+            dead_letters: m.dead_letters(),
+            late_records: m.late_records(),
             backpressure: Duration::from_nanos(blocked),
         });
     }
@@ -1097,7 +1147,7 @@ struct Member {
     node: NodeId,
     op: Box<dyn Operator>,
     ctx: OperatorContext,
-    metrics: Arc<OperatorMetrics>,
+    metrics: Arc<SubtaskMetrics>,
 }
 
 struct SourceHead {
@@ -1106,13 +1156,13 @@ struct SourceHead {
     ctx: SourceContext,
     decoder: Option<Box<dyn Decoder>>,
     watermarks: Option<WatermarkGenerator>,
-    metrics: Arc<OperatorMetrics>,
+    metrics: Arc<SubtaskMetrics>,
 }
 
 struct SinkTail {
     sink: Box<dyn Sink>,
     ctx: SinkContext,
-    metrics: Arc<OperatorMetrics>,
+    metrics: Arc<SubtaskMetrics>,
 }
 
 /// What woke a task waiting for input.
@@ -1136,7 +1186,7 @@ struct ChainTask {
     /// The node whose main output leaves the chain.
     tail: NodeId,
     combiner: WatermarkCombiner,
-    chain_nodes: Vec<(NodeId, Arc<OperatorMetrics>)>,
+    chain_nodes: Vec<(NodeId, Arc<SubtaskMetrics>)>,
     /// Set by [`JobHandle::stop`]: a source task ends its input.
     stop: Arc<AtomicBool>,
     /// Which backend keyed steps use.
@@ -1193,7 +1243,7 @@ impl ChainTask {
                             .any(|p| matches!(p, Partitioning::Hash(_))),
                 ),
             }
-            let m = metrics.nodes[id].2.clone();
+            let m = metrics.nodes[id].2.subtask(subtask);
             match &node.kind {
                 NodeKind::Source {
                     source: sb,
@@ -1269,7 +1319,7 @@ impl ChainTask {
         let chain_nodes = chain
             .nodes
             .iter()
-            .map(|&id| (id, metrics.nodes[id].2.clone()))
+            .map(|&id| (id, metrics.nodes[id].2.subtask(subtask)))
             .collect();
         Ok(ChainTask {
             job: graph.job.clone(),
@@ -1397,9 +1447,13 @@ impl ChainTask {
             match poll {
                 SourcePoll::Batch { split, batch } => {
                     if let Some(lag) = head.source.lag() {
-                        head.metrics.set_lag(self.subtask, lag);
+                        head.metrics.set_lag(lag);
                     }
                     OperatorMetrics::add(&head.metrics.records_in, batch.num_rows() as u64);
+                    OperatorMetrics::add(
+                        &head.metrics.bytes_in,
+                        batch.get_array_memory_size() as u64,
+                    );
                     OperatorMetrics::add(&head.metrics.batches_in, 1);
                     let bound = head.watermarks.as_ref().and_then(|g| {
                         g.config()
@@ -1442,14 +1496,23 @@ impl ChainTask {
                         None => typed,
                     };
                     OperatorMetrics::add(&head.metrics.records_out, typed.num_rows() as u64);
+                    OperatorMetrics::add(
+                        &head.metrics.bytes_out,
+                        typed.get_array_memory_size() as u64,
+                    );
                     if let Some(g) = head.watermarks.as_mut() {
                         g.observe(split, &typed, now)?;
                     }
+                    // Busy: decoding and the watermark (waiting for data is idle).
+                    OperatorMetrics::add(&head.metrics.busy_nanos, now.elapsed().as_nanos() as u64);
                     let node = head.node;
                     if !dead.is_empty() {
                         OperatorMetrics::add(&head.metrics.dead_letters, dead.len() as u64);
                         for d in dead.iter_mut().filter(|d| d.step.is_empty()) {
                             d.step = source_name.to_string();
+                        }
+                        for d in &dead {
+                            head.metrics.dead_letter(d.kind, 1, Some(&d.reason));
                         }
                         let b = dead_letters_to_batch(&dead)?;
                         self.route(
@@ -1735,7 +1798,11 @@ impl ChainTask {
             return Ok(());
         };
         if let Some(s) = self.sink.as_mut() {
+            let started = Instant::now();
             s.sink.commit(epoch).await?;
+            s.metrics
+                .commit_nanos
+                .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         if let Some(h) = self.source.as_mut() {
             h.source.checkpoint_complete(epoch);
@@ -1854,13 +1921,18 @@ impl ChainTask {
             {
                 let m = &mut self.members[k];
                 OperatorMetrics::add(&m.metrics.records_in, batch.num_rows() as u64);
+                OperatorMetrics::add(&m.metrics.bytes_in, batch.get_array_memory_size() as u64);
                 OperatorMetrics::add(&m.metrics.batches_in, 1);
+                let started = Instant::now();
                 m.op.process_batch(port, batch, &mut m.ctx, &mut out)?;
+                OperatorMetrics::add(&m.metrics.busy_nanos, started.elapsed().as_nanos() as u64);
             }
             self.route_side(k, out.take_side()).await?;
             let main = out.take_main();
             let rows: u64 = main.iter().map(|b| b.num_rows() as u64).sum();
+            let bytes: u64 = main.iter().map(|b| b.get_array_memory_size() as u64).sum();
             OperatorMetrics::add(&self.members[k].metrics.records_out, rows);
+            OperatorMetrics::add(&self.members[k].metrics.bytes_out, bytes);
             for b in main.into_iter().rev() {
                 stack.push((k + 1, 0, b));
             }
@@ -1873,8 +1945,10 @@ impl ChainTask {
         self.route_side(k, out.take_side()).await?;
         let main = out.take_main();
         let rows: u64 = main.iter().map(|b| b.num_rows() as u64).sum();
+        let bytes: u64 = main.iter().map(|b| b.get_array_memory_size() as u64).sum();
         if let Some(m) = self.members.get(k) {
             OperatorMetrics::add(&m.metrics.records_out, rows);
+            OperatorMetrics::add(&m.metrics.bytes_out, bytes);
         }
         for b in main {
             self.push(k + 1, 0, b).await?;
@@ -1893,6 +1967,7 @@ impl ChainTask {
         for (name, b) in side {
             if name == DEAD_LETTER_OUTPUT {
                 OperatorMetrics::add(&metrics.dead_letters, b.num_rows() as u64);
+                count_dead_letters(&metrics, &b);
             }
             self.route(
                 &StreamRef {
@@ -1911,7 +1986,13 @@ impl ChainTask {
             crate::fault::point("processing");
             OperatorMetrics::add(&s.metrics.records_in, batch.num_rows() as u64);
             OperatorMetrics::add(&s.metrics.records_out, batch.num_rows() as u64);
-            return s.sink.write_batch(batch).await;
+            let bytes = batch.get_array_memory_size() as u64;
+            OperatorMetrics::add(&s.metrics.bytes_in, bytes);
+            OperatorMetrics::add(&s.metrics.bytes_out, bytes);
+            let started = Instant::now();
+            let r = s.sink.write_batch(batch).await;
+            OperatorMetrics::add(&s.metrics.busy_nanos, started.elapsed().as_nanos() as u64);
+            return r;
         }
         let tail = StreamRef::main(self.tail);
         self.route(&tail, batch).await
@@ -1961,7 +2042,9 @@ impl ChainTask {
             {
                 let m = &mut self.members[k];
                 m.ctx.watermark = t;
+                let started = Instant::now();
                 m.op.handle_watermark(t, &mut m.ctx, &mut out)?;
+                OperatorMetrics::add(&m.metrics.busy_nanos, started.elapsed().as_nanos() as u64);
                 // An operator may hold the watermark back (a join whose output rows
                 // carry times up to its interval behind its input watermark).
                 t = m.op.output_watermark(t).min(t);
@@ -1969,7 +2052,7 @@ impl ChainTask {
             self.drain(k, out).await?;
         }
         for (_, m) in &self.chain_nodes {
-            m.set_watermark(self.subtask, t);
+            m.set_watermark(t);
         }
         self.broadcast(Message::Watermark(Watermark::EventTime(t)))
             .await

@@ -97,11 +97,69 @@ pub struct CheckpointStats {
     pub total_duration_ms: AtomicU64,
     /// Longest completed checkpoint, ms.
     pub max_duration_ms: AtomicU64,
+    /// When the last checkpoint completed, ms since the Unix epoch (0: none yet).
+    pub last_completed_ms: std::sync::atomic::AtomicI64,
+    /// The latest checkpoints and savepoints, completed or failed, oldest first.
+    history: std::sync::Mutex<std::collections::VecDeque<CheckpointRecord>>,
+}
+
+/// Checkpoints kept in [`CheckpointStats::history`].
+const HISTORY: usize = 100;
+
+/// One checkpoint or savepoint, for the REST API and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointRecord {
+    /// Its epoch.
+    pub epoch: u64,
+    /// `checkpoint`, `savepoint` or `final`.
+    pub kind: &'static str,
+    /// `completed` or `failed`.
+    pub status: &'static str,
+    /// When it was triggered, ms since the Unix epoch.
+    pub started_at_ms: i64,
+    /// Trigger to metadata written (or to the failure), ms.
+    pub duration_ms: u64,
+    /// Bytes of state it refers to.
+    pub size_bytes: u64,
+    /// Bytes it uploaded.
+    pub uploaded_bytes: u64,
+    /// Where it is (completed ones), as a URL.
+    pub location: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 impl CheckpointStats {
+    /// The latest checkpoints and savepoints, oldest first.
+    pub fn history(&self) -> Vec<CheckpointRecord> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The checkpoint a run started now would resume from: the latest completed one.
+    pub fn latest_restore_point(&self) -> Option<CheckpointRecord> {
+        self.history.lock().ok().and_then(|h| {
+            h.iter()
+                .rev()
+                .find(|r| r.status == "completed" && r.kind != "savepoint")
+                .cloned()
+        })
+    }
+
+    fn push(&self, r: CheckpointRecord) {
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() == HISTORY {
+                h.pop_front();
+            }
+            h.push_back(r);
+        }
+    }
+
     fn record(&self, epoch: u64, duration: Duration, uploaded: u64, state: u64) {
         let ms = duration.as_millis() as u64;
+        self.last_completed_ms.store(now_ms(), Ordering::Relaxed);
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.last_epoch.store(epoch, Ordering::Relaxed);
         self.last_duration_ms.store(ms, Ordering::Relaxed);
@@ -122,6 +180,10 @@ pub enum CoordinatorRequest {
     /// Take a checkpoint now, wait until every sink committed it, then reply (the
     /// caller then cancels the job: it can resume from that checkpoint).
     StopWithCheckpoint(oneshot::Sender<Result<u64>>),
+    /// The same with a savepoint (Flink's stop-with-savepoint): sinks commit it like a
+    /// checkpoint, so the job resumes from it exactly where it stopped; reply with its
+    /// epoch.
+    StopWithSavepoint(oneshot::Sender<Result<u64>>),
 }
 
 /// The coordinator's ends of the channels the tasks use.
@@ -316,7 +378,10 @@ impl Coordinator {
     fn trigger(&mut self, reply: Option<CoordinatorRequest>) -> InFlight {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
-        let savepoint = matches!(reply, Some(CoordinatorRequest::Savepoint(_)));
+        let savepoint = matches!(
+            reply,
+            Some(CoordinatorRequest::Savepoint(_)) | Some(CoordinatorRequest::StopWithSavepoint(_))
+        );
         let barrier = CheckpointBarrier {
             epoch,
             timestamp_ms: now_ms(),
@@ -476,7 +541,8 @@ impl Coordinator {
     async fn complete(&mut self, f: InFlight) -> Result<()> {
         let epoch = f.barrier.epoch;
         let kind = match &f.reply {
-            Some(CoordinatorRequest::Savepoint(_)) => CheckpointKind::Savepoint {
+            Some(CoordinatorRequest::Savepoint(_))
+            | Some(CoordinatorRequest::StopWithSavepoint(_)) => CheckpointKind::Savepoint {
                 name: savepoint_name(epoch),
             },
             _ => CheckpointKind::Checkpoint,
@@ -505,6 +571,24 @@ impl Coordinator {
         let duration = f.started.elapsed();
         self.stats
             .record(epoch, duration, uploaded, meta.state_bytes());
+        self.stats.push(CheckpointRecord {
+            epoch,
+            kind: if f.barrier.savepoint {
+                "savepoint"
+            } else {
+                "checkpoint"
+            },
+            status: "completed",
+            started_at_ms: f.barrier.timestamp_ms,
+            duration_ms: duration.as_millis() as u64,
+            size_bytes: meta.state_bytes(),
+            uploaded_bytes: uploaded,
+            location: Some(
+                self.storage
+                    .describe_dir(&super::storage::CheckpointDir::of(&meta)),
+            ),
+            error: None,
+        });
         info!(
             job = %self.job,
             epoch,
@@ -514,18 +598,21 @@ impl Coordinator {
             "checkpoint complete"
         );
         crate::fault::point("before_commit");
-        if !f.barrier.savepoint {
+        let stop_savepoint = matches!(f.reply, Some(CoordinatorRequest::StopWithSavepoint(_)));
+        if !f.barrier.savepoint || stop_savepoint {
             self.consecutive_failures = 0;
             // Sinks commit checkpoints only: a savepoint's pending output is published
             // by the next checkpoint (commit covers every earlier epoch), so a restore
-            // from the latest checkpoint never finds output it does not cover.
+            // from the latest checkpoint never finds output it does not cover. The
+            // savepoint the job stops with is the exception: nothing comes after it.
             let _ = self.channels.completed.send(epoch);
         }
         match f.reply {
             Some(CoordinatorRequest::Savepoint(reply)) => {
                 let _ = reply.send(Ok(savepoint_name(epoch)));
             }
-            Some(CoordinatorRequest::StopWithCheckpoint(reply)) => {
+            Some(CoordinatorRequest::StopWithCheckpoint(reply))
+            | Some(CoordinatorRequest::StopWithSavepoint(reply)) => {
                 // Every sink task commits `epoch`, finished ones too (they wait for
                 // their final commit), except those that already exited.
                 let waiting: HashSet<TaskId> = self
@@ -573,6 +660,21 @@ impl Coordinator {
     async fn abort(&mut self, f: InFlight, reason: String) {
         let epoch = f.barrier.epoch;
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        self.stats.push(CheckpointRecord {
+            epoch,
+            kind: if f.barrier.savepoint {
+                "savepoint"
+            } else {
+                "checkpoint"
+            },
+            status: "failed",
+            started_at_ms: f.barrier.timestamp_ms,
+            duration_ms: f.started.elapsed().as_millis() as u64,
+            size_bytes: 0,
+            uploaded_bytes: 0,
+            location: None,
+            error: Some(reason.clone()),
+        });
         if !f.barrier.savepoint {
             self.consecutive_failures += 1;
             let tolerated = self.config.tolerable_failures;
@@ -603,7 +705,8 @@ impl Coordinator {
                     "savepoint {epoch} aborted: {reason}"
                 ))));
             }
-            Some(CoordinatorRequest::StopWithCheckpoint(reply)) => {
+            Some(CoordinatorRequest::StopWithCheckpoint(reply))
+            | Some(CoordinatorRequest::StopWithSavepoint(reply)) => {
                 let _ = reply.send(Err(EngineError::Checkpoint(format!(
                     "checkpoint {epoch} aborted: {reason}"
                 ))));
@@ -652,6 +755,20 @@ impl Coordinator {
             .sum();
         self.stats
             .record(epoch, started.elapsed(), uploaded, meta.state_bytes());
+        self.stats.push(CheckpointRecord {
+            epoch,
+            kind: "final",
+            status: "completed",
+            started_at_ms: barrier.timestamp_ms,
+            duration_ms: started.elapsed().as_millis() as u64,
+            size_bytes: meta.state_bytes(),
+            uploaded_bytes: uploaded,
+            location: Some(
+                self.storage
+                    .describe_dir(&super::storage::CheckpointDir::of(&meta)),
+            ),
+            error: None,
+        });
         info!(job = %self.job, epoch, "final checkpoint complete");
         crate::fault::point("before_commit");
         let _ = self.channels.completed.send(epoch);

@@ -434,9 +434,30 @@ impl CheckpointStorage {
         Ok(out)
     }
 
-    /// The newest completed checkpoint, if any.
+    /// The newest restore point, if any: the newest completed checkpoint, or a savepoint
+    /// taken after it (a job stopped with a savepoint resumes from that savepoint; its
+    /// sinks committed it, so an older checkpoint would write its output again).
+    /// Restoring from any savepoint newer than every checkpoint is exactly once: nothing
+    /// after it was committed.
     pub async fn latest(&self) -> Result<Option<CheckpointMetadata>> {
-        Ok(self.list_completed().await?.pop())
+        let checkpoint = self.list_completed().await?.pop();
+        let newest = checkpoint.as_ref().map_or(0, |m| m.epoch);
+        let mut later: Vec<(u64, String)> = self
+            .sub_dirs(SAVEPOINTS)
+            .await?
+            .into_iter()
+            .filter_map(|name| {
+                let e = name.strip_prefix("savepoint-")?.parse::<u64>().ok()?;
+                (e > newest).then_some((e, name))
+            })
+            .collect();
+        later.sort();
+        while let Some((_, name)) = later.pop() {
+            if let Some(m) = self.load_dir(&format!("{SAVEPOINTS}/{name}")).await? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(checkpoint)
     }
 
     /// The highest epoch of any `chk-*` directory, completed or not (0 if none): a

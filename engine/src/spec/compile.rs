@@ -85,6 +85,8 @@ pub struct CompiledJob {
     pub state: StateBackendConfig,
     /// The job's `description`.
     pub description: Option<String>,
+    /// `http:`: the address of the job's HTTP endpoint (metrics, REST, dashboard).
+    pub http: Option<String>,
 }
 
 /// Which section a node comes from.
@@ -221,6 +223,11 @@ impl<'a> Compiler<'a> {
                 description: self
                     .root
                     .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                http: self
+                    .root
+                    .get("http")
                     .and_then(Value::as_str)
                     .map(str::to_string),
             }),

@@ -143,6 +143,12 @@ pub fn job_json_schema(registry: &Registry) -> Value {
             },
             "checkpoint": def_ref(defs::CHECKPOINT),
             "state": def_ref(defs::STATE),
+            "http": {
+                "title": "HTTP endpoint",
+                "description": "Serve Prometheus metrics, the REST API, the dashboard and queryable state on this address while the job runs, e.g. `127.0.0.1:8081` (`weir run --http` overrides it).",
+                "type": "string",
+                "pattern": "^\\S+:[0-9]{1,5}$"
+            },
             "sources": {
                 "title": "Sources",
                 "description": "Where records come from, by name.",
