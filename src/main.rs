@@ -176,6 +176,29 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
     },
+    /// Load a running job's queryable state (`benches/query_load.sh`): CLIENTS
+    /// keep-alive connections read random keys `0..KEYS` of a `table` step for a while;
+    /// prints lookups/s and latency percentiles.
+    QueryLoad {
+        /// The job's HTTP endpoint, `host:port`.
+        #[arg(long)]
+        addr: String,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// The `table` step.
+        #[arg(long)]
+        step: String,
+        /// Keys are the integers 0..KEYS.
+        #[arg(long, default_value_t = 50_000)]
+        keys: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// How long.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Take a savepoint of a running job (`weir run` of the same file, process PID): it
     /// is signalled (SIGUSR1) and the savepoint's path is printed once complete.
     Savepoint {
@@ -464,6 +487,25 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             for n in &r.not_decodable {
                 println!("  not decodable with the source's schema, left: {n}");
             }
+            Ok(())
+        }
+        Command::QueryLoad {
+            addr,
+            job,
+            step,
+            keys,
+            clients,
+            duration,
+        } => {
+            let spec = weir::http::load::LoadSpec {
+                addr,
+                path_prefix: format!("/api/jobs/{job}/state/{step}?key="),
+                keys,
+                clients,
+                duration,
+            };
+            let report = runtime()?.block_on(weir::http::load::run(spec))?;
+            println!("{report}");
             Ok(())
         }
         Command::Run {

@@ -352,3 +352,158 @@ fn deploy_files_use_only_exported_metrics() {
         );
     }
 }
+
+/// The stock-prices example (`examples/stock_prices/`) on RocksDB state: the `table`
+/// steps answer reads of one key from the owning subtask, scans page through every
+/// symbol, reads see what the job has processed, bad requests are 400/404, the query
+/// script works, and the state survives a stop with a savepoint.
+#[test]
+fn the_stock_prices_example_serves_its_state() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/stock_prices");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let yaml = std::fs::read_to_string(example.join("job.yaml"))
+        .unwrap()
+        .replace("http: 127.0.0.1:8081\n", "state: { backend: rocksdb }\n")
+        .replace(
+            "checkpoint: { interval: 5s }",
+            "checkpoint: { interval: 300ms, storage: ckpt }",
+        )
+        .replace("tumbling: 1m", "tumbling: 1s");
+    std::fs::write(d.join("job.yaml"), yaml).unwrap();
+    let (mut child, addr) = start(d, &[]);
+    let state = |step: &str, q: &str| {
+        http(
+            &addr,
+            "GET",
+            &format!("/api/jobs/stock-prices/state/{step}?{q}"),
+        )
+    };
+    wait_until("a completed minute", Duration::from_secs(60), || {
+        state("vwap_1m", "key=AAPL").0 == 200
+    });
+
+    let value = |step: &str, key: &str| -> Value {
+        let (status, body) = state(step, &format!("key={key}"));
+        assert_eq!(status, 200, "{step} {key}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["value"].clone()
+    };
+    let s = value("session", "AAPL");
+    assert_eq!(s["symbol"], "AAPL");
+    let (high, low, vwap) = (
+        s["high"].as_f64().unwrap(),
+        s["low"].as_f64().unwrap(),
+        s["vwap"].as_f64().unwrap(),
+    );
+    assert!(
+        (95.0..105.0).contains(&low) && low <= vwap && vwap <= high && high < 105.0,
+        "{s}"
+    );
+    assert!(s["trades"].as_i64().unwrap() > 0);
+    let p = value("last_price", "MSFT");
+    assert!((95.0..105.0).contains(&p["price"].as_f64().unwrap()), "{p}");
+    let m = value("vwap_1m", "AAPL");
+    assert!(
+        m["window_end"].is_string() && m["vwap"].as_f64().unwrap() > 95.0,
+        "{m}"
+    );
+
+    // Reads see what the job has processed: the session counts lie between the step's
+    // records in before and after the scan.
+    let records_in = || -> u64 {
+        let j = get_json(&addr, "/api/jobs/stock-prices");
+        j["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "session")
+            .unwrap()["records_in"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = records_in();
+    let mut symbols = Vec::new();
+    let mut trades = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let q = match &after {
+            Some(a) => format!("limit=7&after={a}"),
+            None => "limit=7".to_string(),
+        };
+        let (status, body) = state("session", &q);
+        assert_eq!(status, 200, "{body}");
+        let page: Value = serde_json::from_str(&body).unwrap();
+        for e in page["entries"].as_array().unwrap() {
+            symbols.push(e["key"].as_str().unwrap().to_string());
+            trades += e["value"]["trades"].as_u64().unwrap();
+        }
+        match page["next_after"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let after_scan = records_in();
+    assert_eq!(symbols.len(), 20, "{symbols:?}");
+    let mut sorted = symbols.clone();
+    sorted.sort();
+    assert_eq!(symbols, sorted, "pages come in key order, without overlap");
+    assert!(
+        before <= trades && trades <= after_scan,
+        "{before} <= {trades} <= {after_scan}"
+    );
+    let (status, body) = state("session", "prefix=A&limit=100");
+    assert_eq!(status, 200);
+    let a: Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["AAPL", "ADBE", "AMD", "AMZN", "ASML", "AVGO"]);
+
+    // Clean errors.
+    assert_eq!(state("session", "key=NOPE").0, 404);
+    assert_eq!(state("nothing", "key=AAPL").0, 404);
+    assert_eq!(state("session", "key=%5B%22A%22,%22B%22%5D").0, 400);
+    assert_eq!(state("session", "key=%5Bbroken").0, 400);
+
+    // The query script.
+    let out = Command::new(example.join("query.sh"))
+        .args(["AAPL", "1"])
+        .env("WEIR_URL", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"symbol\":\"AAPL\"") && text.contains("vwap_1m"),
+        "{text}"
+    );
+
+    // Stop with a savepoint; the next run resumes with the state (RocksDB) it had.
+    let trades_before = value("session", "AAPL")["trades"].as_u64().unwrap();
+    let (status, body) = http(&addr, "POST", "/api/jobs/stock-prices/stop");
+    assert_eq!(status, 200, "{body}");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let (mut child, addr) = start(d, &[]);
+    wait_until("the restored state", Duration::from_secs(60), || {
+        http(
+            &addr,
+            "GET",
+            "/api/jobs/stock-prices/state/session?key=AAPL",
+        )
+        .0 == 200
+    });
+    let (_, body) = http(
+        &addr,
+        "GET",
+        "/api/jobs/stock-prices/state/session?key=AAPL",
+    );
+    let again: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        again["value"]["trades"].as_u64().unwrap() >= trades_before,
+        "{again}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -26,6 +26,7 @@ pub mod message;
 pub mod metrics;
 pub mod operator;
 pub mod planner;
+pub mod query;
 pub mod registry;
 pub mod runtime;
 pub mod sink;

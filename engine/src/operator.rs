@@ -198,4 +198,48 @@ pub trait Operator: Send {
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
         Vec::new()
     }
+
+    /// Queryable state: the schema of the keyed input and its key columns, if this
+    /// operator answers [`Operator::read_state`] (the runtime then routes reads of a
+    /// key to the subtask that owns its key group).
+    fn queryable_key(&self) -> Option<(SchemaRef, Vec<usize>)> {
+        None
+    }
+
+    /// Answers a read of its keyed state from outside the job, between two batches: it
+    /// sees every record this subtask has processed.
+    fn read_state(&mut self, _read: &StateRead, _ctx: &mut OperatorContext) -> Result<StateAnswer> {
+        Ok(StateAnswer::Entries(Vec::new()))
+    }
+}
+
+/// A read of an operator's keyed state ([`Operator::read_state`]).
+#[derive(Debug, Clone)]
+pub enum StateRead {
+    /// One key: its encoded bytes ([`crate::state::KeyCodec`]) and key group.
+    Get {
+        /// The encoded key.
+        key: Vec<u8>,
+        /// Its key group.
+        key_group: u16,
+    },
+    /// Keys of this subtask whose text form starts with `prefix`, after `after` (in key
+    /// order), at most `limit`.
+    Scan {
+        /// Text prefix of the keys.
+        prefix: Option<String>,
+        /// Only keys greater than this one (paging).
+        after: Option<String>,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
+/// The answer to a [`StateRead`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateAnswer {
+    /// The key's value as JSON, if it has one.
+    Value(Option<serde_json::Value>),
+    /// (key as text, value) in key order.
+    Entries(Vec<(String, serde_json::Value)>),
 }

@@ -271,6 +271,8 @@ impl std::fmt::Display for JobSummary {
 pub struct JobHandle {
     /// Live counters (for progress display).
     pub metrics: Arc<JobMetrics>,
+    /// Reads of the queryable steps' state.
+    pub queries: Arc<crate::query::QueryRegistry>,
     /// Checkpoint counters, when the job checkpoints.
     pub checkpoints: Option<Arc<CheckpointStats>>,
     /// The checkpoint the job was restored from, if any.
@@ -660,6 +662,7 @@ fn start_inner(
     }
     let cancel = Arc::new(tokio::sync::Notify::new());
     let stopped_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let queries = Arc::new(crate::query::QueryRegistry::default());
     let run = RunContext {
         backend: options.state_backend,
         restore,
@@ -668,10 +671,12 @@ fn start_inner(
         cancel: cancel.clone(),
         stopped_at: stopped_at.clone(),
         latency_markers: options.latency_markers,
+        queries: queries.clone(),
     };
     let done = tokio::spawn(supervise(graph, plan, wiring, m2, stop.clone(), run));
     Ok(JobHandle {
         metrics,
+        queries,
         checkpoints,
         restored_from,
         done,
@@ -705,6 +710,8 @@ struct RunContext {
     stopped_at: Arc<std::sync::atomic::AtomicU64>,
     /// How often sources emit latency markers.
     latency_markers: Option<Duration>,
+    /// Where the queryable operators' subtasks are reached.
+    queries: Arc<crate::query::QueryRegistry>,
 }
 
 /// One output edge of a task, as seen from one upstream subtask.
@@ -915,6 +922,7 @@ async fn supervise(
     for (ci, subtasks) in wiring.tasks.into_iter().enumerate() {
         for (st, tw) in subtasks.into_iter().enumerate() {
             let mut task = ChainTask::new(&graph, &plan, ci, st, tw, &metrics, exactly_once)?;
+            task.register_queries(&run.queries, graph.settings.max_parallelism);
             task.stop = stop.clone();
             task.latency = run.latency_markers.map(|every| (every, metrics.clone()));
             task.backend = backend.clone();
@@ -1170,6 +1178,37 @@ enum Wake<M> {
     Input(M),
     Tick,
     Completed,
+    Query(Option<crate::query::QueryMsg>),
+}
+
+/// The next tick, or never without a ticker.
+async fn maybe_tick(t: Option<&mut tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next completed checkpoint, or never without checkpoints.
+async fn maybe_changed(c: Option<&mut watch::Receiver<u64>>) {
+    match c {
+        Some(c) => {
+            let _ = c.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next read of the state, or never without queryable operators.
+async fn maybe_query(
+    q: Option<&mut mpsc::Receiver<crate::query::QueryMsg>>,
+) -> Option<crate::query::QueryMsg> {
+    match q {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One subtask of a chain.
@@ -1210,6 +1249,8 @@ struct ChainTask {
     last_aligned: u64,
     /// Latency markers: how often a source emits them, and where sinks record them.
     latency: Option<(Duration, Arc<JobMetrics>)>,
+    /// Reads of the queryable operators' state ([`crate::query`]).
+    queries: Option<mpsc::Receiver<crate::query::QueryMsg>>,
 }
 
 impl ChainTask {
@@ -1343,6 +1384,7 @@ impl ChainTask {
             working_dirs: WorkingDirs::default(),
             last_aligned: 0,
             latency: None,
+            queries: None,
             recovery_gate: None,
         })
     }
@@ -1600,27 +1642,12 @@ impl ChainTask {
                 return Ok(());
             };
             let completed = self.ckpt.as_mut().map(|c| &mut c.completed);
-            let next = match (ticker.as_mut(), completed) {
-                (Some(t), Some(c)) => {
-                    tokio::select! {
-                        m = inputs.recv() => Wake::Input(m),
-                        _ = t.tick() => Wake::Tick,
-                        _ = c.changed() => Wake::Completed,
-                    }
-                }
-                (Some(t), None) => {
-                    tokio::select! {
-                        m = inputs.recv() => Wake::Input(m),
-                        _ = t.tick() => Wake::Tick,
-                    }
-                }
-                (None, Some(c)) => {
-                    tokio::select! {
-                        m = inputs.recv() => Wake::Input(m),
-                        _ = c.changed() => Wake::Completed,
-                    }
-                }
-                (None, None) => Wake::Input(inputs.recv().await),
+            let queries = self.queries.as_mut();
+            let next = tokio::select! {
+                m = inputs.recv() => Wake::Input(m),
+                _ = maybe_tick(ticker.as_mut()) => Wake::Tick,
+                _ = maybe_changed(completed) => Wake::Completed,
+                q = maybe_query(queries) => Wake::Query(q),
             };
             let next = match next {
                 Wake::Input(m) => m,
@@ -1630,6 +1657,28 @@ impl ChainTask {
                 }
                 Wake::Completed => {
                     self.commit_completed().await?;
+                    continue;
+                }
+                Wake::Query(q) => {
+                    match q {
+                        Some(q) => {
+                            self.answer_query(q);
+                            // Every read already waiting, before the next batch.
+                            let mut more = Vec::new();
+                            if let Some(rx) = self.queries.as_mut() {
+                                while more.len() < crate::query::QUEUE {
+                                    match rx.try_recv() {
+                                        Ok(q) => more.push(q),
+                                        Err(_) => break,
+                                    }
+                                }
+                            }
+                            for q in more {
+                                self.answer_query(q);
+                            }
+                        }
+                        None => self.queries = None,
+                    }
                     continue;
                 }
             };
@@ -1789,6 +1838,47 @@ impl ChainTask {
                 data,
             })
             .await
+    }
+
+    /// Gives the chain's queryable operators one channel of reads, registered under
+    /// each of their names for this subtask.
+    fn register_queries(&mut self, registry: &crate::query::QueryRegistry, max_parallelism: u16) {
+        let queryable: Vec<(String, arrow::datatypes::SchemaRef, Vec<usize>, usize)> = self
+            .members
+            .iter()
+            .filter_map(|m| {
+                let (schema, keys) = m.op.queryable_key()?;
+                Some((m.ctx.operator.clone(), schema, keys, m.ctx.parallelism))
+            })
+            .collect();
+        if queryable.is_empty() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(crate::query::QUEUE);
+        for (name, schema, keys, p) in queryable {
+            registry.register(
+                &name,
+                schema,
+                keys,
+                max_parallelism,
+                p,
+                self.subtask,
+                tx.clone(),
+            );
+        }
+        self.queries = Some(rx);
+    }
+
+    /// Answers one read of a member's state.
+    fn answer_query(&mut self, q: crate::query::QueryMsg) {
+        let answer = match self.members.iter_mut().find(|m| m.ctx.operator == q.node) {
+            Some(m) => m.op.read_state(&q.read, &mut m.ctx),
+            None => Err(EngineError::Runtime(format!(
+                "no operator `{}` here",
+                q.node
+            ))),
+        };
+        let _ = q.reply.send(answer);
     }
 
     /// Commits sinks and notifies operators of checkpoints completed since the last

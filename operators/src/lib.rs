@@ -38,7 +38,8 @@ pub use aggregates::BuiltinAggregate;
 pub use formats::{CsvFormat, FormatDecoder, JsonFormat, RawFormat, RegexFormat};
 pub use join::{JoinOperator, JoinStep};
 pub use steps::{
-    DedupStep, EnrichStep, FilterStep, KeyByStep, ParseStep, SelectStep, UnionStep, ValidateStep,
+    DedupStep, EnrichStep, FilterStep, KeyByStep, ParseStep, SelectStep, TableStep, UnionStep,
+    ValidateStep,
 };
 pub use window::{WindowOperator, WindowStep};
 
@@ -61,6 +62,7 @@ pub fn register(registry: &mut Registry) {
         .add_step(SelectStep)
         .add_step(KeyByStep)
         .add_step(DedupStep)
+        .add_step(TableStep)
         .add_step(UnionStep)
         .add_step(ParseStep)
         .add_step(WindowStep)

@@ -9,6 +9,7 @@
 //! task, and the job's tasks never wait for the server. Savepoints and stops are requests
 //! to the checkpoint coordinator, answered when it is done.
 
+pub mod load;
 mod log;
 mod prom;
 
@@ -81,6 +82,7 @@ pub struct JobEntry {
     control: JobControl,
     status: Mutex<&'static str>,
     rates: Mutex<Rates>,
+    queries: Arc<weir_engine::query::QueryRegistry>,
 }
 
 /// Per-node rates over the last sampling interval.
@@ -108,6 +110,7 @@ impl JobEntry {
             control: handle.control(),
             status: Mutex::new("running"),
             rates: Mutex::new(Rates::default()),
+            queries: handle.queries.clone(),
         })
     }
 
@@ -305,11 +308,13 @@ fn router(state: AppState) -> Router {
         .route("/jobs/{job}/checkpoints", get(job_checkpoints))
         .route("/jobs/{job}/savepoint", post(savepoint))
         .route("/jobs/{job}/stop", post(stop))
-        .route("/jobs/{job}/cancel", post(cancel));
+        .route("/jobs/{job}/cancel", post(cancel))
+        .route("/jobs/{job}/state/{step}", get(read_state));
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
-        .nest("/api", api)
+        .nest("/api", api.clone())
+        .merge(api)
         .fallback(not_found)
         .with_state(state)
 }
@@ -560,6 +565,76 @@ async fn cancel(State(state): State<AppState>, Path(name): Path<String>) -> ApiR
     j.control.abort();
     j.set_status("cancelled");
     Ok(Json(json!({"cancelled": true})))
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    /// One key: its value (a JSON array of values for a key of several columns).
+    key: Option<String>,
+    /// A scan: keys starting with this text.
+    prefix: Option<String>,
+    /// A scan: keys after this one (the previous page's `next_after`).
+    after: Option<String>,
+    /// A scan: at most this many (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// Most keys one scan returns.
+const MAX_SCAN: usize = 10_000;
+
+async fn read_state(
+    State(state): State<AppState>,
+    Path((name, step)): Path<(String, String)>,
+    Query(q): Query<StateQuery>,
+) -> ApiResult {
+    use weir_engine::query::QueryError;
+    let j = job_or_404(&state, &name)?;
+    let err = |e: QueryError| match e {
+        QueryError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        QueryError::BadKey(m) => ApiError(StatusCode::BAD_REQUEST, m),
+        QueryError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+        QueryError::Failed(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+    };
+    if let Some(key) = q.key {
+        let parts: Vec<String> = if key.trim_start().starts_with('[') {
+            let v: Vec<Value> = serde_json::from_str(&key).map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("key `{key}`: not a JSON array of values: {e}"),
+                )
+            })?;
+            v.into_iter()
+                .map(|x| match x {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })
+                .collect()
+        } else {
+            vec![key.clone()]
+        };
+        let value = j.queries.get(&step, &parts).await.map_err(err)?;
+        return match value {
+            Some(v) => Ok(Json(json!({"key": key, "value": v}))),
+            None => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no value for key `{key}` in `{step}`"),
+            )),
+        };
+    }
+    let limit = q.limit.unwrap_or(100).min(MAX_SCAN);
+    let entries = j
+        .queries
+        .scan(&step, q.prefix, q.after, limit)
+        .await
+        .map_err(err)?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
+    Ok(Json(json!({"entries": entries, "next_after": next})))
 }
 
 /// Bounded, for the error log.

@@ -22,6 +22,7 @@ mod parse;
 mod pg_lookup;
 mod row_errors;
 mod select;
+mod table;
 mod union;
 mod validate;
 
@@ -37,6 +38,7 @@ pub use self::filter::{FilterOperator, FilterStep};
 pub use self::key_by::KeyByStep;
 pub use self::parse::{ParseOperator, ParseStep, DEAD_LETTER_OUTPUT};
 pub use self::select::{SelectOperator, SelectStep};
+pub use self::table::TableStep;
 pub use self::union::{UnionOperator, UnionStep};
 pub use self::validate::{ValidateOperator, ValidateStep};
 
