@@ -28,10 +28,10 @@ a=$(records); sleep "$secs"; b=$(records)
 quiet=$(( (b - a) / secs ))
 a=$(records)
 "$weir" query-load --addr "127.0.0.1:$port" --job query-load --step latest \
-  --keys 50000 --clients 100 --duration "${secs}s" > "$work/load.txt"
+  --keys 50000 --clients "${QUERY_LOAD_CLIENTS:-100}" --duration "${secs}s" > "$work/load.txt"
 b=$(records)
 loaded=$(( (b - a) / secs ))
 echo "job rate setting: $rate updates/s, 50000 keys, parallelism 2, $secs s per phase"
 echo "job throughput without queries: $quiet updates/s"
 echo "job throughput with queries:    $loaded updates/s ($(python3 -c "print(f'{100*($quiet-$loaded)/max($quiet,1):.1f}')") % less)"
-echo "queries (100 clients): $(cat "$work/load.txt")"
+echo "queries (${QUERY_LOAD_CLIENTS:-100} clients): $(cat "$work/load.txt")"

@@ -75,6 +75,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The files of the dead-letter sinks at `paths` (their part files), or an error naming
+/// a path without any.
+fn dead_letter_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, WeirError> {
+    let mut files = Vec::new();
+    for p in paths {
+        let found = weir::dlq::files_for(p);
+        if found.is_empty() {
+            return Err(WeirError::Command(format!(
+                "no dead-letter file at {} (nor part files of it)",
+                p.display()
+            )));
+        }
+        files.extend(found);
+    }
+    Ok(files)
+}
+
 /// The latest warnings and errors, for the dashboard.
 fn error_log() -> &'static weir::http::ErrorLog {
     static LOG: std::sync::OnceLock<weir::http::ErrorLog> = std::sync::OnceLock::new();
@@ -386,18 +403,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                                 .into(),
                         ));
                     }
-                    let mut files = Vec::new();
-                    for p in &paths {
-                        let found = weir::dlq::files_for(p);
-                        if found.is_empty() {
-                            return Err(WeirError::Command(format!(
-                                "no dead-letter file at {} (nor part files of it)",
-                                p.display()
-                            )));
-                        }
-                        files.extend(found);
-                    }
-                    weir::dlq::read_files(&files)?
+                    weir::dlq::read_files(&dead_letter_files(&paths)?)?
                 }
             };
             print!(
@@ -436,17 +442,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                     ))
                 }
                 _ => {
-                    let mut files = Vec::new();
-                    for p in &dead_letters {
-                        let found = weir::dlq::files_for(p);
-                        if found.is_empty() {
-                            return Err(WeirError::Command(format!(
-                                "no dead-letter file at {} (nor part files of it)",
-                                p.display()
-                            )));
-                        }
-                        files.extend(found);
-                    }
+                    let files = dead_letter_files(&dead_letters)?;
                     let ledger =
                         ledger.or_else(|| dead_letters.first().map(|p| weir::dlq::ledger_path(p)));
                     (weir::dlq::read_files(&files)?.0, ledger)

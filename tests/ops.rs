@@ -407,6 +407,17 @@ fn the_stock_prices_example_serves_its_state() {
         m["window_end"].is_string() && m["vwap"].as_f64().unwrap() > 95.0,
         "{m}"
     );
+    // The window's open windows of a key: bounds, aggregates so far, fired or not.
+    let open = value("minute", "AAPL");
+    let windows = open["windows"].as_array().unwrap();
+    assert!(!windows.is_empty(), "{open}");
+    assert!(
+        windows.iter().all(|w| w["symbol"] == "AAPL"
+            && w["window_start"].is_string()
+            && w["trades"].as_u64().unwrap() > 0
+            && w["fired"].is_boolean()),
+        "{open}"
+    );
 
     // Reads see what the job has processed: the session counts lie between the step's
     // records in before and after the scan.

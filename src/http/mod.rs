@@ -3,7 +3,7 @@
 //! and per-subtask metrics, checkpoint history, savepoint, stop, cancel), and the web
 //! dashboard at `/` (one embedded HTML file).
 //!
-//! The server runs on a thread and a single-threaded tokio runtime of its own, so a slow
+//! The server runs on a tokio runtime of its own (two worker threads), so a slow
 //! or hostile client competes with the job for nothing but a core's time slice: handlers
 //! only read the tasks' relaxed atomics (and a few short-held mutexes), never wait for a
 //! task, and the job's tasks never wait for the server. Savepoints and stops are requests
@@ -231,12 +231,14 @@ impl HttpServer {
             errors,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-http")
             .enable_all()
             .build()
             .map_err(|e| WeirError::Command(format!("cannot start the HTTP runtime: {e}")))?;
         let thread = std::thread::Builder::new()
-            .name("weir-http".into())
+            .name("weir-http-main".into())
             .spawn(move || {
                 rt.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {

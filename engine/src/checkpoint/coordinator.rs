@@ -571,24 +571,12 @@ impl Coordinator {
         let duration = f.started.elapsed();
         self.stats
             .record(epoch, duration, uploaded, meta.state_bytes());
-        self.stats.push(CheckpointRecord {
-            epoch,
-            kind: if f.barrier.savepoint {
-                "savepoint"
-            } else {
-                "checkpoint"
-            },
-            status: "completed",
-            started_at_ms: f.barrier.timestamp_ms,
-            duration_ms: duration.as_millis() as u64,
-            size_bytes: meta.state_bytes(),
-            uploaded_bytes: uploaded,
-            location: Some(
-                self.storage
-                    .describe_dir(&super::storage::CheckpointDir::of(&meta)),
-            ),
-            error: None,
-        });
+        let kind_word = if f.barrier.savepoint {
+            "savepoint"
+        } else {
+            "checkpoint"
+        };
+        self.push_completed(kind_word, &f.barrier, duration, uploaded, &meta);
         info!(
             job = %self.job,
             epoch,
@@ -634,6 +622,31 @@ impl Coordinator {
             self.retain().await;
         }
         Ok(())
+    }
+
+    /// Records a completed checkpoint in the history.
+    fn push_completed(
+        &self,
+        kind: &'static str,
+        barrier: &CheckpointBarrier,
+        duration: Duration,
+        uploaded: u64,
+        meta: &CheckpointMetadata,
+    ) {
+        self.stats.push(CheckpointRecord {
+            epoch: barrier.epoch,
+            kind,
+            status: "completed",
+            started_at_ms: barrier.timestamp_ms,
+            duration_ms: duration.as_millis() as u64,
+            size_bytes: meta.state_bytes(),
+            uploaded_bytes: uploaded,
+            location: Some(
+                self.storage
+                    .describe_dir(&super::storage::CheckpointDir::of(meta)),
+            ),
+            error: None,
+        });
     }
 
     async fn retain(&mut self) {
@@ -755,20 +768,7 @@ impl Coordinator {
             .sum();
         self.stats
             .record(epoch, started.elapsed(), uploaded, meta.state_bytes());
-        self.stats.push(CheckpointRecord {
-            epoch,
-            kind: "final",
-            status: "completed",
-            started_at_ms: barrier.timestamp_ms,
-            duration_ms: started.elapsed().as_millis() as u64,
-            size_bytes: meta.state_bytes(),
-            uploaded_bytes: uploaded,
-            location: Some(
-                self.storage
-                    .describe_dir(&super::storage::CheckpointDir::of(&meta)),
-            ),
-            error: None,
-        });
+        self.push_completed("final", &barrier, started.elapsed(), uploaded, &meta);
         info!(job = %self.job, epoch, "final checkpoint complete");
         crate::fault::point("before_commit");
         let _ = self.channels.completed.send(epoch);

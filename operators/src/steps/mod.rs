@@ -39,6 +39,7 @@ pub use self::key_by::KeyByStep;
 pub use self::parse::{ParseOperator, ParseStep, DEAD_LETTER_OUTPUT};
 pub use self::select::{SelectOperator, SelectStep};
 pub use self::table::TableStep;
+pub(crate) use self::table::{key_texts, rows_json, scan_choice};
 pub use self::union::{UnionOperator, UnionStep};
 pub use self::validate::{ValidateOperator, ValidateStep};
 

@@ -201,45 +201,70 @@ impl TableOperator {
 
     /// The value of each key as JSON objects.
     fn values_json(&self, keys: &[&[u8]], values: &[Vec<u8>]) -> Result<Vec<Value>> {
-        let batch = self.finish(self.base_rows(keys, values)?)?;
-        let mut w = arrow::json::ArrayWriter::new(Vec::new());
-        w.write(&batch)
-            .map_err(|e| EngineError::arrow("table: as JSON", e))?;
-        w.finish()
-            .map_err(|e| EngineError::arrow("table: as JSON", e))?;
-        let v: Value = serde_json::from_slice(&w.into_inner())
-            .map_err(|e| op_error(format!("table: as JSON: {e}")))?;
-        Ok(match v {
-            Value::Array(a) => a,
-            _ => Vec::new(),
-        })
+        rows_json(&self.finish(self.base_rows(keys, values)?)?)
     }
+}
 
-    /// The text form of keys: the value of a one-column key, a JSON array otherwise.
-    fn key_texts(&self, keys: &[&[u8]]) -> Result<Vec<String>> {
-        let cols = self.plan.codec.decode(keys.iter().copied())?;
-        let texts: Vec<StringArray> = cols
-            .iter()
-            .map(|c| {
-                let s = arrow::compute::cast(c, &DataType::Utf8)
-                    .map_err(|e| EngineError::arrow("table: key as text", e))?;
-                s.as_any()
-                    .downcast_ref::<StringArray>()
-                    .cloned()
-                    .ok_or_else(|| op_error("key as text"))
-            })
-            .collect::<Result<_>>()?;
-        Ok((0..keys.len())
-            .map(|i| {
-                let part = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
-                if texts.len() == 1 {
-                    part(&texts[0]).unwrap_or_default()
-                } else {
-                    json!(texts.iter().map(part).collect::<Vec<_>>()).to_string()
-                }
-            })
-            .collect())
-    }
+/// The rows of `batch` as JSON objects.
+pub(crate) fn rows_json(batch: &RecordBatch) -> Result<Vec<Value>> {
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    w.write(batch)
+        .map_err(|e| EngineError::arrow("state as JSON", e))?;
+    w.finish()
+        .map_err(|e| EngineError::arrow("state as JSON", e))?;
+    let v: Value = serde_json::from_slice(&w.into_inner())
+        .map_err(|e| op_error(format!("state as JSON: {e}")))?;
+    Ok(match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    })
+}
+
+/// The text form of encoded keys: the value of a one-column key, a JSON array of the
+/// values otherwise.
+pub(crate) fn key_texts(codec: &KeyCodec, keys: &[&[u8]]) -> Result<Vec<String>> {
+    let cols = codec.decode(keys.iter().copied())?;
+    let texts: Vec<StringArray> = cols
+        .iter()
+        .map(|c| {
+            let s = arrow::compute::cast(c, &DataType::Utf8)
+                .map_err(|e| EngineError::arrow("key as text", e))?;
+            s.as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| op_error("key as text"))
+        })
+        .collect::<Result<_>>()?;
+    Ok((0..keys.len())
+        .map(|i| {
+            let part = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
+            if texts.len() == 1 {
+                part(&texts[0]).unwrap_or_default()
+            } else {
+                json!(texts.iter().map(part).collect::<Vec<_>>()).to_string()
+            }
+        })
+        .collect())
+}
+
+/// Of keys with text forms `texts`, those a scan wants (starting with `prefix`, after
+/// `after`), sorted, at most `limit`: (text, index into `texts`).
+pub(crate) fn scan_choice(
+    texts: Vec<String>,
+    prefix: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<(String, usize)> {
+    let mut chosen: Vec<(String, usize)> = texts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, t)| prefix.is_none_or(|p| t.starts_with(p)))
+        .filter(|(_, t)| after.is_none_or(|a| t.as_str() > a))
+        .map(|(i, t)| (t, i))
+        .collect();
+    chosen.sort();
+    chosen.truncate(limit);
+    chosen
 }
 
 fn cast_to(a: &ArrayRef, t: &DataType) -> Result<ArrayRef> {
@@ -366,17 +391,11 @@ impl Operator for TableOperator {
                     let k = k?;
                     keys.push((k.key_group, k.key));
                 }
-                let texts =
-                    self.key_texts(&keys.iter().map(|(_, k)| k.as_slice()).collect::<Vec<_>>())?;
-                let mut chosen: Vec<(String, usize)> = texts
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, t)| prefix.as_deref().is_none_or(|p| t.starts_with(p)))
-                    .filter(|(_, t)| after.as_deref().is_none_or(|a| t.as_str() > a))
-                    .map(|(i, t)| (t, i))
-                    .collect();
-                chosen.sort();
-                chosen.truncate(*limit);
+                let texts = key_texts(
+                    &self.plan.codec,
+                    &keys.iter().map(|(_, k)| k.as_slice()).collect::<Vec<_>>(),
+                )?;
+                let chosen = scan_choice(texts, prefix.as_deref(), after.as_deref(), *limit);
                 let mut ks: Vec<&[u8]> = Vec::with_capacity(chosen.len());
                 let mut vs: Vec<Vec<u8>> = Vec::with_capacity(chosen.len());
                 for (_, i) in &chosen {
@@ -573,19 +592,22 @@ mod tests {
         weir_engine::time::mark_event_time(&s, "ts")
     }
 
-    fn build(value: Value) -> StepBuild {
+    fn build_ctx() -> BuildContext {
         let mut table = AggregateTable::default();
         for f in BuiltinAggregate::ALL {
             table.add(Arc::new(f));
         }
-        let ctx = BuildContext {
+        BuildContext {
             checkpoints: Default::default(),
             job: "test".into(),
             base_dir: ".".into(),
             aggregates: Arc::new(table),
-        };
+        }
+    }
+
+    fn build(value: Value) -> StepBuild {
         TableStep
-            .build(&ctx, "t", &value, &[schema()])
+            .build(&build_ctx(), "t", &value, &[schema()])
             .map_err(|e| e.message)
             .unwrap()
     }
@@ -746,16 +768,7 @@ mod tests {
             op.read_state(&read, &mut ctx).unwrap(),
             StateAnswer::Value(Some(json!({"symbol": "S1", "n": 2})))
         );
-        let mut table = AggregateTable::default();
-        for f in BuiltinAggregate::ALL {
-            table.add(Arc::new(f));
-        }
-        let ctx = BuildContext {
-            checkpoints: Default::default(),
-            job: "test".into(),
-            base_dir: ".".into(),
-            aggregates: Arc::new(table),
-        };
+        let ctx = build_ctx();
         let err = |v: Value| {
             TableStep
                 .build(&ctx, "t", &v, std::slice::from_ref(&schema))

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use weir_engine::aggregate::Accumulator;
 use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
-use weir_engine::operator::{Collector, Operator, OperatorContext};
+use weir_engine::operator::{Collector, Operator, OperatorContext, StateAnswer, StateRead};
 use weir_engine::state::{
     decode_namespace_window, hash_key, key_group_for_hash, namespace_window, restore_watermarks,
     store_watermark, Clock, StateDescriptor, StateKey, SystemClock,
@@ -1229,6 +1229,63 @@ impl Operator for WindowOperator {
         // The final watermark normally did this already; processing-time windows and
         // inputs that never sent it close here.
         self.fire_and_purge(i64::MAX, out)
+    }
+
+    fn queryable_key(&self) -> Option<(SchemaRef, Vec<usize>)> {
+        (!self.plan.key_columns.is_empty())
+            .then(|| (self.plan.input.clone(), self.plan.key_columns.clone()))
+    }
+
+    /// The open windows of a key (still in state: not fired, or fired and within the
+    /// allowed lateness), each with its aggregates so far and whether it fired.
+    fn read_state(&mut self, read: &StateRead, _ctx: &mut OperatorContext) -> Result<StateAnswer> {
+        let windows_of = |op: &Self, key: &[u8]| -> Result<Option<serde_json::Value>> {
+            let Some(kw) = op.find(key, op.hash(key)) else {
+                return Ok(None);
+            };
+            let entries: Vec<QueueEntry> = kw
+                .windows
+                .iter()
+                .map(|(start, w)| (w.end, kw.key.clone(), start))
+                .collect();
+            let fired: Vec<bool> = kw.windows.iter().map(|(_, w)| w.fired).collect();
+            let Some(batch) = op.rows(&entries, false)? else {
+                return Ok(None);
+            };
+            let mut rows = crate::steps::rows_json(&batch)?;
+            for (r, f) in rows.iter_mut().zip(fired) {
+                if let Some(o) = r.as_object_mut() {
+                    o.remove(super::plan::IS_UPDATE);
+                    o.insert("fired".into(), serde_json::Value::Bool(f));
+                }
+            }
+            Ok(Some(serde_json::json!({ "windows": rows })))
+        };
+        match read {
+            StateRead::Get { key, .. } => Ok(StateAnswer::Value(windows_of(self, key)?)),
+            StateRead::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                let keys: Vec<Vec<u8>> = self
+                    .keys
+                    .iter()
+                    .map(|kw| kw.key.as_slice().to_vec())
+                    .collect();
+                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                let texts = crate::steps::key_texts(&self.plan.codec, &refs)?;
+                let chosen =
+                    crate::steps::scan_choice(texts, prefix.as_deref(), after.as_deref(), *limit);
+                let mut out = Vec::with_capacity(chosen.len());
+                for (text, i) in chosen {
+                    if let Some(v) = windows_of(self, &keys[i])? {
+                        out.push((text, v));
+                    }
+                }
+                Ok(StateAnswer::Entries(out))
+            }
+        }
     }
 
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
