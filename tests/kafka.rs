@@ -1332,3 +1332,48 @@ fn dlq_replay_into_a_kafka_source_is_exactly_once_through_kills() {
     ok(&weir(d, &["run", "job.yaml", "--no-progress"], None));
     assert_eq!(ids(d), (0..40).collect::<Vec<i64>>());
 }
+
+/// A Kafka source's consumer lag reaches Prometheus as `weir_source_lag_records`.
+#[test]
+fn kafka_consumer_lag_is_exported_to_prometheus() {
+    let Some(b) = noida("kafka_consumer_lag_is_exported_to_prometheus") else {
+        return;
+    };
+    let topic = unique("lagging");
+    create_topic(&b, &topic, 1);
+    let messages: Vec<(i32, Option<String>)> = (0..5000)
+        .map(|i| (0, Some(format!("{{\"id\": {i}}}"))))
+        .collect();
+    produce(&b, &topic, &messages);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        format!(
+            "name: {}\nsources:\n  p:\n    type: kafka\n    brokers: \"{b}\"\n    topic: {topic}\n\
+             \x20   rate: 200\n    format: json\n    schema: {{ id: int }}\n\
+             sinks:\n  o: {{ from: p, type: blackhole }}\n",
+            unique("lag")
+        ),
+    )
+    .unwrap();
+    let (mut child, addr) = crate::ops::start(dir.path(), &[]);
+    let mut seen = String::new();
+    crate::ops::wait_until("a lag sample", Duration::from_secs(60), || {
+        let (_, text) = crate::ops::http(&addr, "GET", "/metrics");
+        seen = text
+            .lines()
+            .filter(|l| l.starts_with("weir_source_lag_records{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        seen.lines().any(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        })
+    });
+    assert!(seen.contains("node=\"p\""), "{seen}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

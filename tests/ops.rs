@@ -518,3 +518,37 @@ fn the_stock_prices_example_serves_its_state() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `http:` in the job file serves the endpoint without `--http`.
+#[test]
+fn the_jobs_http_key_serves_the_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("job.yaml"),
+        JOB.replace("parallelism: 2\n", "parallelism: 2\nhttp: 127.0.0.1:0\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "job.yaml", "--no-progress"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find_map(|l| {
+            l.strip_prefix("dashboard and REST API on http://")
+                .map(|a| a.trim_end_matches('/').to_string())
+        })
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    wait_until("the job listed", Duration::from_secs(30), || {
+        get_json(&addr, "/api/jobs")["jobs"][0]["name"] == "ops-test"
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                "dedup", "enrich", "filter", "join", "key_by", "parse", "select", "union",
+                "dedup", "enrich", "filter", "join", "key_by", "parse", "select", "table", "union",
                 "validate", "window"
             ]
         );

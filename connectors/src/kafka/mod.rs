@@ -181,9 +181,25 @@ impl ClientContext for WeirContext {
         let mut lags = BTreeMap::new();
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
-                // -1 is librdkafka's "internal" partition and unknown lags.
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    lags.insert((topic.clone(), *p), part.consumer_lag);
+                // -1 is librdkafka's "internal" partition. Its `consumer_lag` counts from
+                // the *committed* offset, which weir (assigning partitions itself) only
+                // has with a `group`: the lag is the partition's end (last stable offset,
+                // else high watermark) minus the position handed to the application.
+                if *p < 0 {
+                    continue;
+                }
+                let end = if part.ls_offset >= 0 {
+                    part.ls_offset
+                } else {
+                    part.hi_offset
+                };
+                let lag = if part.app_offset >= 0 && end >= 0 {
+                    (end - part.app_offset).max(0)
+                } else {
+                    part.consumer_lag
+                };
+                if lag >= 0 {
+                    lags.insert((topic.clone(), *p), lag);
                 }
             }
         }
