@@ -12,7 +12,7 @@
 //! [`Operator::queryable_key`]: crate::operator::Operator::queryable_key
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
@@ -54,9 +54,12 @@ pub enum QueryError {
     Failed(String),
 }
 
+#[derive(Clone)]
 struct Node {
     schema: SchemaRef,
     key_columns: Vec<usize>,
+    /// Encodes the key columns (built once).
+    codec: Option<Arc<KeyCodec>>,
     max_parallelism: u16,
     senders: Vec<Option<mpsc::Sender<QueryMsg>>>,
 }
@@ -64,7 +67,7 @@ struct Node {
 /// The queryable steps of a job and how to reach their subtasks.
 #[derive(Default)]
 pub struct QueryRegistry {
-    nodes: Mutex<HashMap<String, Node>>,
+    nodes: RwLock<HashMap<String, Arc<Node>>>,
 }
 
 impl std::fmt::Debug for QueryRegistry {
@@ -86,13 +89,24 @@ impl QueryRegistry {
         subtask: usize,
         sender: mpsc::Sender<QueryMsg>,
     ) {
-        if let Ok(mut nodes) = self.nodes.lock() {
-            let n = nodes.entry(node.to_string()).or_insert_with(|| Node {
-                schema,
-                key_columns,
-                max_parallelism,
-                senders: vec![None; parallelism.max(1)],
+        if let Ok(mut nodes) = self.nodes.write() {
+            let n = nodes.entry(node.to_string()).or_insert_with(|| {
+                // The codec of a one-row batch of the key columns, as `route` builds it.
+                let fields: Vec<arrow::datatypes::Field> = key_columns
+                    .iter()
+                    .map(|&i| schema.field(i).as_ref().clone())
+                    .collect();
+                let key_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+                let idx: Vec<usize> = (0..key_columns.len()).collect();
+                Arc::new(Node {
+                    codec: KeyCodec::for_columns(&key_schema, &idx).ok().map(Arc::new),
+                    schema,
+                    key_columns,
+                    max_parallelism,
+                    senders: vec![None; parallelism.max(1)],
+                })
             });
+            let n = Arc::make_mut(n);
             if let Some(slot) = n.senders.get_mut(subtask) {
                 *slot = Some(sender);
             }
@@ -103,7 +117,7 @@ impl QueryRegistry {
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .nodes
-            .lock()
+            .read()
             .map(|n| n.keys().cloned().collect())
             .unwrap_or_default();
         v.sort();
@@ -112,7 +126,7 @@ impl QueryRegistry {
 
     /// The key columns of `node`, by name.
     pub fn key_names(&self, node: &str) -> Option<Vec<String>> {
-        let nodes = self.nodes.lock().ok()?;
+        let nodes = self.nodes.read().ok()?;
         let n = nodes.get(node)?;
         Some(
             n.key_columns
@@ -138,12 +152,14 @@ impl QueryRegistry {
         node: &str,
         key: &[String],
     ) -> Result<(Vec<u8>, u16, mpsc::Sender<QueryMsg>), QueryError> {
-        let nodes = self
+        // Held only to clone the node's handle: routing runs outside the lock.
+        let found = self
             .nodes
-            .lock()
-            .map_err(|_| QueryError::Unavailable("registry poisoned".into()))?;
-        let Some(n) = nodes.get(node) else {
-            drop(nodes);
+            .read()
+            .map_err(|_| QueryError::Unavailable("registry poisoned".into()))?
+            .get(node)
+            .cloned();
+        let Some(n) = found else {
             return Err(self.not_found(node));
         };
         if key.len() != n.key_columns.len() {
@@ -185,9 +201,10 @@ impl QueryRegistry {
         }
         let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
             .map_err(|e| QueryError::BadKey(e.to_string()))?;
-        let idx: Vec<usize> = (0..key.len()).collect();
-        let codec = KeyCodec::for_columns(batch.schema_ref(), &idx)
-            .map_err(|e| QueryError::BadKey(e.to_string()))?;
+        let codec = n
+            .codec
+            .as_ref()
+            .ok_or_else(|| QueryError::BadKey(format!("`{node}`'s key cannot be encoded")))?;
         let encoded = codec
             .encode(&batch)
             .map_err(|e| QueryError::BadKey(e.to_string()))?;
@@ -228,16 +245,15 @@ impl QueryRegistry {
         limit: usize,
     ) -> Result<Vec<(String, Value)>, QueryError> {
         let senders: Vec<mpsc::Sender<QueryMsg>> = {
-            let nodes = self
+            let found = self
                 .nodes
-                .lock()
-                .map_err(|_| QueryError::Unavailable("registry poisoned".into()))?;
-            match nodes.get(node) {
+                .read()
+                .map_err(|_| QueryError::Unavailable("registry poisoned".into()))?
+                .get(node)
+                .cloned();
+            match found {
                 Some(n) => n.senders.iter().flatten().cloned().collect(),
-                None => {
-                    drop(nodes);
-                    return Err(self.not_found(node));
-                }
+                None => return Err(self.not_found(node)),
             }
         };
         let mut all = Vec::new();
