@@ -516,26 +516,7 @@ fn the_payments_example_books_into_postgres_exactly_once() {
             "    path: data/payments.jsonl\n    rate: 2000\n",
         );
     std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
-    let mut killed = 0;
-    for attempt in 0..10 {
-        let mut c = weir_cmd(dir.path());
-        c.env("PAYMENTS_DB", &conn);
-        if attempt == 0 {
-            c.env("WEIR_FAULT", "before_commit:3");
-        }
-        let out = c.output().unwrap();
-        if out.status.success() {
-            break;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        killed += 1;
-    }
-    assert_eq!(killed, 1, "the crash point was not reached");
+    run_killed_once(dir.path(), &[("PAYMENTS_DB", &conn)], "before_commit:3");
     let count = |sql: String| query(&conn, &sql)[0][0].clone();
     assert_eq!(
         count(format!("SELECT count(*) FROM payments_{suffix}")),
@@ -759,26 +740,11 @@ fn the_payments_example_from_kafka_books_the_same_ledger() {
             "checkpoint: { interval: 100ms }",
         );
     std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
-    let mut killed = 0;
-    for attempt in 0..10 {
-        let mut c = weir_cmd(dir.path());
-        c.env("PAYMENTS_DB", &conn).env("KAFKA_BROKERS", &brokers);
-        if attempt == 0 {
-            c.env("WEIR_FAULT", "before_commit:2");
-        }
-        let out = c.output().unwrap();
-        if out.status.success() {
-            break;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        killed += 1;
-    }
-    assert_eq!(killed, 1, "the crash point was not reached");
+    run_killed_once(
+        dir.path(),
+        &[("PAYMENTS_DB", &conn), ("KAFKA_BROKERS", &brokers)],
+        "before_commit:2",
+    );
     let count = |sql: String| query(&conn, &sql)[0][0].clone();
     assert_eq!(
         count(format!(
@@ -999,4 +965,28 @@ fn rows_the_database_refuses_become_dead_letters_exactly_once() {
             r[1]
         );
     }
+}
+
+/// Runs the job in `dir` with `env` until it succeeds, killed once at `fault`.
+fn run_killed_once(dir: &Path, env: &[(&str, &str)], fault: &str) {
+    let mut killed = 0;
+    for attempt in 0..10 {
+        let mut c = weir_cmd(dir);
+        c.envs(env.iter().copied());
+        if attempt == 0 {
+            c.env("WEIR_FAULT", fault);
+        }
+        let out = c.output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed += 1;
+    }
+    assert_eq!(killed, 1, "the crash point was not reached");
 }

@@ -574,12 +574,10 @@ impl StepFactory for TableStep {
 #[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {
     use super::*;
-    use crate::BuiltinAggregate;
     use arrow::array::{Float64Array, Int64Array, TimestampMillisecondArray};
     use arrow::datatypes::TimeUnit;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-    use weir_engine::aggregate::AggregateTable;
 
     fn schema() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
@@ -592,18 +590,7 @@ mod tests {
         weir_engine::time::mark_event_time(&s, "ts")
     }
 
-    fn build_ctx() -> BuildContext {
-        let mut table = AggregateTable::default();
-        for f in BuiltinAggregate::ALL {
-            table.add(Arc::new(f));
-        }
-        BuildContext {
-            checkpoints: Default::default(),
-            job: "test".into(),
-            base_dir: ".".into(),
-            aggregates: Arc::new(table),
-        }
-    }
+    use crate::window::tests::build_ctx;
 
     fn build(value: Value) -> StepBuild {
         TableStep

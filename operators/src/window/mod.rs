@@ -34,7 +34,7 @@ mod keys;
 mod operator;
 pub(crate) mod plan;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 

@@ -83,7 +83,7 @@ fn batch(rows: &[R]) -> RecordBatch {
 }
 
 /// A build context with the built-in aggregates.
-fn build_ctx() -> BuildContext {
+pub(crate) fn build_ctx() -> BuildContext {
     let mut table = AggregateTable::default();
     for f in BuiltinAggregate::ALL {
         table.add(Arc::new(f));
