@@ -51,6 +51,13 @@ pub trait Accumulator: Send {
     /// The state, serialised (for checkpoints and for merging sessions).
     fn state(&self) -> Result<Vec<u8>>;
 
+    /// Appends [`Accumulator::state`] to `out` (checkpoints write every changed window
+    /// this way; built-ins override it to skip the allocation).
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&self.state()?);
+        Ok(())
+    }
+
     /// Merges a state produced by [`Accumulator::state`] of the same function and
     /// argument type into this one (restore: into a fresh accumulator).
     fn merge_state(&mut self, state: &[u8]) -> Result<()>;

@@ -95,6 +95,11 @@ pub struct OperatorContext {
     pub watermark: EventTime,
     /// Counters shown in the progress line and metrics.
     pub metrics: std::sync::Arc<SubtaskMetrics>,
+    /// The live entries of the operator's table (see [`Operator::snapshot_table`])
+    /// replayed from the checkpoint the job restored, for the key groups this subtask
+    /// owns: `Some` (possibly empty) when the checkpoint holds a table log for the
+    /// operator; `open` takes them.
+    pub restored_table: Option<Vec<crate::state::TableEntry>>,
 }
 
 impl OperatorContext {
@@ -113,6 +118,7 @@ impl OperatorContext {
             timers: TimerService::new(),
             watermark: i64::MIN,
             metrics: std::sync::Arc::new(SubtaskMetrics::default()),
+            restored_table: None,
         }
     }
 }
@@ -178,6 +184,21 @@ pub trait Operator: Send {
     /// `ctx.state` so that the snapshot that follows holds them.
     fn handle_checkpoint(&mut self, _epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
         Ok(())
+    }
+
+    /// For operators that keep their state in a table of their own (windows): after
+    /// `handle_checkpoint`, append to `log` what changed since the previous call — or
+    /// every live entry and reset the record of changes when `log.is_full()` — and
+    /// return `true`. This is the synchronous part of the operator's snapshot; the task
+    /// stores the log incrementally (see [`crate::state::table_log`]) and hands the
+    /// replayed entries back in [`OperatorContext::restored_table`] on restore. The
+    /// default (`false`): the operator has no table.
+    fn snapshot_table(
+        &mut self,
+        _epoch: u64,
+        _log: &mut crate::state::TableLogWriter,
+    ) -> Result<bool> {
+        Ok(false)
     }
 
     /// Checkpoint `epoch` completed everywhere.

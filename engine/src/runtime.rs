@@ -24,7 +24,8 @@ use crate::checkpoint::coordinator::{
 };
 use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
 use crate::checkpoint::task::{
-    open_backend, ExtraState, PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
+    open_backend, restore_table_log, ExtraState, LogChains, PreparedLog, PreparedMember,
+    RestorePoint, TaskCheckpointing, WorkingDirs,
 };
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
@@ -38,7 +39,7 @@ use crate::sink::{Sink, SinkContext, SinkRecovery};
 use crate::source::{dead_letters_to_batch, Decoder, Source, SourceContext, SourcePoll};
 use crate::state::{
     hash_columns, key_group_for_hash, subtask_for_key_group, InMemoryStateBackend, KeyGroupRange,
-    PreparedSnapshot, TimerService,
+    PreparedSnapshot, TableLogWriter, TimerService,
 };
 use crate::time::{WatermarkCombiner, WatermarkGenerator};
 
@@ -938,6 +939,8 @@ async fn supervise(
                 last_committed: l.first_epoch - 1,
                 known: Default::default(),
                 in_flight: Default::default(),
+                logs: Arc::new(std::sync::Mutex::new(LogChains::new((ci, st)))),
+                previous_store: None,
             });
             task.last_aligned = run.links.as_ref().map_or(0, |l| l.first_epoch - 1);
             let name = format!(
@@ -1330,6 +1333,7 @@ impl ChainTask {
                             timers: TimerService::new(),
                             watermark: EventTime::MIN,
                             metrics: m.clone(),
+                            restored_table: None,
                         },
                         metrics: m,
                     });
@@ -1791,6 +1795,24 @@ impl ChainTask {
             .await?;
             m.ctx.state = opened.backend;
             self.working_dirs.0.extend(opened.working_dir);
+            if let Some(r) = self.restore.as_ref() {
+                if let Some((entries, chain)) = restore_table_log(
+                    r,
+                    &m.ctx.operator,
+                    self.subtask,
+                    m.ctx.parallelism,
+                    &m.ctx.key_groups,
+                )
+                .await?
+                {
+                    m.ctx.restored_table = Some(entries);
+                    if let (Some(chain), Some(c)) = (chain, self.ckpt.as_ref()) {
+                        if let Ok(mut l) = c.logs.lock() {
+                            l.chains.insert(m.ctx.operator.clone(), chain);
+                        }
+                    }
+                }
+            }
             if journal {
                 m.ctx.timers.enable_journal();
             }
@@ -1916,10 +1938,25 @@ impl ChainTask {
         &mut self,
         epoch: u64,
         savepoint: bool,
+        final_state: bool,
     ) -> Result<(Vec<PreparedMember>, Vec<ExtraState>)> {
         let mut prepared = Vec::with_capacity(self.members.len());
+        let logs = self.ckpt.as_ref().map(|c| c.logs.clone());
         for m in &mut self.members {
             m.op.handle_checkpoint(epoch, &mut m.ctx)?;
+            let full = savepoint
+                || final_state
+                || logs
+                    .as_ref()
+                    .and_then(|l| l.lock().ok().map(|l| l.needs_full(&m.ctx.operator)))
+                    .unwrap_or(true);
+            let mut writer = TableLogWriter::new(full);
+            let log =
+                m.op.snapshot_table(epoch, &mut writer)?
+                    .then(|| PreparedLog {
+                        bytes: writer.finish(),
+                        full,
+                    });
             m.ctx.timers.flush_journal(&mut *m.ctx.state)?;
             let snapshot = if m.ctx.state.states().is_empty() {
                 None
@@ -1931,6 +1968,7 @@ impl ChainTask {
             prepared.push(PreparedMember {
                 node: m.ctx.operator.clone(),
                 snapshot,
+                log,
             });
         }
         let mut extra = Vec::new();
@@ -1971,7 +2009,7 @@ impl ChainTask {
             return self.broadcast(Message::Barrier(b)).await;
         }
         self.commit_completed().await?;
-        let (prepared, extra) = self.prepare_snapshot(b.epoch, b.savepoint).await?;
+        let (prepared, extra) = self.prepare_snapshot(b.epoch, b.savepoint, false).await?;
         self.broadcast(Message::Barrier(b)).await?;
         let subtask = self.subtask;
         if let Some(c) = self.ckpt.as_mut() {
@@ -2173,7 +2211,7 @@ impl ChainTask {
         // checkpoint (or a later periodic one) commits the sink's last part.
         self.commit_completed().await?;
         let final_epoch = self.ckpt.as_ref().map(|c| c.last_barrier + 1).unwrap_or(1);
-        let (prepared, extra) = self.prepare_snapshot(final_epoch, false).await?;
+        let (prepared, extra) = self.prepare_snapshot(final_epoch, false, true).await?;
         let subtask = self.subtask;
         if let Some(c) = self.ckpt.as_mut() {
             c.store_final(final_epoch, subtask, prepared, extra).await?;

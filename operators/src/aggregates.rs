@@ -128,6 +128,12 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|e| agg_error(format!("serialising state: {e}")))
 }
 
+fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<()> {
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(v, buf).map_err(|e| agg_error(format!("serialising state: {e}")))?;
+    Ok(())
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| agg_error(format!("reading state: {e}")))
 }
@@ -517,6 +523,10 @@ impl Accumulator for Count {
         encode(&self.n)
     }
 
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&self.n, out)
+    }
+
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
         let n: i64 = decode(state)?;
         self.n = self.n.wrapping_add(n);
@@ -559,6 +569,10 @@ impl Accumulator for SumInt {
         encode(&(self.sum, self.seen))
     }
 
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&(self.sum, self.seen), out)
+    }
+
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
         let (sum, seen): (i64, bool) = decode(state)?;
         if seen {
@@ -595,6 +609,10 @@ impl Accumulator for SumFloat {
 
     fn state(&self) -> Result<Vec<u8>> {
         encode(&(self.sum, self.seen))
+    }
+
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&(self.sum, self.seen), out)
     }
 
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
@@ -644,6 +662,10 @@ impl Accumulator for AvgInt {
         encode(&(self.sum, self.n))
     }
 
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&(self.sum, self.n), out)
+    }
+
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
         let (sum, n): (i128, i64) = decode(state)?;
         self.sum = self.sum.wrapping_add(sum);
@@ -680,6 +702,10 @@ impl Accumulator for AvgFloat {
 
     fn state(&self) -> Result<Vec<u8>> {
         encode(&(self.sum, self.n))
+    }
+
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&(self.sum, self.n), out)
     }
 
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
@@ -815,6 +841,10 @@ impl Accumulator for MinMax {
         encode(&self.cur)
     }
 
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&self.cur, out)
+    }
+
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {
         let other: Option<Val> = decode(state)?;
         if let Some(v) = other {
@@ -906,6 +936,10 @@ impl Accumulator for FirstLast {
 
     fn state(&self) -> Result<Vec<u8>> {
         encode(&self.cur)
+    }
+
+    fn write_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        encode_into(&self.cur, out)
     }
 
     fn merge_state(&mut self, state: &[u8]) -> Result<()> {

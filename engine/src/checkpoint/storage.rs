@@ -316,6 +316,33 @@ impl CheckpointStorage {
         Ok((rel, len))
     }
 
+    /// Stores one file of an operator's table log (`name` unique per process): in
+    /// `shared/<node>/` for checkpoints (later checkpoints refer to it until the chain
+    /// is compacted), in the directory itself for savepoints and final states.
+    pub async fn write_table_log(
+        &self,
+        dir: &CheckpointDir,
+        node: &str,
+        name: &str,
+        data: Vec<u8>,
+    ) -> Result<FileHandle> {
+        let shared = matches!(dir, CheckpointDir::Epoch(_));
+        let rel = if shared {
+            format!("{SHARED}/{}/{}", segment(node), segment(name))
+        } else {
+            format!("{}/{}-{}", dir.path(), segment(node), segment(name))
+        };
+        let len = data.len() as u64;
+        self.put(&rel, Bytes::from(data)).await?;
+        debug!(storage = %self.inner.url, path = %rel, bytes = len, "wrote a table log file");
+        Ok(FileHandle {
+            name: name.to_string(),
+            path: rel,
+            bytes: len,
+            shared,
+        })
+    }
+
     /// Reads an object of the job by its path relative to the job's root (as stored in
     /// checkpoint metadata).
     pub async fn read_object(&self, rel: &str) -> Result<Vec<u8>> {

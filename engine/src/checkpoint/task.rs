@@ -54,6 +54,71 @@ pub struct TaskCheckpointing {
     pub known: KnownFiles,
     /// Shared files each checkpoint in flight referenced, filled by the uploads.
     pub in_flight: Arc<Mutex<BTreeMap<u64, KnownFiles>>>,
+    /// Table-log chains of this task's operators, as of the last stored snapshot.
+    pub logs: Arc<Mutex<LogChains>>,
+    /// Resolves when the previous `store_async` finished: stores run one after another,
+    /// since a delta extends the chain the previous one left.
+    pub previous_store: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// The table-log chain of each operator of a task (by node name), as of the last
+/// snapshot the task stored; an operator without an entry (or marked `needs_full`)
+/// writes a full file at its next barrier.
+#[derive(Debug, Default)]
+pub struct LogChains {
+    /// Unique to this process and task: names its log files.
+    pub token: String,
+    /// Per node.
+    pub chains: HashMap<String, LogChain>,
+}
+
+/// One operator's chain of table-log files.
+#[derive(Debug, Clone, Default)]
+pub struct LogChain {
+    /// A full file, then deltas, oldest first.
+    pub files: Vec<FileHandle>,
+    /// The full file's size.
+    pub full_bytes: u64,
+    /// The deltas' size.
+    pub delta_bytes: u64,
+    /// A store failed or a savepoint took the changes: the next file must be full.
+    pub needs_full: bool,
+}
+
+/// Deltas are compacted into a new full file once they outgrow the full one (and this).
+pub const LOG_COMPACT_MIN_BYTES: u64 = 8 << 20;
+
+impl LogChains {
+    /// A fresh set, with a token unique to this process and task.
+    pub fn new(task: TaskId) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        LogChains {
+            token: format!(
+                "{:x}-{:x}-{}-{}",
+                std::process::id(),
+                nanos & 0xffff_ffff_ffff,
+                task.0,
+                task.1
+            ),
+            chains: HashMap::new(),
+        }
+    }
+
+    /// Whether `node`'s next table log must be full.
+    pub fn needs_full(&self, node: &str) -> bool {
+        self.chains.get(node).is_none_or(|c| c.needs_full)
+    }
+
+    /// Every chain starts over at the next barrier (a store failed, or a savepoint or
+    /// final state consumed the operators' changes).
+    pub fn reset_all(&mut self) {
+        for c in self.chains.values_mut() {
+            c.needs_full = true;
+        }
+    }
 }
 
 /// A source's or sink's part of a task's snapshot: its position or pre-commit, and the
@@ -73,6 +138,16 @@ pub struct PreparedMember {
     pub node: String,
     /// The state (none when the operator holds no keyed state).
     pub snapshot: Option<PreparedSnapshot>,
+    /// The operator's table log (see `Operator::snapshot_table`), if it keeps a table.
+    pub log: Option<PreparedLog>,
+}
+
+/// The bytes of a table-log file written at a barrier.
+pub struct PreparedLog {
+    /// The file.
+    pub bytes: Vec<u8>,
+    /// Whether it is a full file (starts a new chain).
+    pub full: bool,
 }
 
 impl TaskCheckpointing {
@@ -121,6 +196,10 @@ impl TaskCheckpointing {
         let known = self.known.clone();
         let events = self.events.clone();
         let in_flight = self.in_flight.clone();
+        let logs = self.logs.clone();
+        let previous = self.previous_store.take();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.previous_store = Some(done_rx);
         let task = self.id;
         let dir = if barrier.savepoint {
             CheckpointDir::Savepoint(savepoint_name(barrier.epoch))
@@ -129,7 +208,20 @@ impl TaskCheckpointing {
         };
         let epoch = barrier.epoch;
         tokio::spawn(async move {
-            let ev = match store(&storage, &dir, subtask, members, extra, &known).await {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            let stored = store(
+                &storage, &dir, subtask, members, extra, &known, &logs, epoch,
+            )
+            .await;
+            if stored.is_err() {
+                if let Ok(mut l) = logs.lock() {
+                    l.reset_all();
+                }
+            }
+            let _ = done_tx.send(());
+            let ev = match stored {
                 Ok((snapshot, files)) => {
                     crate::fault::point("checkpoint_write");
                     if let Ok(mut m) = in_flight.lock() {
@@ -160,9 +252,21 @@ impl TaskCheckpointing {
         extra: Vec<ExtraState>,
     ) -> Result<()> {
         let dir = CheckpointDir::Final(final_epoch);
-        let (snapshot, _) = store(&self.storage, &dir, subtask, members, extra, &self.known)
-            .await
-            .map_err(|e| EngineError::Checkpoint(format!("storing the final state failed: {e}")))?;
+        if let Some(p) = self.previous_store.take() {
+            let _ = p.await;
+        }
+        let (snapshot, _) = store(
+            &self.storage,
+            &dir,
+            subtask,
+            members,
+            extra,
+            &self.known,
+            &self.logs,
+            final_epoch,
+        )
+        .await
+        .map_err(|e| EngineError::Checkpoint(format!("storing the final state failed: {e}")))?;
         crate::fault::point("checkpoint_write");
         let _ = self.events.send(TaskEvent::Finished {
             task: self.id,
@@ -182,6 +286,7 @@ impl TaskCheckpointing {
 }
 
 /// Writes the members' snapshots; the task snapshot and the shared files it refers to.
+#[allow(clippy::too_many_arguments)]
 async fn store(
     storage: &CheckpointStorage,
     dir: &CheckpointDir,
@@ -189,17 +294,24 @@ async fn store(
     members: Vec<PreparedMember>,
     extra: Vec<ExtraState>,
     known: &KnownFiles,
+    logs: &Arc<Mutex<LogChains>>,
+    epoch: u64,
 ) -> Result<(TaskSnapshot, KnownFiles)> {
     let mut nodes = Vec::new();
     let mut files = KnownFiles::new();
     for m in members {
         let mut st = SubtaskState::default();
+        if let Some(log) = m.log {
+            let (chain, up) = store_log(storage, dir, &m.node, log, logs, epoch).await?;
+            st.table_log = Some(chain);
+            st.uploaded_bytes += up;
+        }
         match m.snapshot {
             None => {}
             Some(PreparedSnapshot::Full(snap)) => {
                 let (h, up) = storage.write_full(dir, &m.node, subtask, &snap).await?;
                 st.state = Some(h);
-                st.uploaded_bytes = up;
+                st.uploaded_bytes += up;
             }
             Some(PreparedSnapshot::Files(local)) => {
                 let r = storage
@@ -209,6 +321,7 @@ async fn store(
                     debug!(dir = %local.dir.display(), error = %e, "could not remove a local checkpoint");
                 }
                 let (h, up) = r?;
+                st.uploaded_bytes += up;
                 if let StateHandle::Files {
                     instance,
                     files: fs,
@@ -219,7 +332,6 @@ async fn store(
                     }
                 }
                 st.state = Some(h);
-                st.uploaded_bytes = up;
             }
         }
         nodes.push((m.node, st));
@@ -234,6 +346,151 @@ async fn store(
         nodes.push((e.node, st));
     }
     Ok((TaskSnapshot { subtask, nodes }, files))
+}
+
+/// Stores one operator's table-log file and returns the chain the snapshot refers to
+/// and the bytes uploaded. A checkpoint's file goes to the shared space and extends the
+/// chain the previous store left (a full file starts a new one); when the deltas
+/// outgrow the full file they are compacted into a new one here, in the background.
+/// A savepoint's or final state's file is full and self-contained; the chain of the
+/// next checkpoint starts over.
+async fn store_log(
+    storage: &CheckpointStorage,
+    dir: &CheckpointDir,
+    node: &str,
+    log: PreparedLog,
+    logs: &Arc<Mutex<LogChains>>,
+    epoch: u64,
+) -> Result<(Vec<FileHandle>, u64)> {
+    let lock_err = || EngineError::Checkpoint("table-log chains poisoned".into());
+    let (token, chain) = {
+        let l = logs.lock().map_err(|_| lock_err())?;
+        (l.token.clone(), l.chains.get(node).cloned())
+    };
+    let kind = if log.full { "full" } else { "delta" };
+    let name = format!("log-{token}-{epoch}.{kind}");
+    let mut up = log.bytes.len() as u64;
+    let file = storage.write_table_log(dir, node, &name, log.bytes).await?;
+    if !matches!(dir, CheckpointDir::Epoch(_)) {
+        if !log.full {
+            return Err(EngineError::Checkpoint(format!(
+                "operator `{node}` wrote a delta table log into a savepoint or final state"
+            )));
+        }
+        let mut l = logs.lock().map_err(|_| lock_err())?;
+        l.reset_all();
+        return Ok((vec![file], up));
+    }
+    let mut next = if log.full {
+        LogChain {
+            full_bytes: file.bytes,
+            files: vec![file],
+            ..Default::default()
+        }
+    } else {
+        let mut c = match chain {
+            Some(c) if !c.needs_full => c,
+            _ => {
+                return Err(EngineError::Checkpoint(format!(
+                    "operator `{node}`: a table-log delta without the chain it extends \
+                     (an earlier store failed); the next checkpoint writes a full file"
+                )))
+            }
+        };
+        c.delta_bytes += file.bytes;
+        c.files.push(file);
+        c
+    };
+    if next.files.len() > 1 && next.delta_bytes > next.full_bytes.max(LOG_COMPACT_MIN_BYTES) {
+        let started = std::time::Instant::now();
+        let mut parts = Vec::with_capacity(next.files.len());
+        for f in &next.files {
+            parts.push(storage.read_object(&f.path).await?);
+        }
+        let merged = tokio::task::spawn_blocking(move || crate::state::table_log::compact(&parts))
+            .await
+            .map_err(|e| EngineError::Checkpoint(format!("compacting a table log: {e}")))??;
+        up += merged.len() as u64;
+        let name = format!("log-{token}-{epoch}.compacted");
+        let file = storage.write_table_log(dir, node, &name, merged).await?;
+        debug!(
+            node,
+            epoch,
+            files = next.files.len(),
+            bytes = file.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted a table log"
+        );
+        next = LogChain {
+            full_bytes: file.bytes,
+            files: vec![file],
+            ..Default::default()
+        };
+    }
+    let files = next.files.clone();
+    logs.lock()
+        .map_err(|_| lock_err())?
+        .chains
+        .insert(node.to_string(), next);
+    Ok((files, up))
+}
+
+/// Reads the table-log chains of `node` for the old subtasks overlapping this
+/// subtask's key groups and replays them; the live entries, and the chain to extend
+/// when the subtask continues exactly one old subtask's chain of shared files.
+pub async fn restore_table_log(
+    restore: &RestorePoint,
+    node: &str,
+    subtask: usize,
+    parallelism: usize,
+    range: &KeyGroupRange,
+) -> Result<Option<(Vec<crate::state::TableEntry>, Option<LogChain>)>> {
+    let Some(ns) = restore.metadata.nodes.get(node) else {
+        return Ok(None);
+    };
+    let olds = overlapping_subtasks(
+        restore.metadata.max_parallelism,
+        ns.parallelism,
+        parallelism,
+        subtask,
+    );
+    let chains: Vec<&Vec<FileHandle>> = olds
+        .iter()
+        .filter_map(|&o| ns.subtasks.get(o).and_then(|s| s.table_log.as_ref()))
+        .collect();
+    if chains.is_empty() {
+        return Ok(None);
+    }
+    let mut entries = Vec::new();
+    for chain in &chains {
+        let mut parts = Vec::with_capacity(chain.len());
+        for f in chain.iter() {
+            parts.push(restore.storage.read_object(&f.path).await?);
+        }
+        let range = *range;
+        let mut e =
+            tokio::task::spawn_blocking(move || crate::state::table_log::replay(&parts, &range))
+                .await
+                .map_err(|e| EngineError::Checkpoint(format!("replaying a table log: {e}")))??;
+        entries.append(&mut e);
+    }
+    let continued = match chains.as_slice() {
+        [only]
+            if ns.parallelism == parallelism
+                && !only.is_empty()
+                && only.iter().all(|f| f.shared) =>
+        {
+            let full_bytes = only[0].bytes;
+            Some(LogChain {
+                files: (*only).clone(),
+                full_bytes,
+                delta_bytes: only[1..].iter().map(|f| f.bytes).sum(),
+                needs_full: false,
+            })
+        }
+        _ => None,
+    };
+    Ok(Some((entries, continued)))
 }
 
 /// Which old subtasks' state a new subtask needs: its own when the parallelism is
@@ -580,6 +837,182 @@ mod tests {
         .unwrap()
     }
 
+    /// One table-log store through `store`, as the runtime does it.
+    async fn store_table(
+        st: &CheckpointStorage,
+        logs: &Arc<Mutex<LogChains>>,
+        dir: CheckpointDir,
+        epoch: u64,
+        w: crate::state::TableLogWriter,
+    ) -> Result<SubtaskState> {
+        let full = w.is_full();
+        let (snap, _) = store(
+            st,
+            &dir,
+            0,
+            vec![PreparedMember {
+                node: "win".into(),
+                snapshot: None,
+                log: Some(PreparedLog {
+                    bytes: w.finish(),
+                    full,
+                }),
+            }],
+            Vec::new(),
+            &KnownFiles::new(),
+            logs,
+            epoch,
+        )
+        .await?;
+        Ok(snap.nodes[0].1.clone())
+    }
+
+    fn metadata_with(
+        epoch: u64,
+        parallelism: usize,
+        subtasks: Vec<SubtaskState>,
+    ) -> CheckpointMetadata {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "win".to_string(),
+            NodeState {
+                parallelism,
+                subtasks,
+            },
+        );
+        CheckpointMetadata {
+            format: METADATA_FORMAT,
+            job: "job".into(),
+            epoch,
+            timestamp_ms: 0,
+            completed_ms: 0,
+            kind: CheckpointKind::Checkpoint,
+            max_parallelism: 128,
+            nodes,
+        }
+    }
+
+    /// A table log: the first file is full, later ones are deltas that extend the
+    /// chain; deltas outgrowing the full file are compacted into one; a savepoint is
+    /// self-contained and makes the next checkpoint start over; a delta after a failed
+    /// store is refused; restoring replays the chain for the subtask's key groups and
+    /// continues it when the parallelism is the same.
+    #[tokio::test]
+    async fn table_log_chains_grow_compact_and_restore() {
+        use crate::state::TableLogWriter;
+        let st = storage("table-log-chains");
+        let logs = Arc::new(Mutex::new(LogChains::new((0, 0))));
+        assert!(logs.lock().unwrap().needs_full("win"));
+        let mut w = TableLogWriter::new(true);
+        for i in 0..1000u32 {
+            w.put((i % 128) as u16, &i.to_be_bytes(), &[1u8; 100]);
+        }
+        let s1 = store_table(&st, &logs, CheckpointDir::Epoch(1), 1, w)
+            .await
+            .unwrap();
+        let c1 = s1.table_log.clone().unwrap();
+        assert_eq!(c1.len(), 1);
+        assert!(c1[0].shared && c1[0].path.starts_with("shared/win/"));
+        assert!(!logs.lock().unwrap().needs_full("win"));
+        // A small delta: uploaded alone, the chain grows.
+        let mut w = TableLogWriter::new(false);
+        w.put(5, &5u32.to_be_bytes(), &[2u8; 100]);
+        w.delete(6, &6u32.to_be_bytes());
+        let s2 = store_table(&st, &logs, CheckpointDir::Epoch(2), 2, w)
+            .await
+            .unwrap();
+        let c2 = s2.table_log.clone().unwrap();
+        assert_eq!(c2.len(), 2);
+        assert_eq!(c2[0], c1[0]);
+        assert!(
+            s2.uploaded_bytes < 200,
+            "{} bytes uploaded",
+            s2.uploaded_bytes
+        );
+        // Deltas beyond the full file's size (and the minimum) are compacted.
+        let mut epoch = 2;
+        let mut last = s2;
+        while last.table_log.as_ref().unwrap().len() > 1 {
+            epoch += 1;
+            let mut w = TableLogWriter::new(false);
+            for i in 0..20_000u32 {
+                w.put(
+                    (i % 128) as u16,
+                    &(i + 1_000_000 * epoch as u32).to_be_bytes(),
+                    &[3u8; 100],
+                );
+                w.delete(
+                    (i % 128) as u16,
+                    &(i + 1_000_000 * epoch as u32).to_be_bytes(),
+                );
+            }
+            last = store_table(&st, &logs, CheckpointDir::Epoch(epoch), epoch, w)
+                .await
+                .unwrap();
+            assert!(epoch < 20, "never compacted");
+        }
+        let compacted = last.table_log.clone().unwrap();
+        assert!(compacted[0].name.ends_with(".compacted"));
+        let restore = RestorePoint {
+            metadata: Arc::new(metadata_with(epoch, 1, vec![last.clone()])),
+            storage: st.clone(),
+        };
+        let (entries, chain) = restore_table_log(&restore, "win", 0, 1, &KeyGroupRange::all(128))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(entries.len(), 999);
+        assert!(entries
+            .iter()
+            .any(|(kg, k, v)| *kg == 5 && k == &5u32.to_be_bytes() && v == &vec![2u8; 100]));
+        assert_eq!(chain.unwrap().files, compacted);
+        // Two subtasks after a restore: each replays its key groups, none continues.
+        let mut total = 0;
+        for sub in 0..2 {
+            let range = KeyGroupRange::for_subtask(128, 2, sub);
+            let (e, chain) = restore_table_log(&restore, "win", sub, 2, &range)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(e.iter().all(|(kg, _, _)| range.contains(*kg)));
+            assert!(chain.is_none());
+            total += e.len();
+        }
+        assert_eq!(total, 999);
+        // A savepoint: full, in its directory; the next checkpoint starts over.
+        let sp = store_table(
+            &st,
+            &logs,
+            CheckpointDir::Savepoint("sp".into()),
+            epoch + 1,
+            TableLogWriter::new(true),
+        )
+        .await
+        .unwrap();
+        let f = &sp.table_log.unwrap()[0];
+        assert!(!f.shared && f.path.starts_with("savepoints/"));
+        assert!(logs.lock().unwrap().needs_full("win"));
+        let delta = store_table(
+            &st,
+            &logs,
+            CheckpointDir::Epoch(epoch + 2),
+            epoch + 2,
+            TableLogWriter::new(false),
+        )
+        .await;
+        assert!(delta.is_err(), "a delta without its chain must be refused");
+        let full = store_table(
+            &st,
+            &logs,
+            CheckpointDir::Epoch(epoch + 3),
+            epoch + 3,
+            TableLogWriter::new(true),
+        )
+        .await
+        .unwrap();
+        assert_eq!(full.table_log.unwrap().len(), 1);
+    }
+
     fn rocks(dir: &Path) -> StateBackendConfig {
         StateBackendConfig::RocksDb {
             dir: Some(dir.to_path_buf()),
@@ -648,6 +1081,7 @@ mod tests {
         known: &KnownFiles,
     ) -> (StateHandle, u64, KnownFiles) {
         let prepared = b.prepare_snapshot(epoch).unwrap();
+        let logs = Arc::new(Mutex::new(LogChains::new((0, 0))));
         let (snap, files) = store(
             st,
             &CheckpointDir::Epoch(epoch),
@@ -655,9 +1089,12 @@ mod tests {
             vec![PreparedMember {
                 node: "op".into(),
                 snapshot: Some(prepared),
+                log: None,
             }],
             Vec::new(),
             known,
+            &logs,
+            epoch,
         )
         .await
         .unwrap();

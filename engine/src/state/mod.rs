@@ -27,6 +27,8 @@
 //!   jobs and tests.
 //! - [`ValueState`], [`MapState`] and [`ListState`] are typed wrappers that serialize
 //!   serde types with postcard.
+//! - [`table_log`]: operators that keep their own in-memory table (windows) checkpoint
+//!   it as a chain of change logs instead of through the backend.
 //! - [`TimerService`] keeps per-key event-time and processing-time timers; they go into
 //!   the same [`StateSnapshot`] as the state.
 //!
@@ -72,6 +74,7 @@ mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod snapshot;
+pub mod table_log;
 mod timers;
 mod typed;
 
@@ -103,6 +106,7 @@ pub use snapshot::{
     restore_keyed_state, snapshot_keyed_state, EntryData, KeyGroupSnapshot, SnapshotEntry,
     SnapshotTimer, Stamped, StateInfo, StateSnapshot,
 };
+pub use table_log::{TableEntry, TableLogWriter};
 pub use timers::{TimeDomain, Timer, TimerService};
 pub use typed::{ListState, MapState, ValueState};
 

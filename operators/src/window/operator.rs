@@ -1,13 +1,13 @@
 //! The window operator: assigns records to (key, window), keeps one accumulator per
 //! aggregate per window in memory, fires on the watermark (or the wall clock), emits
 //! update rows for late changes, sends late records to the `late` side output, purges
-//! state once the allowed lateness has passed, and writes its windows to keyed state at
-//! checkpoints (read back in `open`).
+//! state once the allowed lateness has passed, and checkpoints its windows as a table log
+//! (the windows changed since the last barrier; read back in `open`).
 //!
 //! Hot path, per batch: the key bytes of every row ([`KeyCodec::encode`], once), the
 //! event times (once), every aggregate argument (one [`SqlExpr`] evaluation each), then
 //! the rows grouped per (key, window) and one [`Accumulator::update`] call per group and
-//! aggregate. Keyed state is touched only at checkpoints and in `open`.
+//! aggregate. State storage is touched only at checkpoints and in `open`.
 //!
 //! [`SqlExpr`]: weir_engine::expr::SqlExpr
 
@@ -26,8 +26,8 @@ use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext, StateAnswer, StateRead};
 use weir_engine::state::{
-    decode_namespace_window, hash_key, key_group_for_hash, namespace_window, restore_watermarks,
-    store_watermark, Clock, StateDescriptor, StateKey, SystemClock,
+    decode_namespace_window, hash_key, key_group_for_hash, restore_watermarks, store_watermark,
+    Clock, StateDescriptor, StateKey, SystemClock, TableLogWriter,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
@@ -48,11 +48,31 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// A window as written at checkpoints.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredWindow {
+pub(super) struct StoredWindow {
     /// Whether it has emitted its first result.
-    fired: bool,
+    pub(super) fired: bool,
     /// [`Accumulator::state`] of each aggregate, in output order.
-    accumulators: Vec<Vec<u8>>,
+    pub(super) accumulators: Vec<Vec<u8>>,
+}
+
+/// The key of a window in the operator's table log: `start | end` (big-endian) then
+/// the key bytes.
+fn encode_table_key(out: &mut Vec<u8>, start: i64, end: i64, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&start.to_be_bytes());
+    out.extend_from_slice(&end.to_be_bytes());
+    out.extend_from_slice(key);
+}
+
+fn decode_table_key(rk: &[u8]) -> Result<(i64, i64, &[u8])> {
+    if rk.len() < 16 {
+        return Err(op_error("corrupt window key in the table log"));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&rk[..8]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&rk[8..16]);
+    Ok((i64::from_be_bytes(a), i64::from_be_bytes(b), &rk[16..]))
 }
 
 /// One live window of one key.
@@ -353,6 +373,49 @@ impl WindowOperator {
     fn find_mut(&mut self, key: &[u8], hash: u64) -> Option<&mut KeyWindows> {
         self.keys
             .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
+    }
+
+    /// Puts back a window read from a checkpoint (its key group as stored).
+    fn restore_window(
+        &mut self,
+        key: &[u8],
+        key_group: u16,
+        max_parallelism: u16,
+        start: i64,
+        window: Window,
+    ) {
+        let hash = self.hash(key);
+        self.insert_window(key, hash, max_parallelism, start, window);
+        if let Some(kw) = self.find_mut(key, hash) {
+            kw.key_group = key_group;
+        }
+    }
+
+    /// A window's value in the table log: its fired flag, then each aggregate's state
+    /// with its length (u32 LE).
+    fn decode_table_value(&self, value: &[u8]) -> Result<(bool, Accumulators)> {
+        let corrupt = || op_error("corrupt window value in the table log");
+        let (&fired, mut rest) = value.split_first().ok_or_else(corrupt)?;
+        let mut accumulators = self.new_accumulators()?;
+        for acc in accumulators.iter_mut() {
+            if rest.len() < 4 {
+                return Err(op_error(format!(
+                    "the checkpoint holds fewer aggregates per window than the job's {}",
+                    self.plan.aggregates.len()
+                )));
+            }
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let state = rest.get(4..4 + len).ok_or_else(corrupt)?;
+            acc.merge_state(state)?;
+            rest = &rest[4 + len..];
+        }
+        if !rest.is_empty() {
+            return Err(op_error(format!(
+                "the checkpoint holds more aggregates per window than the job's {}",
+                self.plan.aggregates.len()
+            )));
+        }
+        Ok((fired != 0, accumulators))
     }
 
     /// Inserts a new window (fresh accumulators unless given) and queues it.
@@ -1008,11 +1071,27 @@ fn fixed_windows_fit_wide(t: i64, size: i64, slide: i64) -> Option<i64> {
 
 impl Operator for WindowOperator {
     fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if let Some(entries) = ctx.restored_table.take() {
+            for (key_group, rk, value) in entries {
+                let (start, end, key) = decode_table_key(&rk)?;
+                let (fired, accumulators) = self.decode_table_value(&value)?;
+                let window = Window {
+                    end,
+                    accumulators,
+                    fired,
+                    dirty: false,
+                    persisted: true,
+                };
+                self.restore_window(key, key_group, ctx.max_parallelism, start, window);
+            }
+        }
+        // Checkpoints written before table logs hold the windows in keyed state: read
+        // them, then drop them there; they go into the log at the next barrier.
         let addresses: Vec<StateKey> = ctx
             .state
             .keys(&self.window_state)?
             .collect::<Result<Vec<_>>>()?;
-        for a in addresses {
+        for a in &addresses {
             if !ctx.key_groups.contains(a.key_group) {
                 continue;
             }
@@ -1039,14 +1118,13 @@ impl Operator for WindowOperator {
                 end,
                 accumulators,
                 fired: stored.fired,
-                dirty: false,
-                persisted: true,
+                dirty: true,
+                persisted: false,
             };
-            let hash = self.hash(&a.key);
-            self.insert_window(&a.key, hash, ctx.max_parallelism, start, window);
-            if let Some(kw) = self.find_mut(&a.key, hash) {
-                kw.key_group = a.key_group;
-            }
+            self.restore_window(&a.key, a.key_group, ctx.max_parallelism, start, window);
+        }
+        if !addresses.is_empty() {
+            ctx.state.clear_state(&self.window_state)?;
         }
         let restored = restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?;
         if let Some(w) = restored.iter().map(|(_, w)| *w).min() {
@@ -1153,72 +1231,48 @@ impl Operator for WindowOperator {
     }
 
     fn handle_checkpoint(&mut self, _epoch: u64, ctx: &mut OperatorContext) -> Result<()> {
-        let processing = self.processing();
-        // Deletions first: a merged session may reuse an address it replaced.
-        for (kg, key, start, end) in std::mem::take(&mut self.removed) {
-            let ns = namespace_window(start, end);
-            let key = key.as_slice();
-            ctx.state.value_delete(&self.window_state, kg, key, &ns)?;
-            let fire = end.saturating_sub(1);
-            let purge = self.purge_time(end);
-            if processing {
-                ctx.timers.delete_processing_timer(fire, kg, key, &ns);
-            } else {
-                ctx.timers.delete_event_timer(fire, kg, key, &ns);
-                ctx.timers.delete_event_timer(purge, kg, key, &ns);
-            }
-        }
-        let lateness = self.lateness();
-        for kw in self.keys.iter_mut() {
-            let key = kw.key.as_slice();
-            for (start, w) in kw.windows.iter_mut() {
-                if !w.dirty {
-                    continue;
-                }
-                let stored = StoredWindow {
-                    fired: w.fired,
-                    accumulators: w
-                        .accumulators
-                        .iter()
-                        .map(|a| a.state())
-                        .collect::<Result<_>>()?,
-                };
-                let bytes = postcard::to_allocvec(&stored)
-                    .map_err(|e| op_error(format!("serialising a window: {e}")))?;
-                let ns = namespace_window(start, w.end);
-                ctx.state
-                    .value_put(&self.window_state, kw.key_group, key, &ns, &bytes)?;
-                let fire = w.end.saturating_sub(1);
-                if w.persisted {
-                    // Its timers were registered when it was first written and are
-                    // still there: a fire timer goes when it comes due (then `fired`
-                    // is set), both go when the window is dropped or moves (then
-                    // `persisted` is cleared).
-                } else if processing {
-                    ctx.timers
-                        .register_processing_timer(fire, kw.key_group, key, &ns);
-                } else {
-                    if !w.fired {
-                        ctx.timers
-                            .register_event_timer(fire, kw.key_group, key, &ns);
-                    }
-                    ctx.timers.register_event_timer(
-                        fire.saturating_add(lateness),
-                        kw.key_group,
-                        key,
-                        &ns,
-                    );
-                }
-                w.dirty = false;
-                w.persisted = true;
-            }
-        }
         store_watermark(
             &mut *ctx.state,
             &self.watermark_state,
             &ctx.key_groups,
             self.watermark,
         )
+    }
+
+    fn snapshot_table(&mut self, _epoch: u64, log: &mut TableLogWriter) -> Result<bool> {
+        let full = log.is_full();
+        let removed = std::mem::take(&mut self.removed);
+        let mut rk = Vec::with_capacity(64);
+        if !full {
+            // Deletions first: a merged session may reuse an address it replaced.
+            for (kg, key, start, end) in removed {
+                encode_table_key(&mut rk, start, end, key.as_slice());
+                log.delete(kg, &rk);
+            }
+        }
+        for kw in self.keys.iter_mut() {
+            let key = kw.key.as_slice();
+            for (start, w) in kw.windows.iter_mut() {
+                if !(full || w.dirty) {
+                    continue;
+                }
+                encode_table_key(&mut rk, start, w.end, key);
+                log.put_with(kw.key_group, &rk, |b| {
+                    b.push(u8::from(w.fired));
+                    for a in w.accumulators.iter() {
+                        let at = b.len();
+                        b.extend_from_slice(&[0; 4]);
+                        a.write_state(b)?;
+                        let len = (b.len() - at - 4) as u32;
+                        b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                    }
+                    Ok(())
+                })?;
+                w.dirty = false;
+                w.persisted = true;
+            }
+        }
+        Ok(true)
     }
 
     fn handle_end_of_input(

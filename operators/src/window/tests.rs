@@ -17,7 +17,8 @@ use weir_engine::aggregate::AggregateTable;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, Partitioning, StepFactory};
 use weir_engine::state::{
-    hash_columns, InMemoryStateBackend, KeyedStateBackend, ManualClock, StateDescriptor,
+    hash_columns, table_log, KeyGroupRange, KeyedStateBackend, ManualClock, StateDescriptor,
+    TableLogWriter,
 };
 use weir_engine::time::{event_time_column, EVENT_TIME_METADATA};
 
@@ -129,6 +130,8 @@ struct H {
     ctx: OperatorContext,
     main: Vec<String>,
     late: Vec<String>,
+    /// The table-log chain the checkpoints wrote (a full file, then deltas).
+    chain: Vec<Vec<u8>>,
 }
 
 impl H {
@@ -147,7 +150,42 @@ impl H {
             ctx,
             main: Vec::new(),
             late: Vec::new(),
+            chain: Vec::new(),
         }
+    }
+
+    /// A checkpoint as the runtime takes it: `handle_checkpoint`, then the table log
+    /// (full at first, then deltas; compacted as the runtime may after three files).
+    fn checkpoint(&mut self, epoch: u64) {
+        self.op.handle_checkpoint(epoch, &mut self.ctx).unwrap();
+        let mut log = TableLogWriter::new(self.chain.is_empty());
+        assert!(self.op.snapshot_table(epoch, &mut log).unwrap());
+        self.chain.push(log.finish());
+        if self.chain.len() == 3 {
+            self.chain = vec![table_log::compact(&self.chain).unwrap()];
+        }
+    }
+
+    /// The windows the checkpoints hold, for `range`.
+    fn restored(&self, range: &KeyGroupRange) -> Vec<weir_engine::state::TableEntry> {
+        table_log::replay(&self.chain, range).unwrap()
+    }
+
+    /// A context restored from the last checkpoint: its keyed state and its windows.
+    fn restored_ctx(
+        &mut self,
+        range: KeyGroupRange,
+        subtask: usize,
+        parallelism: usize,
+    ) -> OperatorContext {
+        let mut ctx = OperatorContext::for_test("w");
+        ctx.parallelism = parallelism;
+        ctx.subtask = subtask;
+        ctx.key_groups = range;
+        let snapshot = self.ctx.state.snapshot().unwrap();
+        ctx.state.restore(&snapshot, &range).unwrap();
+        ctx.restored_table = Some(self.restored(&range));
+        ctx
     }
 
     fn collect(&mut self, mut out: Collector) {
@@ -700,7 +738,7 @@ fn state_stays_bounded_on_an_endless_stream() {
         json!({"session": {"gap": "4ms"}}),
     ] {
         let mut h = H::new(count_sum(kind.clone(), 7));
-        let desc = StateDescriptor::new(WINDOW_STATE);
+        let all = KeyGroupRange::all(128);
         let mut max_live = 0;
         // 200 windows' worth for 3 keys, in batches of 10ms, checkpoints every 50ms.
         for step in 0..200i64 {
@@ -718,21 +756,18 @@ fn state_stays_bounded_on_an_endless_stream() {
             h.wm(base + 9);
             max_live = max_live.max(h.op.live_windows());
             if step % 5 == 4 {
-                h.op.handle_checkpoint(step as u64, &mut h.ctx).unwrap();
-                let stored = h.ctx.state.keys(&desc).unwrap().count();
-                assert!(stored <= 30, "{kind}: {stored} windows in keyed state");
-                assert!(
-                    h.ctx.timers.len() <= 60,
-                    "{kind}: {} timers",
-                    h.ctx.timers.len()
-                );
+                h.checkpoint(step as u64);
+                let stored = h.restored(&all).len();
+                assert!(stored <= 30, "{kind}: {stored} windows in the checkpoint");
+                let files: usize = h.chain.iter().map(Vec::len).sum();
+                assert!(files < 4096, "{kind}: {files} bytes of table log");
             }
         }
         assert!(max_live <= 20, "{kind}: {max_live} live windows");
         h.end();
         assert_eq!(h.op.live_windows(), 0);
-        h.op.handle_checkpoint(999, &mut h.ctx).unwrap();
-        assert_eq!(h.ctx.state.keys(&desc).unwrap().count(), 0, "{kind}");
+        h.checkpoint(999);
+        assert_eq!(h.restored(&all).len(), 0, "{kind}");
         assert!(h.main.len() > 200, "{kind}: windows fired");
     }
 }
@@ -851,12 +886,10 @@ fn restore_from_a_checkpoint_continues_exactly() {
                 // An earlier checkpoint too, so that deletions of written state are
                 // exercised.
                 run_steps(&mut first, &steps[..split / 2]);
-                first.op.handle_checkpoint(1, &mut first.ctx).unwrap();
+                first.checkpoint(1);
                 run_steps(&mut first, &steps[split / 2..split]);
-                first.op.handle_checkpoint(2, &mut first.ctx).unwrap();
-                let mut ctx = OperatorContext::for_test("w");
-                ctx.state =
-                    std::mem::replace(&mut first.ctx.state, Box::new(InMemoryStateBackend::new()));
+                first.checkpoint(2);
+                let ctx = first.restored_ctx(KeyGroupRange::all(128), 0, 1);
                 let plan = WindowStep::plan(&build_ctx(), value, &schema()).unwrap();
                 let mut second = H::with(WindowOperator::new(Arc::new(plan)), ctx);
                 assert_eq!(second.op.live_windows(), first.op.live_windows());
@@ -884,7 +917,7 @@ fn checkpoints_between_batches_do_not_change_output() {
     for (i, s) in steps.iter().enumerate() {
         run_steps(&mut ckpt, std::slice::from_ref(s));
         if i % 3 == 0 {
-            ckpt.op.handle_checkpoint(i as u64, &mut ckpt.ctx).unwrap();
+            ckpt.checkpoint(i as u64);
         }
     }
     assert_eq!(plain.main, ckpt.main);
@@ -1106,18 +1139,12 @@ fn restored_state_is_split_by_key_group() {
         r("d", 4, 4),
         r("e", 5, 5),
     ]);
-    h.op.handle_checkpoint(1, &mut h.ctx).unwrap();
-    let snapshot = h.ctx.state.snapshot().unwrap();
+    h.checkpoint(1);
     let mut total = 0;
     let mut rows = Vec::new();
     for subtask in 0..2 {
-        let mut ctx = OperatorContext::for_test("w");
-        ctx.parallelism = 2;
-        ctx.subtask = subtask;
-        ctx.key_groups = weir_engine::state::KeyGroupRange::for_subtask(128, 2, subtask);
-        ctx.state
-            .restore(&snapshot, &ctx.key_groups.clone())
-            .unwrap();
+        let range = KeyGroupRange::for_subtask(128, 2, subtask);
+        let ctx = h.restored_ctx(range, subtask, 2);
         let plan = WindowStep::plan(&build_ctx(), &value, &schema()).unwrap();
         let mut sub = H::with(WindowOperator::new(Arc::new(plan)), ctx);
         total += sub.op.live_windows();
@@ -1292,4 +1319,51 @@ mod end_to_end {
         let global = run(json!({"tumbling": "50ms", "aggregate": {"n": "count(*)"}}));
         assert_eq!(global, vec!["0 50 40 false", "50 100 40 false"]);
     }
+}
+
+#[test]
+fn windows_of_checkpoints_before_table_logs_are_read_from_keyed_state() {
+    // Checkpoints written before table logs kept each window in keyed state
+    // (`window`, namespace = the window, value = fired flag and accumulator states).
+    let value = count_sum(json!({"tumbling": "10ms"}), 0);
+    let mut h = H::new(value.clone());
+    h.push(&[r("a", 1, 1), r("a", 2, 5), r("b", 3, 2)]);
+    h.checkpoint(1);
+    let mut ctx = OperatorContext::for_test("w");
+    for (kg, rk, v) in h.restored(&KeyGroupRange::all(128)) {
+        let start = i64::from_be_bytes(rk[..8].try_into().unwrap());
+        let end = i64::from_be_bytes(rk[8..16].try_into().unwrap());
+        let mut accumulators = Vec::new();
+        let mut rest = &v[1..];
+        while !rest.is_empty() {
+            let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            accumulators.push(rest[4..4 + n].to_vec());
+            rest = &rest[4 + n..];
+        }
+        let stored = super::operator::StoredWindow {
+            fired: v[0] != 0,
+            accumulators,
+        };
+        ctx.state
+            .value_put(
+                &StateDescriptor::new(WINDOW_STATE),
+                kg,
+                &rk[16..],
+                &weir_engine::state::namespace_window(start, end),
+                &postcard::to_allocvec(&stored).unwrap(),
+            )
+            .unwrap();
+    }
+    let plan = WindowStep::plan(&build_ctx(), &value, &schema()).unwrap();
+    let mut old = H::with(WindowOperator::new(Arc::new(plan)), ctx);
+    assert_eq!(old.op.live_windows(), 2);
+    // Moved out of keyed state, into the next table log (even a delta).
+    let desc = StateDescriptor::new(WINDOW_STATE);
+    assert_eq!(old.ctx.state.keys(&desc).unwrap().count(), 0);
+    old.chain.push(TableLogWriter::new(true).finish());
+    old.checkpoint(1);
+    assert_eq!(old.restored(&KeyGroupRange::all(128)).len(), 2);
+    old.end();
+    h.end();
+    assert_eq!(old.main, h.main);
 }
