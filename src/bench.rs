@@ -138,6 +138,27 @@ pub enum Input {
     Kafka,
 }
 
+/// The state backend of a run's keyed steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StateChoice {
+    /// `state: { backend: memory }` (the default).
+    #[default]
+    Memory,
+    /// `state: { backend: rocksdb }`, in the data dir.
+    Rocksdb,
+}
+
+impl StateChoice {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateChoice::Memory => "memory",
+            StateChoice::Rocksdb => "rocksdb",
+        }
+    }
+}
+
 /// Where a run's output goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +218,8 @@ pub struct RunSpec {
     pub sink: SinkMode,
     /// The topic of a Kafka sink (`<topic>-<sink name>` when there are several).
     pub out_topic: String,
+    /// The state backend.
+    pub state: StateChoice,
 }
 
 /// Checkpoint figures of a run.
@@ -212,6 +235,12 @@ pub struct CheckpointResult {
     pub uploaded_bytes: u64,
     /// Bytes of state the last checkpoint refers to.
     pub state_bytes: u64,
+    /// Mean over checkpoints of the longest synchronous part of a task, ms.
+    #[serde(default)]
+    pub sync_mean_ms: f64,
+    /// The longest synchronous part of a task, ms.
+    #[serde(default)]
+    pub sync_max_ms: f64,
 }
 
 /// What one run measured.
@@ -250,6 +279,9 @@ pub struct RunResult {
     /// Where the output went.
     #[serde(default)]
     pub sink: SinkMode,
+    /// The state backend.
+    #[serde(default)]
+    pub state: StateChoice,
 }
 
 fn err(msg: impl Into<String>) -> WeirError {
@@ -329,6 +361,15 @@ pub fn job_text(spec: &RunSpec) -> Result<String, WeirError> {
                 });
             }
         }
+    }
+    if spec.state == StateChoice::Rocksdb {
+        root.insert(
+            "state".into(),
+            json!({
+                "backend": "rocksdb",
+                "dir": spec.data_dir.join("state").display().to_string(),
+            }),
+        );
     }
     if let Some(interval) = spec.checkpoint_every {
         let dir = spec.data_dir.join("checkpoints");
@@ -721,8 +762,15 @@ pub async fn run_measured(spec: &RunSpec) -> Result<RunResult, WeirError> {
             max_duration_ms: c.max_duration_ms,
             uploaded_bytes: c.total_uploaded_bytes,
             state_bytes: c.last_state_bytes,
+            sync_mean_ms: if c.completed > 0 {
+                c.total_sync_us as f64 / 1000.0 / c.completed as f64
+            } else {
+                0.0
+            },
+            sync_max_ms: c.max_sync_us as f64 / 1000.0,
         }),
         sink: spec.sink,
+        state: spec.state,
     })
 }
 
@@ -773,6 +821,7 @@ mod tests {
             brokers: "127.0.0.1:1".into(),
             sink: SinkMode::Blackhole,
             out_topic: "weir-bench-out".into(),
+            state: StateChoice::Memory,
         }
     }
 

@@ -295,6 +295,10 @@ enum Command {
         /// input topic; write as many of its messages to a new topic).
         #[arg(long)]
         kafka_baseline: bool,
+        /// The state backend of the keyed steps: `memory` or `rocksdb` (in the data
+        /// dir).
+        #[arg(long, default_value = "memory")]
+        state: weir::bench::StateChoice,
         /// List the workloads and exit.
         #[arg(long)]
         list: bool,
@@ -323,6 +327,8 @@ enum Command {
         out_topic: String,
         #[arg(long)]
         data_dir: PathBuf,
+        #[arg(long, default_value = "memory")]
+        state: weir::bench::StateChoice,
     },
 }
 
@@ -562,6 +568,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             brokers,
             kafka_sink,
             kafka_baseline,
+            state,
             list,
         } => {
             if list {
@@ -603,6 +610,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                     .unwrap_or_else(|| "127.0.0.1:19092".into()),
                 sinks: kafka_sink,
                 kafka_baseline,
+                state,
             };
             let results = run_bench(&plan)?;
             if let Some(path) = json {
@@ -626,6 +634,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             sink,
             out_topic,
             data_dir,
+            state,
         } => {
             let spec = weir::bench::RunSpec {
                 workload,
@@ -638,6 +647,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 brokers,
                 sink,
                 out_topic,
+                state,
             };
             let rt = runtime()?;
             let result = rt.block_on(weir::bench::run_measured(&spec))?;
@@ -998,6 +1008,7 @@ struct BenchPlan {
     brokers: String,
     sinks: Vec<weir::bench::SinkMode>,
     kafka_baseline: bool,
+    state: weir::bench::StateChoice,
 }
 
 /// One row of `weir bench`'s output: a run without checkpoints and, when asked, the
@@ -1016,7 +1027,7 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
     let mut rows = Vec::new();
     let mut failed = 0;
     println!(
-        "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} | {:>9} {:>6} {:>9} {:>9}",
+        "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} | {:>9} {:>6} {:>9} {:>9} {:>11}",
         "workload",
         "input",
         "sink",
@@ -1030,7 +1041,8 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
         "ckpt Mev/s",
         "cost",
         "ckpt ms",
-        "upload MB"
+        "upload MB",
+        "sync ms"
     );
     let mut runs_started = 0u64;
     for name in &plan.names {
@@ -1056,6 +1068,7 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                         brokers: plan.brokers.clone(),
                         sink,
                         out_topic: format!("weir-bench-out-{}-{runs_started}", std::process::id()),
+                        state: plan.state,
                     };
                     let prepared = rt.block_on(weir::bench::prepare_inputs(&spec));
                     if prepared.is_ok()
@@ -1095,6 +1108,12 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                         .as_ref()
                         .map(|w| weir::bench::checkpoint_cost(&plain, w));
                     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+                    let ck_sync = with
+                        .as_ref()
+                        .and_then(|w| w.checkpoints.as_ref())
+                        .map_or("-".to_string(), |c| {
+                            format!("{:.1}/{:.1}", c.sync_mean_ms, c.sync_max_ms)
+                        });
                     let (ck_rate, ck_cost, ck_ms, ck_up) = match (&with, cost) {
                         (Some(w), Some(c)) => {
                             let ck = w.checkpoints.as_ref();
@@ -1117,7 +1136,7 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                         weir::bench::SinkMode::ExactlyOnce => "eo",
                     };
                     println!(
-                    "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9.3} {:>9.3} {:>8} {:>8} {:>7.0} | {:>9} {:>6} {:>9} {:>9}",
+                    "{:<18} {:<5} {:<4} {:>2} {:>10} {:>9.3} {:>9.3} {:>8} {:>8} {:>7.0} | {:>9} {:>6} {:>9} {:>9} {:>11}",
                     name,
                     input.name(),
                     sink_name,
@@ -1131,7 +1150,8 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                     ck_rate,
                     ck_cost,
                     ck_ms,
-                    ck_up
+                    ck_up,
+                    ck_sync
                 );
                     rows.push(BenchRow {
                         plain,
@@ -1200,6 +1220,7 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
         .args(["--brokers", &spec.brokers])
         .args(["--sink", spec.sink.name()])
         .args(["--out-topic", &spec.out_topic])
+        .args(["--state", spec.state.name()])
         .arg("--data-dir")
         .arg(&spec.data_dir);
     if let Some(d) = spec.checkpoint_every {

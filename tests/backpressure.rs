@@ -200,3 +200,92 @@ sinks:
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{l:?}");
     assert!(format!("{marked}").contains("latency (ingestion to sink"));
 }
+
+/// Buffer debloating: behind a sink that takes ~3k rows/s, two full 16k-row channels hold
+/// ~10 s of data, so every checkpoint barrier queued behind them needs ~10 s and a 2 s
+/// checkpoint timeout aborts them all. With debloating (target 200 ms) the queue holds
+/// about 200 ms of the sink's throughput and checkpoints complete well within the
+/// timeout. Prints both runs' checkpoint figures (the "before and after").
+#[test]
+fn checkpoints_complete_under_full_backpressure_with_buffer_debloating() {
+    let run = |debloat: bool| {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut registry = weir::default_registry();
+        registry.add_sink(CollectFactory::slow(
+            written.clone(),
+            Duration::from_millis(20),
+        ));
+        let p = Pipeline::with_registry("debloat", Arc::new(registry)).settings(|s| {
+            s.batch_size = 64;
+            s.channel_capacity_rows = 16 * 1024;
+            s.debloat = debloat.then_some(weir_engine::channel::Debloat {
+                target: Duration::from_millis(200),
+                min_rows: 64,
+            });
+        });
+        let gen = p
+            .source(
+                "gen",
+                SourceSpec::new("datagen")
+                    .option("rows", 10_000_000u64)
+                    .option("seed", 1)
+                    .schema(&[("id", "int")])
+                    .parallelism(2),
+            )
+            .expect("source");
+        // Parallelism 2 → 1: two rebalance channels into the sink.
+        gen.sink("slow", SinkSpec::new("collect").parallelism(1))
+            .expect("sink");
+        let graph = p.build().expect("graph");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = weir_engine::runtime::RunOptions {
+            checkpoint: Some(weir_engine::checkpoint::CheckpointConfig {
+                interval: Duration::from_millis(300),
+                timeout: Duration::from_secs(2),
+                retain: 1,
+                tolerable_failures: u32::MAX,
+                storage: weir_engine::checkpoint::StorageConfig {
+                    url: dir.path().display().to_string(),
+                    s3: Default::default(),
+                },
+            }),
+            restore: weir_engine::runtime::Restore::Fresh,
+            ..Default::default()
+        };
+        block_on(async move {
+            let handle = weir_engine::runtime::start_with(graph, options)
+                .await
+                .expect("start");
+            let stats = handle.checkpoints.clone().expect("checkpoint stats");
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            handle.abort();
+            let _ = handle.wait().await;
+            let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            (
+                g(&stats.completed),
+                g(&stats.aborted),
+                g(&stats.max_duration_ms),
+                written.load(Ordering::Relaxed),
+            )
+        })
+    };
+    let (plain_done, plain_aborted, plain_max, plain_rows) = run(false);
+    let (done, aborted, max_ms, rows) = run(true);
+    eprintln!(
+        "backpressured checkpoints: without debloating {plain_done} completed, \
+         {plain_aborted} aborted (longest completed {plain_max} ms), sink {plain_rows} rows; \
+         with debloating {done} completed, {aborted} aborted (longest {max_ms} ms), \
+         sink {rows} rows"
+    );
+    assert!(
+        plain_aborted >= 1 && plain_done <= 1,
+        "without debloating a full channel should hold barriers past the timeout"
+    );
+    assert!(
+        done >= 3,
+        "with debloating checkpoints must complete: {done}"
+    );
+    assert!(max_ms < 2_000, "longest checkpoint {max_ms} ms");
+    // Debloating does not slow the bottleneck down.
+    assert!(rows * 10 >= plain_rows * 7, "{rows} rows vs {plain_rows}");
+}

@@ -15,6 +15,8 @@ Usage:
     W1_JSONL=target/weir-bench/w1-logs-*.jsonl python flink_bench.py --workload w1json --rows 0
 Set-up (Java 17 on the machine): python3 -m venv venv && venv/bin/pip install apache-flink
 Options:
+    --state rocksdb   RocksDB state backend with incremental checkpoints (default: heap)
+    --checkpoint-interval 10s   checkpoints to /tmp/flink-bench-checkpoints
     --warmup-rows N   rows for the untimed warm-up job (default 500000, 0 = none)
     --check           instead of the blackhole, collect the result in Python and print
                       row counts (for small smoke tests only)
@@ -168,6 +170,8 @@ SELECT l.key, l.ts, l.v, CAST(r.ts AS TIMESTAMP_LTZ(3)), r.w FROM src AS l, src2
 WHERE l.key = r.key
   AND r.ts BETWEEN l.ts - INTERVAL '5' SECOND AND l.ts + INTERVAL '5' SECOND"""
 
+# W2-1m: W2 over 1M keys (as weir's w2-1m).
+W2_1M_SRC = W2_SRC.replace("'9999'", "'999999'")
 # Events per `--rows`: W4 reads `rows` from each of its two sources.
 EVENTS_PER_ROW = {"w4": 2}
 
@@ -176,16 +180,24 @@ WORKLOADS = {
     "w1": (W1_SRC, W1_SINK, W1_QUERY),
     "w1raw": (W1RAW_SRC, W1RAW_SINK, W1RAW_QUERY),
     "w2": (W2_SRC, W2_SINK, W2_QUERY),
+    "w2-1m": (W2_1M_SRC, W2_SINK, W2_QUERY),
     "w3": (W3_SRC, W3_SINK, W3_QUERY),
     "w3legacy": (W3_SRC, W3_SINK, W3_QUERY_LEGACY),
     "w4": (W4_SRC, W4_SINK, W4_QUERY),
 }
 
 
-def make_env():
+def make_env(state="heap", checkpoint_interval=None, checkpoint_dir="/tmp/flink-bench-checkpoints"):
     settings = EnvironmentSettings.in_streaming_mode()
     t_env = TableEnvironment.create(settings)
     conf = t_env.get_config()
+    if state == "rocksdb":
+        conf.set("state.backend.type", "rocksdb")
+        conf.set("execution.checkpointing.incremental", "true")
+    if checkpoint_interval:
+        conf.set("execution.checkpointing.interval", checkpoint_interval)
+        conf.set("execution.checkpointing.dir", "file://" + checkpoint_dir)
+        conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set("parallelism.default", "1")
     conf.set("table.exec.resource.default-parallelism", "1")
     conf.set("table.local-time-zone", "UTC")

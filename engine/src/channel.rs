@@ -3,13 +3,21 @@
 //! sends; the receiver returns them when it takes the message. Every message costs at
 //! least one permit, so control messages are bounded too. The time a sender spends
 //! waiting is the edge's backpressure, counted in [`ChannelStats`].
+//!
+//! **Buffer debloating** (Flink's, [`Debloat`]): when the consumer is the bottleneck (its
+//! queue never drains), the receiver measures how many rows per second it takes and
+//! lowers a *soft limit* to `throughput × target` rows; a sender waits while the queue
+//! is over it (a message into an empty queue always passes). A checkpoint barrier
+//! queued behind the data then waits about `target` per hop instead of a full channel
+//! (16k rows at a few hundred rows per second is minutes). When the queue drains, the
+//! limit goes back to the capacity.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::message::Message;
 
@@ -24,6 +32,8 @@ pub struct ChannelStats {
     pub peak_rows: AtomicU64,
     /// The channel's capacity in rows.
     capacity: AtomicU64,
+    /// The soft limit buffer debloating set (the capacity without it), rows.
+    limit: AtomicU64,
 }
 
 impl ChannelStats {
@@ -31,12 +41,55 @@ impl ChannelStats {
     pub fn capacity(&self) -> u64 {
         self.capacity.load(Ordering::Relaxed)
     }
+
+    /// The rows a sender may queue now: the capacity, or less while buffer debloating
+    /// holds the queue to its consumer's throughput × target.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
 }
+
+/// Buffer debloating settings (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debloat {
+    /// The time a full queue should take its consumer to drain.
+    pub target: Duration,
+    /// The soft limit never goes below this many rows.
+    pub min_rows: u64,
+}
+
+impl Default for Debloat {
+    fn default() -> Self {
+        Debloat {
+            target: Duration::from_secs(1),
+            min_rows: 256,
+        }
+    }
+}
+
+/// How often the receiver re-measures its throughput.
+const DEBLOAT_PERIOD: Duration = Duration::from_millis(200);
+/// The soft limit before the first measurement: a slow consumer's queue does not fill
+/// the whole capacity while the first period runs (a fast one lifts it after one period).
+const DEBLOAT_INITIAL_ROWS: u64 = 4096;
 
 struct Shared {
     permits: Semaphore,
     capacity: u32,
     stats: Arc<ChannelStats>,
+    /// Wakes senders waiting on the soft limit.
+    room: Notify,
+    /// A sender waits on `room`.
+    waiting: AtomicBool,
+}
+
+/// The receiver's throughput measurement.
+struct Measure {
+    settings: Debloat,
+    started: Instant,
+    rows: u64,
+    /// The queue was empty at some point of the period: the consumer keeps up.
+    drained: bool,
 }
 
 /// The sending half. Cloneable only through [`channel`]; one sender per edge.
@@ -49,6 +102,7 @@ pub struct Sender {
 pub struct Receiver {
     rx: mpsc::UnboundedReceiver<(Message, u32)>,
     shared: Arc<Shared>,
+    measure: Option<Measure>,
 }
 
 /// The receiver has gone: the downstream task ended or failed.
@@ -58,14 +112,28 @@ pub struct Closed;
 
 /// Creates a channel that holds at most `capacity_rows` rows (at least 1).
 pub fn channel(capacity_rows: usize) -> (Sender, Receiver) {
+    channel_with(capacity_rows, None)
+}
+
+/// Creates a channel that holds at most `capacity_rows` rows (at least 1), with buffer
+/// debloating when `debloat` is given.
+pub fn channel_with(capacity_rows: usize, debloat: Option<Debloat>) -> (Sender, Receiver) {
     let capacity = capacity_rows.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
     let shared = Arc::new(Shared {
         permits: Semaphore::new(capacity as usize),
         capacity,
         stats: Arc::new(ChannelStats {
             capacity: AtomicU64::new(u64::from(capacity)),
+            limit: AtomicU64::new(match debloat {
+                Some(d) => DEBLOAT_INITIAL_ROWS
+                    .max(d.min_rows)
+                    .min(u64::from(capacity)),
+                None => u64::from(capacity),
+            }),
             ..ChannelStats::default()
         }),
+        room: Notify::new(),
+        waiting: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     (
@@ -73,13 +141,55 @@ pub fn channel(capacity_rows: usize) -> (Sender, Receiver) {
             tx,
             shared: shared.clone(),
         },
-        Receiver { rx, shared },
+        Receiver {
+            rx,
+            shared,
+            measure: debloat.map(|settings| Measure {
+                settings,
+                started: Instant::now(),
+                rows: 0,
+                drained: false,
+            }),
+        },
     )
 }
 
 impl Sender {
+    /// Whether a message of `rows` rows must wait for the soft limit.
+    fn over_limit(&self, rows: u64) -> bool {
+        let st = &self.shared.stats;
+        let queued = st.queued_rows.load(Ordering::SeqCst);
+        queued > 0 && queued + rows > st.limit.load(Ordering::Relaxed)
+    }
+
+    /// Waits while the queue is over the debloated soft limit.
+    async fn wait_for_room(&self, rows: u64) -> Result<(), Closed> {
+        let start = Instant::now();
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.shared.waiting.store(true, Ordering::SeqCst);
+            if !self.over_limit(rows) {
+                break;
+            }
+            if self.shared.permits.is_closed() {
+                return Err(Closed);
+            }
+            notified.await;
+        }
+        self.shared
+            .stats
+            .blocked_nanos
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Sends a message, waiting while the channel is full.
     pub async fn send(&self, msg: Message) -> Result<(), Closed> {
+        if self.over_limit(msg.rows() as u64) {
+            self.wait_for_room(msg.rows() as u64).await?;
+        }
         let cost = (msg.rows().max(1) as u64).min(self.shared.capacity as u64) as u32;
         let permit = match self.shared.permits.try_acquire_many(cost) {
             Ok(p) => p,
@@ -127,10 +237,35 @@ impl Receiver {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some((msg, cost))) => {
                 self.shared.permits.add_permits(cost as usize);
-                self.shared
+                let rows = msg.rows() as u64;
+                let left = self
+                    .shared
                     .stats
                     .queued_rows
-                    .fetch_sub(msg.rows() as u64, Ordering::Relaxed);
+                    .fetch_sub(rows, Ordering::SeqCst)
+                    .saturating_sub(rows);
+                if let Some(m) = self.measure.as_mut() {
+                    m.rows += rows;
+                    m.drained |= left == 0;
+                    let elapsed = m.started.elapsed();
+                    if elapsed >= DEBLOAT_PERIOD {
+                        let capacity = u64::from(self.shared.capacity);
+                        let limit = if m.drained {
+                            capacity
+                        } else {
+                            let rate = m.rows as f64 / elapsed.as_secs_f64();
+                            ((rate * m.settings.target.as_secs_f64()) as u64)
+                                .clamp(m.settings.min_rows.min(capacity), capacity)
+                        };
+                        self.shared.stats.limit.store(limit, Ordering::Relaxed);
+                        m.started = Instant::now();
+                        m.rows = 0;
+                        m.drained = false;
+                    }
+                }
+                if self.shared.waiting.swap(false, Ordering::SeqCst) {
+                    self.shared.room.notify_waiters();
+                }
                 Poll::Ready(Some(msg))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -148,6 +283,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         // Wake blocked senders so that they see the closed channel.
         self.shared.permits.close();
+        self.shared.room.notify_waiters();
     }
 }
 
@@ -306,6 +442,76 @@ mod tests {
             .expect("sender woke up")
             .expect("task ok");
         assert!(r.is_err());
+    }
+
+    /// A consumer that takes 50 rows every 10 ms (≤ 5k rows/s) from a 100k-row channel:
+    /// with debloating (target 100 ms) the queue settles near 500 rows, without it the
+    /// producer fills the whole capacity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn debloating_holds_a_slow_consumers_queue_to_its_target() {
+        for debloat in [false, true] {
+            let settings = Debloat {
+                target: Duration::from_millis(100),
+                min_rows: 50,
+            };
+            let (tx, mut rx) = channel_with(100_000, debloat.then_some(settings));
+            let stats = tx.stats();
+            let producer =
+                tokio::spawn(
+                    async move { while tx.send(Message::Data(batch(50))).await.is_ok() {} },
+                );
+            let mut queued_late = 0;
+            for i in 0..200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert!(rx.recv().await.is_some());
+                if i >= 160 {
+                    queued_late = queued_late.max(stats.queued_rows.load(Ordering::Relaxed));
+                }
+            }
+            drop(rx);
+            let _ = producer.await;
+            if debloat {
+                assert!(
+                    queued_late <= 2_000,
+                    "debloated queue {queued_late} rows (limit {})",
+                    stats.limit()
+                );
+                assert!(stats.limit() < 100_000);
+            } else {
+                assert!(queued_late > 90_000, "plain queue {queued_late} rows");
+                assert_eq!(stats.limit(), 100_000);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_lifts_the_soft_limit() {
+        let settings = Debloat {
+            target: Duration::from_millis(1),
+            min_rows: 10,
+        };
+        let (tx, mut rx) = channel_with(1_000, Some(settings));
+        // Slow, never drained: the limit falls to the minimum.
+        for _ in 0..5 {
+            tx.send(Message::Data(batch(10))).await.expect("send");
+        }
+        tokio::time::sleep(DEBLOAT_PERIOD).await;
+        assert!(rx.recv().await.is_some());
+        assert_eq!(tx.stats().limit(), 10);
+        // A message into a non-empty queue over the limit waits...
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(50), tx.send(Message::Data(batch(10))));
+        assert!(blocked.await.is_err(), "must wait for the soft limit");
+        // ...and the queue drains: the next period lifts the limit to the capacity.
+        while tx.stats().queued_rows.load(Ordering::Relaxed) > 0 {
+            assert!(rx.recv().await.is_some());
+        }
+        tokio::time::sleep(DEBLOAT_PERIOD).await;
+        tx.send(Message::Data(batch(10)))
+            .await
+            .expect("send into an empty queue");
+        assert!(rx.recv().await.is_some());
+        assert_eq!(tx.stats().limit(), 1_000);
     }
 
     #[tokio::test]

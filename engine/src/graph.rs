@@ -129,6 +129,8 @@ pub struct JobSettings {
     pub linger: std::time::Duration,
     /// Capacity of each channel, in rows.
     pub channel_capacity_rows: usize,
+    /// Buffer debloating of every channel (see `channel::Debloat`); `None`: off.
+    pub debloat: Option<crate::channel::Debloat>,
 }
 
 impl Default for JobSettings {
@@ -139,6 +141,7 @@ impl Default for JobSettings {
             batch_size: 1024,
             linger: std::time::Duration::from_millis(100),
             channel_capacity_rows: 16 * 1024,
+            debloat: Some(crate::channel::Debloat::default()),
         }
     }
 }

@@ -145,10 +145,12 @@ impl SubtaskMetrics {
         })
     }
 
-    /// How full the input channels are, 0 to 1 (None: no inputs, e.g. a source).
+    /// How full the input channels are, 0 to 1 (None: no inputs, e.g. a source):
+    /// queued rows over what senders may queue now (the capacity, or the lower limit
+    /// buffer debloating set while this subtask is the bottleneck).
     pub fn input_queue_fill(&self) -> Option<f64> {
         let inputs = self.inputs.lock().ok()?;
-        let capacity: u64 = inputs.iter().map(|c| c.capacity()).sum();
+        let capacity: u64 = inputs.iter().map(|c| c.limit()).sum();
         if capacity == 0 {
             return None;
         }

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::batch::split_by_target;
-use crate::channel::{channel, ChannelStats, InputSet, Sender};
+use crate::channel::{channel_with, ChannelStats, InputSet, Sender};
 use crate::checkpoint::coordinator::{
     CheckpointStats, Coordinator, CoordinatorChannels, CoordinatorRequest, CoordinatorSetup,
     TaskEvent,
@@ -136,6 +136,10 @@ pub struct CheckpointSummary {
     pub total_duration_ms: u64,
     /// The longest completed checkpoint, ms.
     pub max_duration_ms: u64,
+    /// The longest synchronous part of a task in any completed checkpoint, µs.
+    pub max_sync_us: u64,
+    /// Sum over completed checkpoints of their longest synchronous part, µs.
+    pub total_sync_us: u64,
 }
 
 impl CheckpointSummary {
@@ -151,6 +155,8 @@ impl CheckpointSummary {
             total_uploaded_bytes: g(&s.total_uploaded_bytes),
             total_duration_ms: g(&s.total_duration_ms),
             max_duration_ms: g(&s.max_duration_ms),
+            max_sync_us: g(&s.max_sync_us),
+            total_sync_us: g(&s.total_sync_us),
         }
     }
 }
@@ -848,7 +854,7 @@ fn wire(graph: &LogicalGraph, plan: &PhysicalPlan, metrics: &JobMetrics) -> Resu
                 if partitioning == Partitioning::Forward && u != d {
                     continue;
                 }
-                let (tx, rx) = channel(cap);
+                let (tx, rx) = channel_with(cap, graph.settings.debloat);
                 channel_stats.push((e.from.node, tx.stats()));
                 metrics.nodes[e.from.node]
                     .2
@@ -2009,11 +2015,13 @@ impl ChainTask {
             return self.broadcast(Message::Barrier(b)).await;
         }
         self.commit_completed().await?;
+        let started = Instant::now();
         let (prepared, extra) = self.prepare_snapshot(b.epoch, b.savepoint, false).await?;
+        let sync_us = started.elapsed().as_micros() as u64;
         self.broadcast(Message::Barrier(b)).await?;
         let subtask = self.subtask;
         if let Some(c) = self.ckpt.as_mut() {
-            c.store_async(b, subtask, prepared, extra);
+            c.store_async(b, subtask, prepared, extra, sync_us);
         }
         Ok(())
     }

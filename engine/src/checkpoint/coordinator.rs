@@ -34,6 +34,9 @@ pub struct TaskSnapshot {
     pub subtask: usize,
     /// Per node name.
     pub nodes: Vec<(String, SubtaskState)>,
+    /// How long the task's synchronous part took (operators' `handle_checkpoint` and
+    /// table logs, timers, the backend's snapshot, the sink's pre-commit), µs.
+    pub sync_us: u64,
 }
 
 /// What tasks tell the coordinator.
@@ -99,6 +102,12 @@ pub struct CheckpointStats {
     pub max_duration_ms: AtomicU64,
     /// When the last checkpoint completed, ms since the Unix epoch (0: none yet).
     pub last_completed_ms: std::sync::atomic::AtomicI64,
+    /// The longest synchronous part of any task in the last completed checkpoint, µs.
+    pub last_sync_us: AtomicU64,
+    /// The longest synchronous part of any task in any completed checkpoint, µs.
+    pub max_sync_us: AtomicU64,
+    /// Sum over completed checkpoints of their longest synchronous part, µs.
+    pub total_sync_us: AtomicU64,
     /// The latest checkpoints and savepoints, completed or failed, oldest first.
     history: std::sync::Mutex<std::collections::VecDeque<CheckpointRecord>>,
 }
@@ -157,8 +166,11 @@ impl CheckpointStats {
         }
     }
 
-    fn record(&self, epoch: u64, duration: Duration, uploaded: u64, state: u64) {
+    fn record(&self, epoch: u64, duration: Duration, uploaded: u64, state: u64, sync_us: u64) {
         let ms = duration.as_millis() as u64;
+        self.last_sync_us.store(sync_us, Ordering::Relaxed);
+        self.max_sync_us.fetch_max(sync_us, Ordering::Relaxed);
+        self.total_sync_us.fetch_add(sync_us, Ordering::Relaxed);
         self.last_completed_ms.store(now_ms(), Ordering::Relaxed);
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.last_epoch.store(epoch, Ordering::Relaxed);
@@ -569,8 +581,9 @@ impl Coordinator {
             .map(|s| s.uploaded_bytes)
             .sum();
         let duration = f.started.elapsed();
+        let sync_us = f.acks.values().map(|s| s.sync_us).max().unwrap_or(0);
         self.stats
-            .record(epoch, duration, uploaded, meta.state_bytes());
+            .record(epoch, duration, uploaded, meta.state_bytes(), sync_us);
         let kind_word = if f.barrier.savepoint {
             "savepoint"
         } else {
@@ -767,7 +780,7 @@ impl Coordinator {
             .map(|(_, s)| s.uploaded_bytes)
             .sum();
         self.stats
-            .record(epoch, started.elapsed(), uploaded, meta.state_bytes());
+            .record(epoch, started.elapsed(), uploaded, meta.state_bytes(), 0);
         self.push_completed("final", &barrier, started.elapsed(), uploaded, &meta);
         info!(job = %self.job, epoch, "final checkpoint complete");
         crate::fault::point("before_commit");

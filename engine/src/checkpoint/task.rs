@@ -190,6 +190,7 @@ impl TaskCheckpointing {
         subtask: usize,
         members: Vec<PreparedMember>,
         extra: Vec<ExtraState>,
+        sync_us: u64,
     ) {
         self.last_barrier = self.last_barrier.max(barrier.epoch);
         let storage = self.storage.clone();
@@ -222,7 +223,8 @@ impl TaskCheckpointing {
             }
             let _ = done_tx.send(());
             let ev = match stored {
-                Ok((snapshot, files)) => {
+                Ok((mut snapshot, files)) => {
+                    snapshot.sync_us = sync_us;
                     crate::fault::point("checkpoint_write");
                     if let Ok(mut m) = in_flight.lock() {
                         m.insert(epoch, files);
@@ -345,7 +347,14 @@ async fn store(
         }
         nodes.push((e.node, st));
     }
-    Ok((TaskSnapshot { subtask, nodes }, files))
+    Ok((
+        TaskSnapshot {
+            subtask,
+            nodes,
+            sync_us: 0,
+        },
+        files,
+    ))
 }
 
 /// Stores one operator's table-log file and returns the chain the snapshot refers to

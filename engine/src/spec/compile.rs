@@ -327,6 +327,26 @@ impl<'a> Compiler<'a> {
         if let Some(c) = self.uint("/channel_capacity") {
             s.channel_capacity_rows = c;
         }
+        match self.root.get("buffer_debloat") {
+            Some(Value::Bool(false)) => s.debloat = None,
+            Some(Value::String(text)) if !self.is_broken("/buffer_debloat") => {
+                match parse_duration(text) {
+                    Ok(d) if !d.is_zero() => {
+                        s.debloat = Some(crate::channel::Debloat {
+                            target: d,
+                            ..Default::default()
+                        })
+                    }
+                    Ok(_) => self.problem(
+                        "/buffer_debloat",
+                        At::Value,
+                        "the debloat target must be above zero (`false` turns debloating off)",
+                    ),
+                    Err(m) => self.problem("/buffer_debloat", At::Value, m),
+                }
+            }
+            _ => {}
+        }
         if let Some(Value::String(text)) = self.root.get("linger") {
             if !self.is_broken("/linger") {
                 match parse_duration(text) {

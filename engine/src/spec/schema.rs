@@ -141,6 +141,11 @@ pub fn job_json_schema(registry: &Registry) -> Value {
                 "type": "integer",
                 "minimum": 1
             },
+            "buffer_debloat": {
+                "title": "Buffer debloating",
+                "description": "While a task is the bottleneck, hold the queue in front of it to about this much of its throughput, so that checkpoint barriers behind the data do not wait for a full channel (default 1s; `false` turns it off: queues fill to `channel_capacity`).",
+                "anyOf": [def_ref(defs::DURATION), { "const": false }]
+            },
             "checkpoint": def_ref(defs::CHECKPOINT),
             "state": def_ref(defs::STATE),
             "http": {
