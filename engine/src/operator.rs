@@ -100,6 +100,10 @@ pub struct OperatorContext {
     /// owns: `Some` (possibly empty) when the checkpoint holds a table log for the
     /// operator; `open` takes them.
     pub restored_table: Option<Vec<crate::state::TableEntry>>,
+    /// The operator's watermark as the restored checkpoint recorded it, per key-group
+    /// range of the old subtasks that owned this subtask's key groups (the runtime
+    /// stores every operator's watermark; `watermark` starts at their minimum).
+    pub restored_watermarks: Vec<(KeyGroupRange, EventTime)>,
 }
 
 impl OperatorContext {
@@ -119,7 +123,23 @@ impl OperatorContext {
             watermark: i64::MIN,
             metrics: std::sync::Arc::new(SubtaskMetrics::default()),
             restored_table: None,
+            restored_watermarks: Vec::new(),
         }
+    }
+
+    /// The key group of `key` (encoded key bytes) in this job.
+    pub fn key_group_of(&self, key: &[u8]) -> u16 {
+        crate::state::key_group_for_hash(crate::state::hash_key(key), self.max_parallelism)
+    }
+
+    /// The watermark the restored checkpoint recorded for the subtask that owned
+    /// `key_group` (`EventTime::MIN` when there is none): state of that key group is
+    /// as of that watermark, e.g. windows it passed have fired.
+    pub fn restored_watermark(&self, key_group: u16) -> EventTime {
+        self.restored_watermarks
+            .iter()
+            .find(|(r, _)| r.contains(key_group))
+            .map_or(EventTime::MIN, |(_, w)| *w)
     }
 }
 

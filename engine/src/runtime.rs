@@ -24,8 +24,8 @@ use crate::checkpoint::coordinator::{
 };
 use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
 use crate::checkpoint::task::{
-    open_backend, restore_table_log, ExtraState, LogChains, PreparedLog, PreparedMember,
-    RestorePoint, TaskCheckpointing, WorkingDirs,
+    open_backend, restore_table_log, restored_watermarks, ExtraState, LogChains, PreparedLog,
+    PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
 };
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
@@ -1340,6 +1340,7 @@ impl ChainTask {
                             watermark: EventTime::MIN,
                             metrics: m.clone(),
                             restored_table: None,
+                            restored_watermarks: Vec::new(),
                         },
                         metrics: m,
                     });
@@ -1802,6 +1803,11 @@ impl ChainTask {
             m.ctx.state = opened.backend;
             self.working_dirs.0.extend(opened.working_dir);
             if let Some(r) = self.restore.as_ref() {
+                m.ctx.restored_watermarks =
+                    restored_watermarks(r, &m.ctx.operator, self.subtask, m.ctx.parallelism);
+                if let Some(w) = m.ctx.restored_watermarks.iter().map(|(_, w)| *w).min() {
+                    m.ctx.watermark = w;
+                }
                 if let Some((entries, chain)) = restore_table_log(
                     r,
                     &m.ctx.operator,
@@ -1975,6 +1981,7 @@ impl ChainTask {
                 node: m.ctx.operator.clone(),
                 snapshot,
                 log,
+                watermark: m.ctx.watermark,
             });
         }
         let mut extra = Vec::new();

@@ -120,6 +120,11 @@ pub struct SubtaskState {
     /// in `state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_log: Option<Vec<FileHandle>>,
+    /// The operator's input watermark at the barrier (operators), stored by the
+    /// runtime; absent before the first watermark and in checkpoints written before
+    /// the runtime stored it (then windows and joins kept it in keyed state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
 }
 
 /// Where a subtask's keyed state is.

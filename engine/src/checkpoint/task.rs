@@ -140,6 +140,8 @@ pub struct PreparedMember {
     pub snapshot: Option<PreparedSnapshot>,
     /// The operator's table log (see `Operator::snapshot_table`), if it keeps a table.
     pub log: Option<PreparedLog>,
+    /// The operator's input watermark at the barrier.
+    pub watermark: i64,
 }
 
 /// The bytes of a table-log file written at a barrier.
@@ -302,7 +304,10 @@ async fn store(
     let mut nodes = Vec::new();
     let mut files = KnownFiles::new();
     for m in members {
-        let mut st = SubtaskState::default();
+        let mut st = SubtaskState {
+            watermark: (m.watermark > i64::MIN).then_some(m.watermark),
+            ..SubtaskState::default()
+        };
         if let Some(log) = m.log {
             let (chain, up) = store_log(storage, dir, &m.node, log, logs, epoch).await?;
             st.table_log = Some(chain);
@@ -500,6 +505,30 @@ pub async fn restore_table_log(
         _ => None,
     };
     Ok(Some((entries, continued)))
+}
+
+/// The watermarks the restored checkpoint recorded for `node`, per key-group range of
+/// the old subtasks overlapping `range` (`i64::MIN` for one that had none).
+pub fn restored_watermarks(
+    restore: &RestorePoint,
+    node: &str,
+    subtask: usize,
+    parallelism: usize,
+) -> Vec<(KeyGroupRange, i64)> {
+    let Some(ns) = restore.metadata.nodes.get(node) else {
+        return Vec::new();
+    };
+    let maxp = restore.metadata.max_parallelism;
+    overlapping_subtasks(maxp, ns.parallelism, parallelism, subtask)
+        .into_iter()
+        .filter_map(|o| {
+            let st = ns.subtasks.get(o)?;
+            Some((
+                KeyGroupRange::for_subtask(maxp, ns.parallelism, o),
+                st.watermark.unwrap_or(i64::MIN),
+            ))
+        })
+        .collect()
 }
 
 /// Which old subtasks' state a new subtask needs: its own when the parallelism is
@@ -866,6 +895,7 @@ mod tests {
                     bytes: w.finish(),
                     full,
                 }),
+                watermark: i64::MIN,
             }],
             Vec::new(),
             &KnownFiles::new(),
@@ -1099,6 +1129,7 @@ mod tests {
                 node: "op".into(),
                 snapshot: Some(prepared),
                 log: None,
+                watermark: i64::MIN,
             }],
             Vec::new(),
             known,

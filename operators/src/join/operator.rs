@@ -25,8 +25,7 @@ use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::state::{
-    hash_key, key_group_for_hash, restore_watermarks, store_watermark, StateDescriptor, StateKey,
-    VOID_NAMESPACE,
+    hash_key, key_group_for_hash, restore_watermarks, StateDescriptor, StateKey, VOID_NAMESPACE,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
@@ -750,13 +749,16 @@ impl Operator for JoinOperator {
     fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         self.max_parallelism = ctx.max_parallelism;
         // The watermark of each owned key group, so that windows that fired before the
-        // checkpoint do not fire again.
+        // checkpoint do not fire again: restored by the runtime, or (checkpoints written
+        // before it did) from keyed state.
         let group_wm: HashMap<u16, EventTime> =
             restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?
                 .into_iter()
                 .collect();
+        self.watermark = self.watermark.max(ctx.watermark);
         if let Some(w) = group_wm.values().min() {
             self.watermark = self.watermark.max(*w);
+            ctx.state.clear_state(&self.watermark_state)?;
         }
         let mut restored: Vec<(usize, i64, Arc<[u8]>, u16)> = Vec::new();
         for side in 0..2 {
@@ -792,7 +794,10 @@ impl Operator for JoinOperator {
         }
         self.buffered = restored.len();
         for (side, t, key, kg) in restored {
-            let w = group_wm.get(&kg).copied().unwrap_or(EventTime::MIN);
+            let w = group_wm
+                .get(&kg)
+                .copied()
+                .unwrap_or_else(|| ctx.restored_watermark(kg));
             self.enqueue(side, t, &key, w);
         }
         Ok(())
@@ -922,12 +927,7 @@ impl Operator for JoinOperator {
         }
         // Empty keys were deleted from keyed state just above.
         self.sweep();
-        store_watermark(
-            &mut *ctx.state,
-            &self.watermark_state,
-            &ctx.key_groups,
-            self.watermark,
-        )
+        Ok(())
     }
 
     fn handle_end_of_input(

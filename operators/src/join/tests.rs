@@ -2276,10 +2276,8 @@ fn checkpoints_write_the_buffers_and_delete_emptied_keys() {
     h.checkpoint(1);
     assert_eq!(h.stored(JOIN_LEFT_STATE).len(), 2);
     assert!(h.stored(JOIN_RIGHT_STATE).is_empty());
-    // One watermark entry per owned key group, under the empty key.
-    let wms = h.stored(JOIN_WATERMARK_STATE);
-    assert_eq!(wms.len(), 128);
-    assert!(wms.iter().all(|a| a.key.is_empty()));
+    // The runtime stores the watermark now, not the operator.
+    assert!(h.stored(JOIN_WATERMARK_STATE).is_empty());
     let a = key_bytes(&h.plan, "a");
     let b = key_bytes(&h.plan, "b");
     let stored = h.stored(JOIN_LEFT_STATE);
@@ -2344,11 +2342,30 @@ fn checkpoints_write_the_buffers_and_delete_emptied_keys() {
 // Checkpoint and restore
 // ---------------------------------------------------------------------------------
 
+/// What the runtime does on restore: the watermarks the checkpoint recorded for the old
+/// subtasks overlapping the new one's key groups.
+fn restore_watermarks_as_the_runtime(ctx: &mut OperatorContext, from: &[(KeyGroupRange, i64)]) {
+    ctx.restored_watermarks = from
+        .iter()
+        .filter(|(r, _)| !r.intersect(&ctx.key_groups).is_empty())
+        .copied()
+        .collect();
+    if let Some(w) = ctx.restored_watermarks.iter().map(|(_, w)| *w).min() {
+        ctx.watermark = w;
+    }
+}
+
+/// The watermark of one subtask, as the runtime records it.
+fn wm_of(h: &H) -> Vec<(KeyGroupRange, i64)> {
+    vec![(h.ctx.key_groups, h.ctx.watermark)]
+}
+
 /// A fresh operator for `value` whose state is restored from `snapshot` for the key
 /// groups of `subtask` of `parallelism`, opened.
 fn restored(
     value: &Value,
     snapshot: &weir_engine::state::StateSnapshot,
+    watermarks: &[(KeyGroupRange, i64)],
     parallelism: usize,
     subtask: usize,
 ) -> H {
@@ -2358,6 +2375,7 @@ fn restored(
     ctx.key_groups = KeyGroupRange::for_subtask(ctx.max_parallelism, parallelism, subtask);
     let range = ctx.key_groups;
     ctx.state.restore(snapshot, &range).unwrap();
+    restore_watermarks_as_the_runtime(&mut ctx, watermarks);
     let plan = JoinStep::plan(value, &left(), &right()).unwrap();
     H::with(Arc::new(plan), ctx)
 }
@@ -2392,7 +2410,7 @@ fn restore_from_a_checkpoint_continues_exactly() {
                 first.run(&steps[split / 2..split]);
                 first.checkpoint(2);
                 let snapshot = first.ctx.state.snapshot().unwrap();
-                let mut second = restored(value, &snapshot, 1, 0);
+                let mut second = restored(value, &snapshot, &wm_of(&first), 1, 0);
                 assert_eq!(second.op.buffered_rows(), first.op.buffered_rows());
                 assert_eq!(second.op.buffered_keys(), first.op.buffered_keys());
                 second.run(&steps[split..]);
@@ -2462,7 +2480,9 @@ fn restore_into_two_subtasks_splits_the_keys_and_back() {
         first.run(&steps[..split]);
         first.checkpoint(1);
         let snapshot = first.ctx.state.snapshot().unwrap();
-        let mut subs: Vec<H> = (0..2).map(|i| restored(&value, &snapshot, 2, i)).collect();
+        let mut subs: Vec<H> = (0..2)
+            .map(|i| restored(&value, &snapshot, &wm_of(&first), 2, i))
+            .collect();
 
         // Each subtask holds the keys of its key groups only, and together all.
         let mut keys = 0;
@@ -2500,6 +2520,7 @@ fn restore_into_two_subtasks_splits_the_keys_and_back() {
         let mut main = first.main.clone();
         let mut late = first.late.concat();
         let mut ctx = OperatorContext::for_test("join");
+        let mut watermarks = Vec::new();
         for (i, sub) in subs.iter_mut().enumerate() {
             sub.checkpoint(2 + i as u64);
             main.extend(sub.main.clone());
@@ -2507,7 +2528,9 @@ fn restore_into_two_subtasks_splits_the_keys_and_back() {
             let snapshot = sub.ctx.state.snapshot().unwrap();
             let range = ctx.key_groups;
             ctx.state.restore(&snapshot, &range).unwrap();
+            watermarks.extend(wm_of(sub));
         }
+        restore_watermarks_as_the_runtime(&mut ctx, &watermarks);
         let mut merged = H::with(plan.clone(), ctx);
         assert_eq!(
             merged.op.buffered_rows(),
@@ -2590,6 +2613,7 @@ fn restore_works_with_the_rocksdb_backend() {
         ctx.state = rocks(&format!("second{i}"));
         let range = ctx.key_groups;
         ctx.state.restore(&snapshot, &range).unwrap();
+        restore_watermarks_as_the_runtime(&mut ctx, &wm_of(&first));
         let plan = JoinStep::plan(&value, &left(), &right()).unwrap();
         let mut second = H::with(Arc::new(plan), ctx);
         assert_eq!(
@@ -2644,7 +2668,7 @@ fn event_times_at_the_i64_limits_never_panic() {
         h.right(&rows);
         h.checkpoint(1);
         let snapshot = h.ctx.state.snapshot().unwrap();
-        let mut again = restored(&value, &snapshot, 1, 0);
+        let mut again = restored(&value, &snapshot, &wm_of(&h), 1, 0);
         assert_eq!(again.op.buffered_rows(), h.op.buffered_rows(), "{value}");
         for h in [&mut h, &mut again] {
             h.wm(i64::MAX - 1);

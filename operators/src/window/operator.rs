@@ -26,8 +26,8 @@ use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext, StateAnswer, StateRead};
 use weir_engine::state::{
-    decode_namespace_window, hash_key, key_group_for_hash, restore_watermarks, store_watermark,
-    Clock, StateDescriptor, StateKey, SystemClock, TableLogWriter,
+    decode_namespace_window, hash_key, key_group_for_hash, restore_watermarks, Clock,
+    StateDescriptor, StateKey, SystemClock, TableLogWriter,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
@@ -1126,9 +1126,13 @@ impl Operator for WindowOperator {
         if !addresses.is_empty() {
             ctx.state.clear_state(&self.window_state)?;
         }
-        let restored = restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?;
-        if let Some(w) = restored.iter().map(|(_, w)| *w).min() {
+        // The runtime restores the watermark; checkpoints written before it did keep
+        // it in keyed state.
+        self.watermark = self.watermark.max(ctx.watermark);
+        let legacy = restore_watermarks(&*ctx.state, &self.watermark_state, &ctx.key_groups)?;
+        if let Some(w) = legacy.iter().map(|(_, w)| *w).min() {
             self.watermark = self.watermark.max(w);
+            ctx.state.clear_state(&self.watermark_state)?;
         }
         Ok(())
     }
@@ -1228,15 +1232,6 @@ impl Operator for WindowOperator {
         let now = now_ms.max(self.clock.now_ms());
         let _ = ctx.timers.advance_processing_time(now);
         self.fire_and_purge(now, out)
-    }
-
-    fn handle_checkpoint(&mut self, _epoch: u64, ctx: &mut OperatorContext) -> Result<()> {
-        store_watermark(
-            &mut *ctx.state,
-            &self.watermark_state,
-            &ctx.key_groups,
-            self.watermark,
-        )
     }
 
     fn snapshot_table(&mut self, _epoch: u64, log: &mut TableLogWriter) -> Result<bool> {

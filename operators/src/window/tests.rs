@@ -185,6 +185,9 @@ impl H {
         let snapshot = self.ctx.state.snapshot().unwrap();
         ctx.state.restore(&snapshot, &range).unwrap();
         ctx.restored_table = Some(self.restored(&range));
+        // The runtime records the watermark at the barrier and restores it.
+        ctx.restored_watermarks = vec![(KeyGroupRange::all(128), self.ctx.watermark)];
+        ctx.watermark = self.ctx.watermark;
         ctx
     }
 
