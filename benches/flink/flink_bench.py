@@ -253,9 +253,13 @@ def main():
     ap.add_argument("--warmup-rows", type=int, default=500_000)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--explain", action="store_true")
+    ap.add_argument("--state", choices=["heap", "rocksdb"], default="heap",
+                    help="state backend (rocksdb: incremental checkpoints)")
+    ap.add_argument("--checkpoint-interval", default=None,
+                    help="e.g. 10s: aligned checkpoints to a local folder")
     args = ap.parse_args()
 
-    t_env = make_env()
+    t_env = make_env(args.state, args.checkpoint_interval)
     if args.explain:
         query = define(t_env, args.workload, args.rows)
         print(t_env.sql_query(query).explain(), file=sys.stderr)

@@ -143,6 +143,18 @@ impl OperatorContext {
     }
 }
 
+/// What [`Operator::snapshot_table`] did.
+#[derive(Debug)]
+pub enum TableSnapshot {
+    /// The operator keeps no table.
+    NoTable,
+    /// The log, complete.
+    Done(crate::state::TableLogWriter),
+    /// The operator kept the log and finishes it in
+    /// [`Operator::continue_table_snapshot`].
+    Deferred,
+}
+
 /// A processing step. One instance runs per subtask; the runtime calls it from one task,
 /// so it needs no locking. Operators chained 1:1 run in the same task and hand batches
 /// over without a channel.
@@ -208,17 +220,31 @@ pub trait Operator: Send {
 
     /// For operators that keep their state in a table of their own (windows): after
     /// `handle_checkpoint`, append to `log` what changed since the previous call — or
-    /// every live entry and reset the record of changes when `log.is_full()` — and
-    /// return `true`. This is the synchronous part of the operator's snapshot; the task
-    /// stores the log incrementally (see [`crate::state::table_log`]) and hands the
-    /// replayed entries back in [`OperatorContext::restored_table`] on restore. The
-    /// default (`false`): the operator has no table.
+    /// every live entry and reset the record of changes when `log.is_full()`. Return
+    /// [`TableSnapshot::Done`] with the log, or [`TableSnapshot::Deferred`] after taking
+    /// the log and marking what it still has to write: the runtime then calls
+    /// [`Operator::continue_table_snapshot`] between batches until it hands the log
+    /// back, and the operator writes an entry's barrier-time value before it changes
+    /// it (copy-on-write). Either way this is the operator's snapshot; the task stores
+    /// the log incrementally (see [`crate::state::table_log`]) and hands the replayed
+    /// entries back in [`OperatorContext::restored_table`] on restore. The default
+    /// ([`TableSnapshot::NoTable`]): the operator has no table.
     fn snapshot_table(
         &mut self,
         _epoch: u64,
-        _log: &mut crate::state::TableLogWriter,
-    ) -> Result<bool> {
-        Ok(false)
+        _log: crate::state::TableLogWriter,
+    ) -> Result<TableSnapshot> {
+        Ok(TableSnapshot::NoTable)
+    }
+
+    /// Writes about `budget` more entries of a deferred table snapshot; the log once it
+    /// is complete. Called only after [`TableSnapshot::Deferred`], until it returns
+    /// `Some` (with `usize::MAX` to finish at once).
+    fn continue_table_snapshot(
+        &mut self,
+        _budget: usize,
+    ) -> Result<Option<crate::state::TableLogWriter>> {
+        Ok(None)
     }
 
     /// Checkpoint `epoch` completed everywhere.

@@ -24,15 +24,15 @@ use crate::checkpoint::coordinator::{
 };
 use crate::checkpoint::metadata::{CheckpointKind, SubtaskState};
 use crate::checkpoint::task::{
-    open_backend, restore_table_log, restored_watermarks, ExtraState, LogChains, PreparedLog,
-    PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
+    open_backend, restore_table_log, restored_watermarks, ExtraState, LogBytes, LogChains,
+    PreparedLog, PreparedMember, RestorePoint, TaskCheckpointing, WorkingDirs,
 };
 use crate::checkpoint::{CheckpointConfig, CheckpointStorage, StateBackendConfig};
 use crate::error::{EngineError, Result};
 use crate::graph::{LogicalGraph, NodeId, NodeKind, StreamRef, DEAD_LETTER_OUTPUT};
 use crate::message::{CheckpointBarrier, EventTime, LatencyMarker, Message, Watermark};
 use crate::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TableSnapshot};
 use crate::planner::PhysicalPlan;
 use crate::registry::Partitioning;
 use crate::sink::{Sink, SinkContext, SinkRecovery};
@@ -1165,6 +1165,45 @@ struct Member {
     op: Box<dyn Operator>,
     ctx: OperatorContext,
     metrics: Arc<SubtaskMetrics>,
+    /// Where the log of a deferred table snapshot goes when the operator finished it.
+    deferred: Option<tokio::sync::oneshot::Sender<Vec<u8>>>,
+}
+
+/// Entries a deferred table snapshot writes per step between batches.
+const DEFERRED_BUDGET: usize = 4096;
+
+impl Member {
+    /// Lets a deferred table snapshot write up to `budget` more entries; sends the log
+    /// to the waiting upload when it is complete.
+    fn progress_table_snapshot(&mut self, budget: usize) -> Result<()> {
+        if self.deferred.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let done = self.op.continue_table_snapshot(budget)?;
+        OperatorMetrics::add(
+            &self.metrics.busy_nanos,
+            started.elapsed().as_nanos() as u64,
+        );
+        if let Some(log) = done {
+            if let Some(tx) = self.deferred.take() {
+                let _ = tx.send(log.finish());
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes a deferred table snapshot now.
+    fn finish_table_snapshot(&mut self) -> Result<()> {
+        self.progress_table_snapshot(usize::MAX)?;
+        if self.deferred.is_some() {
+            return Err(EngineError::Runtime(format!(
+                "operator `{}` did not finish its table snapshot",
+                self.ctx.operator
+            )));
+        }
+        Ok(())
+    }
 }
 
 struct SourceHead {
@@ -1188,6 +1227,14 @@ enum Wake<M> {
     Tick,
     Completed,
     Query(Option<crate::query::QueryMsg>),
+    Deferred,
+}
+
+/// Ready at once when `pending`, else never.
+async fn ready_if(pending: bool) {
+    if !pending {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The next tick, or never without a ticker.
@@ -1343,6 +1390,7 @@ impl ChainTask {
                             restored_watermarks: Vec::new(),
                         },
                         metrics: m,
+                        deferred: None,
                     });
                 }
                 NodeKind::Sink(sb) => {
@@ -1485,6 +1533,9 @@ impl ChainTask {
             self.commit_completed().await?;
             if let Some(b) = self.ckpt.as_mut().and_then(|c| c.triggered()) {
                 self.checkpoint(b).await?;
+            }
+            for m in &mut self.members {
+                m.progress_table_snapshot(DEFERRED_BUDGET)?;
             }
             if let Some(every) = tick_every {
                 if last_tick.elapsed() >= every {
@@ -1652,6 +1703,7 @@ impl ChainTask {
             let Some(inputs) = self.inputs.as_mut() else {
                 return Ok(());
             };
+            let deferred = self.members.iter().any(|m| m.deferred.is_some());
             let completed = self.ckpt.as_mut().map(|c| &mut c.completed);
             let queries = self.queries.as_mut();
             let next = tokio::select! {
@@ -1659,9 +1711,16 @@ impl ChainTask {
                 _ = maybe_tick(ticker.as_mut()) => Wake::Tick,
                 _ = maybe_changed(completed) => Wake::Completed,
                 q = maybe_query(queries) => Wake::Query(q),
+                _ = ready_if(deferred) => Wake::Deferred,
             };
             let next = match next {
                 Wake::Input(m) => m,
+                Wake::Deferred => {
+                    for m in &mut self.members {
+                        m.progress_table_snapshot(DEFERRED_BUDGET)?;
+                    }
+                    continue;
+                }
                 Wake::Tick => {
                     self.tick().await?;
                     continue;
@@ -1955,6 +2014,8 @@ impl ChainTask {
         let mut prepared = Vec::with_capacity(self.members.len());
         let logs = self.ckpt.as_ref().map(|c| c.logs.clone());
         for m in &mut self.members {
+            // The previous checkpoint's log first: this one extends it.
+            m.finish_table_snapshot()?;
             m.op.handle_checkpoint(epoch, &mut m.ctx)?;
             let full = savepoint
                 || final_state
@@ -1962,13 +2023,25 @@ impl ChainTask {
                     .as_ref()
                     .and_then(|l| l.lock().ok().map(|l| l.needs_full(&m.ctx.operator)))
                     .unwrap_or(true);
-            let mut writer = TableLogWriter::new(full);
-            let log =
-                m.op.snapshot_table(epoch, &mut writer)?
-                    .then(|| PreparedLog {
-                        bytes: writer.finish(),
+            let log = match m.op.snapshot_table(epoch, TableLogWriter::new(full))? {
+                TableSnapshot::NoTable => None,
+                TableSnapshot::Done(w) => Some(PreparedLog {
+                    bytes: LogBytes::Ready(w.finish()),
+                    full,
+                }),
+                TableSnapshot::Deferred => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    m.deferred = Some(tx);
+                    if savepoint || final_state {
+                        // Self-contained and final: written before the barrier goes on.
+                        m.finish_table_snapshot()?;
+                    }
+                    Some(PreparedLog {
+                        bytes: LogBytes::Pending(rx),
                         full,
-                    });
+                    })
+                }
+            };
             m.ctx.timers.flush_journal(&mut *m.ctx.state)?;
             let snapshot = if m.ctx.state.states().is_empty() {
                 None

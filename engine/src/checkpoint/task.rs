@@ -147,9 +147,19 @@ pub struct PreparedMember {
 /// The bytes of a table-log file written at a barrier.
 pub struct PreparedLog {
     /// The file.
-    pub bytes: Vec<u8>,
+    pub bytes: LogBytes,
     /// Whether it is a full file (starts a new chain).
     pub full: bool,
+}
+
+/// A table-log file: written, or still being written by its operator (a deferred
+/// snapshot, see `Operator::continue_table_snapshot`).
+pub enum LogBytes {
+    /// Complete.
+    Ready(Vec<u8>),
+    /// The task sends the bytes when the operator finished them (or drops the sender
+    /// when it fails or stops).
+    Pending(tokio::sync::oneshot::Receiver<Vec<u8>>),
 }
 
 impl TaskCheckpointing {
@@ -383,8 +393,16 @@ async fn store_log(
     };
     let kind = if log.full { "full" } else { "delta" };
     let name = format!("log-{token}-{epoch}.{kind}");
-    let mut up = log.bytes.len() as u64;
-    let file = storage.write_table_log(dir, node, &name, log.bytes).await?;
+    let bytes = match log.bytes {
+        LogBytes::Ready(b) => b,
+        LogBytes::Pending(rx) => rx.await.map_err(|_| {
+            EngineError::Checkpoint(format!(
+                "operator `{node}` did not finish its table log for checkpoint {epoch}"
+            ))
+        })?,
+    };
+    let mut up = bytes.len() as u64;
+    let file = storage.write_table_log(dir, node, &name, bytes).await?;
     if !matches!(dir, CheckpointDir::Epoch(_)) {
         if !log.full {
             return Err(EngineError::Checkpoint(format!(
@@ -892,7 +910,7 @@ mod tests {
                 node: "win".into(),
                 snapshot: None,
                 log: Some(PreparedLog {
-                    bytes: w.finish(),
+                    bytes: LogBytes::Ready(w.finish()),
                     full,
                 }),
                 watermark: i64::MIN,

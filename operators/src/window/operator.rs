@@ -24,7 +24,9 @@ use smallvec::SmallVec;
 use weir_engine::aggregate::Accumulator;
 use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
-use weir_engine::operator::{Collector, Operator, OperatorContext, StateAnswer, StateRead};
+use weir_engine::operator::{
+    Collector, Operator, OperatorContext, StateAnswer, StateRead, TableSnapshot,
+};
 use weir_engine::state::{
     decode_namespace_window, hash_key, key_group_for_hash, restore_watermarks, Clock,
     StateDescriptor, StateKey, SystemClock, TableLogWriter,
@@ -75,6 +77,57 @@ fn decode_table_key(rk: &[u8]) -> Result<(i64, i64, &[u8])> {
     Ok((i64::from_be_bytes(a), i64::from_be_bytes(b), &rk[16..]))
 }
 
+/// A table snapshot being written after its barrier (see `Operator::snapshot_table`).
+struct PendingLog {
+    log: TableLogWriter,
+    /// The windows marked `snap` at the barrier, by key and start.
+    todo: Vec<(WKey, i64)>,
+    /// How many of `todo` were handled.
+    next: usize,
+    rk: Vec<u8>,
+}
+
+/// Logs a window's value: its fired flag, then each aggregate's state with its length.
+fn log_window(
+    log: &mut TableLogWriter,
+    rk: &mut Vec<u8>,
+    key_group: u16,
+    key: &[u8],
+    start: i64,
+    w: &Window,
+) -> Result<()> {
+    encode_table_key(rk, start, w.end, key);
+    log.put_with(key_group, rk, |b| {
+        b.push(u8::from(w.fired));
+        for a in w.accumulators.iter() {
+            let at = b.len();
+            b.extend_from_slice(&[0; 4]);
+            a.write_state(b)?;
+            let len = (b.len() - at - 4) as u32;
+            b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        Ok(())
+    })
+}
+
+/// Copy-on-write: before a window marked for the snapshot being written changes (or
+/// goes), its barrier-time value is logged.
+fn before_change(
+    pending: &mut Option<PendingLog>,
+    key_group: u16,
+    key: &[u8],
+    start: i64,
+    w: &mut Window,
+) -> Result<()> {
+    if w.snap {
+        w.snap = false;
+        if let Some(p) = pending.as_mut() {
+            log_window(&mut p.log, &mut p.rk, key_group, key, start, w)?;
+        }
+    }
+    Ok(())
+}
+
 /// One live window of one key.
 struct Window {
     end: i64,
@@ -85,6 +138,9 @@ struct Window {
     dirty: bool,
     /// Written to keyed state at a checkpoint (must be deleted there when dropped).
     persisted: bool,
+    /// Part of the table snapshot being written (deferred): its value as of the barrier
+    /// is still to be logged, before it changes.
+    snap: bool,
 }
 
 /// The live windows of one key.
@@ -257,6 +313,8 @@ pub struct WindowOperator {
     to_purge: BTreeSet<QueueEntry>,
     /// Persisted windows dropped since the last checkpoint: (key group, key, start, end).
     removed: Vec<(u16, WKey, i64, i64)>,
+    /// The table snapshot being written, if deferred.
+    pending: Option<PendingLog>,
     /// Number of live windows.
     live: usize,
     /// The highest watermark seen (or restored).
@@ -308,6 +366,7 @@ impl WindowOperator {
             to_fire: BTreeSet::new(),
             to_purge: BTreeSet::new(),
             removed: Vec::new(),
+            pending: None,
             live: 0,
             watermark: EventTime::MIN,
             clock: Arc::new(SystemClock),
@@ -451,8 +510,16 @@ impl WindowOperator {
             }
         };
         let wkey = kw.key.clone();
-        if kw.windows.insert(start, window).is_none() {
-            self.live += 1;
+        match kw.windows.insert(start, window) {
+            None => self.live += 1,
+            Some(mut old) => {
+                let kg = kw.key_group;
+                if let Err(e) =
+                    before_change(&mut self.pending, kg, wkey.as_slice(), start, &mut old)
+                {
+                    tracing::warn!(error = %e, "could not log a replaced window");
+                }
+            }
         }
         if !fired {
             self.to_fire.insert((end, wkey.clone(), start));
@@ -485,8 +552,13 @@ impl WindowOperator {
             return None;
         };
         let kw = entry.get_mut();
-        let w = kw.windows.remove(start)?;
+        let mut w = kw.windows.remove(start)?;
         let key_group = kw.key_group;
+        if w.snap {
+            if let Err(e) = before_change(&mut self.pending, key_group, bytes, start, &mut w) {
+                tracing::warn!(error = %e, "could not log a removed window");
+            }
+        }
         if kw.windows.is_empty() {
             entry.remove();
         }
@@ -607,9 +679,15 @@ impl WindowOperator {
             sc.event_times
                 .extend(rows.iter().map(|&r| times[r as usize].unwrap_or(0)));
             // One probe of the key table when the window exists (the common case).
-            let existing = match self.find_mut(key, hash) {
+            let found = self
+                .keys
+                .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == key);
+            let existing = match found {
                 Some(kw) => match kw.windows.get_mut(start) {
                     Some(win) => {
+                        if win.snap {
+                            before_change(&mut self.pending, kw.key_group, key, start, win)?;
+                        }
                         for (acc, arg) in win.accumulators.iter_mut().zip(args) {
                             acc.update(arg.as_ref(), rows, &sc.event_times)?;
                         }
@@ -634,6 +712,7 @@ impl WindowOperator {
                     fired: false,
                     dirty: true,
                     persisted: false,
+                    snap: false,
                 };
                 self.insert_window(key, hash, max_parallelism, start, window);
             }
@@ -785,6 +864,7 @@ impl WindowOperator {
                         fired: false,
                         dirty: true,
                         persisted: false,
+                        snap: false,
                     },
                 };
                 ws.rows.sort_unstable();
@@ -862,6 +942,7 @@ impl WindowOperator {
                 fired: false,
                 dirty: true,
                 persisted: false,
+                snap: false,
             };
             self.insert_window(key, hash, max_parallelism, t, window);
             return Ok(true);
@@ -871,7 +952,8 @@ impl WindowOperator {
             return Ok(false); // late: the general path routes it
         }
         let kw = self
-            .find_mut(key, hash)
+            .keys
+            .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
             .ok_or_else(|| op_error("session vanished"))?;
         let arc = kw.key.clone();
         let key_group = kw.key_group;
@@ -879,6 +961,9 @@ impl WindowOperator {
             .windows
             .get_mut(start)
             .ok_or_else(|| op_error("session vanished"))?;
+        if win.snap {
+            before_change(&mut self.pending, key_group, key, start, win)?;
+        }
         for (acc, arg) in win.accumulators.iter_mut().zip(args) {
             acc.update(arg.as_ref(), &[row], &[t])?;
         }
@@ -986,10 +1071,14 @@ impl WindowOperator {
             };
             let bytes = key.as_slice();
             let hash = self.hash(bytes);
-            let Some(w) = self
-                .find_mut(bytes, hash)
-                .and_then(|kw| kw.windows.get_mut(start))
+            let Some(kw) = self
+                .keys
+                .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == bytes)
             else {
+                continue;
+            };
+            let key_group = kw.key_group;
+            let Some(w) = kw.windows.get_mut(start) else {
                 continue;
             };
             if w.fired {
@@ -999,6 +1088,9 @@ impl WindowOperator {
             if end.saturating_sub(1) > time {
                 self.to_fire.insert((end, key, start));
                 continue;
+            }
+            if w.snap {
+                before_change(&mut self.pending, key_group, bytes, start, w)?;
             }
             w.fired = true;
             w.dirty = true;
@@ -1081,6 +1173,7 @@ impl Operator for WindowOperator {
                     fired,
                     dirty: false,
                     persisted: true,
+                    snap: false,
                 };
                 self.restore_window(key, key_group, ctx.max_parallelism, start, window);
             }
@@ -1120,6 +1213,7 @@ impl Operator for WindowOperator {
                 fired: stored.fired,
                 dirty: true,
                 persisted: false,
+                snap: false,
             };
             self.restore_window(&a.key, a.key_group, ctx.max_parallelism, start, window);
         }
@@ -1234,7 +1328,12 @@ impl Operator for WindowOperator {
         self.fire_and_purge(now, out)
     }
 
-    fn snapshot_table(&mut self, _epoch: u64, log: &mut TableLogWriter) -> Result<bool> {
+    fn snapshot_table(&mut self, _epoch: u64, mut log: TableLogWriter) -> Result<TableSnapshot> {
+        if self.pending.is_some() {
+            return Err(op_error(
+                "a table snapshot began before the previous one was finished",
+            ));
+        }
         let full = log.is_full();
         let removed = std::mem::take(&mut self.removed);
         let mut rk = Vec::with_capacity(64);
@@ -1245,29 +1344,59 @@ impl Operator for WindowOperator {
                 log.delete(kg, &rk);
             }
         }
+        // Only mark the windows here; their values are logged after the barrier,
+        // between batches, or just before they change (copy-on-write).
+        let mut todo = Vec::new();
         for kw in self.keys.iter_mut() {
-            let key = kw.key.as_slice();
             for (start, w) in kw.windows.iter_mut() {
-                if !(full || w.dirty) {
-                    continue;
+                if full || w.dirty {
+                    w.snap = true;
+                    w.dirty = false;
+                    w.persisted = true;
+                    todo.push((kw.key.clone(), start));
                 }
-                encode_table_key(&mut rk, start, w.end, key);
-                log.put_with(kw.key_group, &rk, |b| {
-                    b.push(u8::from(w.fired));
-                    for a in w.accumulators.iter() {
-                        let at = b.len();
-                        b.extend_from_slice(&[0; 4]);
-                        a.write_state(b)?;
-                        let len = (b.len() - at - 4) as u32;
-                        b[at..at + 4].copy_from_slice(&len.to_le_bytes());
-                    }
-                    Ok(())
-                })?;
-                w.dirty = false;
-                w.persisted = true;
             }
         }
-        Ok(true)
+        if todo.is_empty() {
+            return Ok(TableSnapshot::Done(log));
+        }
+        self.pending = Some(PendingLog {
+            log,
+            todo,
+            next: 0,
+            rk,
+        });
+        Ok(TableSnapshot::Deferred)
+    }
+
+    fn continue_table_snapshot(&mut self, budget: usize) -> Result<Option<TableLogWriter>> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(None);
+        };
+        let end = p.next.saturating_add(budget).min(p.todo.len());
+        for i in p.next..end {
+            let (key, start) = &p.todo[i];
+            let bytes = key.as_slice();
+            let hash = self.hasher.hash_one(bytes);
+            let Some(kw) = self
+                .keys
+                .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == bytes)
+            else {
+                continue; // gone: logged when it went
+            };
+            let Some(w) = kw.windows.get_mut(*start) else {
+                continue;
+            };
+            if w.snap {
+                w.snap = false;
+                log_window(&mut p.log, &mut p.rk, kw.key_group, bytes, *start, w)?;
+            }
+        }
+        p.next = end;
+        if end < p.todo.len() {
+            return Ok(None);
+        }
+        Ok(self.pending.take().map(|p| p.log))
     }
 
     fn handle_end_of_input(

@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
 use serde_json::{json, Value};
 use weir_engine::aggregate::AggregateTable;
-use weir_engine::operator::{Collector, Operator, OperatorContext};
+use weir_engine::operator::{Collector, Operator, OperatorContext, TableSnapshot};
 use weir_engine::registry::{BuildContext, FieldError, Partitioning, StepFactory};
 use weir_engine::state::{
     hash_columns, table_log, KeyGroupRange, KeyedStateBackend, ManualClock, StateDescriptor,
@@ -132,6 +132,8 @@ struct H {
     late: Vec<String>,
     /// The table-log chain the checkpoints wrote (a full file, then deltas).
     chain: Vec<Vec<u8>>,
+    /// A table snapshot is being written (deferred): one more entry after each batch.
+    deferred: bool,
 }
 
 impl H {
@@ -151,15 +153,40 @@ impl H {
             main: Vec::new(),
             late: Vec::new(),
             chain: Vec::new(),
+            deferred: false,
         }
     }
 
     /// A checkpoint as the runtime takes it: `handle_checkpoint`, then the table log
     /// (full at first, then deltas; compacted as the runtime may after three files).
     fn checkpoint(&mut self, epoch: u64) {
+        self.finish_snapshot();
         self.op.handle_checkpoint(epoch, &mut self.ctx).unwrap();
-        let mut log = TableLogWriter::new(self.chain.is_empty());
-        assert!(self.op.snapshot_table(epoch, &mut log).unwrap());
+        let log = TableLogWriter::new(self.chain.is_empty());
+        match self.op.snapshot_table(epoch, log).unwrap() {
+            TableSnapshot::Done(log) => self.add_log(log),
+            TableSnapshot::Deferred => self.deferred = true,
+            TableSnapshot::NoTable => panic!("windows keep a table"),
+        }
+    }
+
+    /// Lets a deferred table snapshot write `budget` more windows (the runtime does it
+    /// between batches), so that windows change while it is written.
+    fn progress(&mut self, budget: usize) {
+        if self.deferred {
+            if let Some(log) = self.op.continue_table_snapshot(budget).unwrap() {
+                self.deferred = false;
+                self.add_log(log);
+            }
+        }
+    }
+
+    fn finish_snapshot(&mut self) {
+        self.progress(usize::MAX);
+        assert!(!self.deferred);
+    }
+
+    fn add_log(&mut self, log: TableLogWriter) {
         self.chain.push(log.finish());
         if self.chain.len() == 3 {
             self.chain = vec![table_log::compact(&self.chain).unwrap()];
@@ -167,7 +194,8 @@ impl H {
     }
 
     /// The windows the checkpoints hold, for `range`.
-    fn restored(&self, range: &KeyGroupRange) -> Vec<weir_engine::state::TableEntry> {
+    fn restored(&mut self, range: &KeyGroupRange) -> Vec<weir_engine::state::TableEntry> {
+        self.finish_snapshot();
         table_log::replay(&self.chain, range).unwrap()
     }
 
@@ -207,6 +235,7 @@ impl H {
             .process_batch(0, batch(rows), &mut self.ctx, &mut out)
             .unwrap();
         self.collect(out);
+        self.progress(1);
     }
 
     fn wm(&mut self, w: i64) {
@@ -1369,4 +1398,74 @@ fn windows_of_checkpoints_before_table_logs_are_read_from_keyed_state() {
     old.end();
     h.end();
     assert_eq!(old.main, h.main);
+}
+
+/// Copy-on-write: a table snapshot written while the windows go on changing (merging,
+/// firing, being purged) logs their values as of the barrier — the same log as one
+/// written at once at the barrier.
+#[test]
+fn deferred_table_snapshots_log_the_barrier_state() {
+    let configs = [
+        all_aggregates(json!({"tumbling": "10ms"}), 15, true),
+        all_aggregates(
+            json!({"sliding": {"size": "20ms", "slide": "5ms"}}),
+            10,
+            true,
+        ),
+        all_aggregates(json!({"session": {"gap": "7ms"}}), 10, true),
+    ];
+    for (ci, value) in configs.iter().enumerate() {
+        for seed in 0..4u64 {
+            let steps = script(seed * 17 + ci as u64, 40);
+            for split in (4..steps.len()).step_by(9) {
+                let mut at_once = H::new(value.clone());
+                let mut deferred = H::new(value.clone());
+                run_steps(&mut at_once, &steps[..split]);
+                run_steps(&mut deferred, &steps[..split]);
+                at_once.checkpoint(1);
+                at_once.finish_snapshot();
+                deferred.op.handle_checkpoint(1, &mut deferred.ctx).unwrap();
+                let log = TableLogWriter::new(true);
+                let TableSnapshot::Deferred = deferred.op.snapshot_table(1, log).unwrap() else {
+                    continue; // nothing to write
+                };
+                // Everything after the barrier, one logged window per batch.
+                for s in &steps[split..] {
+                    run_steps(&mut deferred, std::slice::from_ref(s));
+                    if let Some(log) = deferred.op.continue_table_snapshot(1).unwrap() {
+                        deferred.chain.push(log.finish());
+                        break;
+                    }
+                }
+                if deferred.chain.is_empty() {
+                    let log = deferred.op.continue_table_snapshot(usize::MAX).unwrap();
+                    deferred.chain.push(log.expect("finished").finish());
+                }
+                // The same windows (a distinct set's bytes may list its values in
+                // another order): restored, they hold and emit the same.
+                let all = KeyGroupRange::all(128);
+                let keys = |chain: &[Vec<u8>]| -> Vec<(u16, Vec<u8>)> {
+                    table_log::replay(chain, &all)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(g, k, _)| (g, k))
+                        .collect()
+                };
+                assert_eq!(keys(&deferred.chain), keys(&at_once.chain));
+                let emit = |chain: &[Vec<u8>]| {
+                    let mut ctx = OperatorContext::for_test("w");
+                    ctx.restored_table = Some(table_log::replay(chain, &all).unwrap());
+                    let plan = WindowStep::plan(&build_ctx(), value, &schema()).unwrap();
+                    let mut h = H::with(WindowOperator::new(Arc::new(plan)), ctx);
+                    h.end();
+                    h.main
+                };
+                assert_eq!(
+                    emit(&deferred.chain),
+                    emit(&at_once.chain),
+                    "config {ci} seed {seed} split {split}"
+                );
+            }
+        }
+    }
 }
