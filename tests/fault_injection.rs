@@ -104,6 +104,8 @@ pub(crate) fn weir_cmd(dir: &Path) -> Command {
     c.args(["run", "job.yaml", "--no-progress"])
         .current_dir(dir)
         .env("RUST_LOG", "warn")
+        // Table logs are compacted every few checkpoints even in these small jobs.
+        .env("WEIR_TABLE_LOG_COMPACT_BYTES", "512")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     c

@@ -88,6 +88,18 @@ pub struct LogChain {
 /// Deltas are compacted into a new full file once they outgrow the full one (and this).
 pub const LOG_COMPACT_MIN_BYTES: u64 = 8 << 20;
 
+/// [`LOG_COMPACT_MIN_BYTES`], or `WEIR_TABLE_LOG_COMPACT_BYTES` (tests use a small value
+/// so that compaction happens in small jobs too).
+fn log_compact_min_bytes() -> u64 {
+    static MIN: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::env::var("WEIR_TABLE_LOG_COMPACT_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(LOG_COMPACT_MIN_BYTES)
+    });
+    *MIN
+}
+
 impl LogChains {
     /// A fresh set, with a token unique to this process and task.
     pub fn new(task: TaskId) -> Self {
@@ -433,7 +445,7 @@ async fn store_log(
         c.files.push(file);
         c
     };
-    if next.files.len() > 1 && next.delta_bytes > next.full_bytes.max(LOG_COMPACT_MIN_BYTES) {
+    if next.files.len() > 1 && next.delta_bytes > next.full_bytes.max(log_compact_min_bytes()) {
         let started = std::time::Instant::now();
         let mut parts = Vec::with_capacity(next.files.len());
         for f in &next.files {

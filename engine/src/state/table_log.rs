@@ -2,10 +2,12 @@
 //! window operator) checkpoints it at a cost proportional to what changed, not to the
 //! whole table.
 //!
-//! At a barrier the operator appends the entries it changed since the last barrier to a
+//! For a barrier the operator appends the entries it changed since the last barrier to a
 //! [`TableLogWriter`] — `put(key group, key, value)` or `delete(key group, key)`, raw
-//! bytes into one buffer, no allocation per entry — which is the synchronous part. The
-//! task stores that buffer as one immutable *delta* file in the checkpoint's shared
+//! bytes into one buffer, no allocation per entry — at the barrier or, deferred, after
+//! it (see `Operator::snapshot_table`: the operator logs an entry's barrier-time value
+//! before it changes it). The task stores that buffer as one immutable *delta* file in
+//! the checkpoint's shared
 //! space; a checkpoint refers to the *chain* of files that rebuilds the table (a *full*
 //! file, then deltas, oldest first). When the deltas outgrow the full file, the
 //! background part of a checkpoint replays the chain into a new full file
