@@ -35,6 +35,7 @@ pub const EXPORTED: &[&str] = &[
     "weir_checkpoints_total",
     "weir_checkpoint_failures_total",
     "weir_checkpoint_duration_seconds",
+    "weir_checkpoint_sync_duration_seconds",
     "weir_checkpoint_size_bytes",
     "weir_checkpoint_uploaded_bytes",
     "weir_state_size_bytes",
@@ -212,6 +213,12 @@ impl Collector for JobsCollector {
             Some(Unit::Seconds),
             false,
         );
+        let mut ckpt_sync = Family::new(
+            "weir_checkpoint_sync_duration",
+            "Synchronous part of the last completed checkpoint: the longest time a task held its barrier (operator snapshots, timers, the backend's snapshot, the sink's pre-commit).",
+            Some(Unit::Seconds),
+            false,
+        );
         let mut ckpt_size = Family::new(
             "weir_checkpoint_size",
             "State the last completed checkpoint refers to.",
@@ -297,6 +304,9 @@ impl Collector for JobsCollector {
                 ckpt_dur
                     .samples
                     .push((jl.clone(), g(&c.last_duration_ms) / 1e3));
+                ckpt_sync
+                    .samples
+                    .push((jl.clone(), g(&c.last_sync_us) / 1e6));
                 ckpt_size.samples.push((jl.clone(), g(&c.last_state_bytes)));
                 ckpt_up
                     .samples
@@ -312,8 +322,8 @@ impl Collector for JobsCollector {
         }
         counters.extend([busy, idle, blocked, dead]);
         for f in counters.iter().chain([
-            &fill, &wm, &wm_lag, &lag, &commit, &ckpts, &ckpt_fail, &ckpt_dur, &ckpt_size,
-            &ckpt_up, &state, &last_ckpt, &uptime,
+            &fill, &wm, &wm_lag, &lag, &commit, &ckpts, &ckpt_fail, &ckpt_dur, &ckpt_sync,
+            &ckpt_size, &ckpt_up, &state, &last_ckpt, &uptime,
         ]) {
             f.encode(&mut encoder)?;
         }
