@@ -252,6 +252,7 @@ pub fn compact(chain: &[impl AsRef<[u8]>]) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {
     use super::*;
     use proptest::prelude::*;
