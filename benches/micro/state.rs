@@ -26,10 +26,10 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use weir_engine::checkpoint::DEFAULT_ROCKSDB_MEMORY_BUDGET;
+use weir_engine::state::StateAddr;
 use weir_engine::state::{
     hash_key, key_group_for_hash, EncodedKeys, InMemoryStateBackend, KeyCodec, KeyedStateBackend,
     RocksDbStateBackend, StateDescriptor, SystemClock, ValueState, DEFAULT_MAX_PARALLELISM,
-    VOID_NAMESPACE,
 };
 
 const ROWS: usize = 8192;
@@ -87,7 +87,7 @@ impl Factory {
 fn put_block(state: &ValueState<u64>, backend: &mut dyn KeyedStateBackend, block: &KeyBlock) {
     for (i, (key, &kg)) in block.keys.iter().zip(&block.key_groups).enumerate() {
         state
-            .put(backend, kg, key, VOID_NAMESPACE, &(i as u64))
+            .put(backend, StateAddr::key(kg, key), &(i as u64))
             .unwrap();
     }
 }
@@ -158,7 +158,7 @@ fn bench_backend(c: &mut Criterion, name: &str, kind: Kind, root: &std::path::Pa
             let mut found = 0u64;
             for (key, &kg) in block.keys.iter().zip(&block.key_groups) {
                 found += state
-                    .get(&*backend, kg, key, VOID_NAMESPACE)
+                    .get(&*backend, StateAddr::key(kg, key))
                     .unwrap()
                     .unwrap_or(0);
             }
@@ -172,7 +172,7 @@ fn bench_backend(c: &mut Criterion, name: &str, kind: Kind, root: &std::path::Pa
             i += 1;
             for (key, &kg) in block.keys.iter().zip(&block.key_groups) {
                 state
-                    .update(&mut *backend, kg, key, VOID_NAMESPACE, |v| {
+                    .update(&mut *backend, StateAddr::key(kg, key), |v| {
                         Some(v.unwrap_or(0) + 1)
                     })
                     .unwrap();
@@ -183,7 +183,7 @@ fn bench_backend(c: &mut Criterion, name: &str, kind: Kind, root: &std::path::Pa
     let block = &pool[0];
     for (key, &kg) in block.keys.iter().zip(&block.key_groups) {
         assert!(state
-            .get(&*backend, kg, key, VOID_NAMESPACE)
+            .get(&*backend, StateAddr::key(kg, key))
             .unwrap()
             .is_some());
     }

@@ -9,8 +9,8 @@
 //! lowers a *soft limit* to `throughput × target` rows; a sender waits while the queue
 //! is over it (a message into an empty queue always passes). A checkpoint barrier
 //! queued behind the data then waits about `target` per hop instead of a full channel
-//! (16k rows at a few hundred rows per second is minutes). When the queue drains, the
-//! limit goes back to the capacity.
+//! (16k rows at a few hundred rows per second is minutes). While the queue drains, the
+//! limit doubles each period, up to the capacity.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -251,12 +251,19 @@ impl Receiver {
                     if elapsed >= DEBLOAT_PERIOD {
                         let capacity = u64::from(self.shared.capacity);
                         let limit = if m.drained {
-                            capacity
+                            // The consumer kept up: its rate says little about what it
+                            // could take. Grow, but not at once to the capacity (a
+                            // moment of starved producers would undo the limit).
+                            self.shared
+                                .stats
+                                .limit
+                                .load(Ordering::Relaxed)
+                                .saturating_mul(2)
                         } else {
                             let rate = m.rows as f64 / elapsed.as_secs_f64();
-                            ((rate * m.settings.target.as_secs_f64()) as u64)
-                                .clamp(m.settings.min_rows.min(capacity), capacity)
-                        };
+                            (rate * m.settings.target.as_secs_f64()) as u64
+                        }
+                        .clamp(m.settings.min_rows.min(capacity), capacity);
                         self.shared.stats.limit.store(limit, Ordering::Relaxed);
                         m.started = Instant::now();
                         m.rows = 0;
@@ -485,7 +492,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_drained_queue_lifts_the_soft_limit() {
+    async fn a_drained_queue_raises_the_soft_limit() {
         let settings = Debloat {
             target: Duration::from_millis(1),
             min_rows: 10,
@@ -502,16 +509,18 @@ mod tests {
         let blocked =
             tokio::time::timeout(Duration::from_millis(50), tx.send(Message::Data(batch(10))));
         assert!(blocked.await.is_err(), "must wait for the soft limit");
-        // ...and the queue drains: the next period lifts the limit to the capacity.
+        // ...and the queue drains: each period doubles the limit, up to the capacity.
         while tx.stats().queued_rows.load(Ordering::Relaxed) > 0 {
             assert!(rx.recv().await.is_some());
         }
-        tokio::time::sleep(DEBLOAT_PERIOD).await;
-        tx.send(Message::Data(batch(10)))
-            .await
-            .expect("send into an empty queue");
-        assert!(rx.recv().await.is_some());
-        assert_eq!(tx.stats().limit(), 1_000);
+        for want in [20, 40, 80] {
+            tokio::time::sleep(DEBLOAT_PERIOD).await;
+            tx.send(Message::Data(batch(10)))
+                .await
+                .expect("send into an empty queue");
+            assert!(rx.recv().await.is_some());
+            assert_eq!(tx.stats().limit(), want);
+        }
     }
 
     #[tokio::test]

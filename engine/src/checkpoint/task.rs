@@ -1094,7 +1094,8 @@ mod tests {
         for i in from..to {
             let key = i.to_be_bytes();
             let kg = (i % 128) as u16;
-            b.value_put(&d, kg, &key, &[], &[7u8; 100]).unwrap();
+            b.value_put(&d, crate::state::StateAddr::key(kg, &key), &[7u8; 100])
+                .unwrap();
         }
     }
 

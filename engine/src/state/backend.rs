@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::key_group::KeyGroupRange;
 use super::snapshot::{StateInfo, StateSnapshot};
+use super::StateAddr;
 use super::StateDescriptor;
 use crate::error::Result;
 
@@ -80,131 +81,97 @@ pub struct LocalFile {
 /// from snapshots. The trait is object safe: operators see it as
 /// `Box<dyn KeyedStateBackend>`.
 pub trait KeyedStateBackend: Send {
-    /// The value at `(key_group, key, namespace)`, if any.
+    /// The value at `addr`, if any.
     fn value_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Option<Cow<'a, [u8]>>>;
 
-    /// Sets the value at `(key_group, key, namespace)`.
+    /// Sets the value at `addr`.
     fn value_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()>;
 
-    /// Removes the value at `(key_group, key, namespace)`.
-    fn value_delete(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()> {
-        self.clear(state, key_group, key, namespace)
+    /// Removes the value at `addr`.
+    fn value_delete(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()> {
+        self.clear(state, addr)
     }
 
-    /// The value of `user_key` in the map at `(key_group, key, namespace)`.
+    /// The value of `user_key` in the map at `addr`.
     fn map_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<Option<Cow<'a, [u8]>>>;
 
-    /// Sets `user_key` to `value` in the map at `(key_group, key, namespace)`.
+    /// Sets `user_key` to `value` in the map at `addr`.
     fn map_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()>;
 
-    /// Removes `user_key` from the map at `(key_group, key, namespace)`; whether it was
+    /// Removes `user_key` from the map at `addr`; whether it was
     /// there (and alive).
     fn map_remove(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool>;
 
-    /// Whether the map at `(key_group, key, namespace)` holds `user_key`.
+    /// Whether the map at `addr` holds `user_key`.
     fn map_contains(
         &self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool> {
-        Ok(self
-            .map_get(state, key_group, key, namespace, user_key)?
-            .is_some())
+        Ok(self.map_get(state, addr, user_key)?.is_some())
     }
 
-    /// The entries of the map at `(key_group, key, namespace)`, in byte order of the
+    /// The entries of the map at `addr`, in byte order of the
     /// user keys.
     fn map_entries<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>>;
 
-    /// Appends `value` to the list at `(key_group, key, namespace)`.
+    /// Appends `value` to the list at `addr`.
     fn list_append(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()>;
 
-    /// The values of the list at `(key_group, key, namespace)`, oldest first.
+    /// The values of the list at `addr`, oldest first.
     fn list_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<ValueIter<'a>>;
 
-    /// Replaces the list at `(key_group, key, namespace)` by `values` (an empty slice
+    /// Replaces the list at `addr` by `values` (an empty slice
     /// clears it).
     fn list_replace(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[&[u8]],
     ) -> Result<()>;
 
-    /// Removes whatever the state holds at `(key_group, key, namespace)`: the value, the
+    /// Removes whatever the state holds at `addr`: the value, the
     /// whole map or the whole list.
-    fn clear(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()>;
+    fn clear(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()>;
 
     /// Removes `namespace` of every key of the state (e.g. a window that ended for all
     /// keys); the number of addresses removed. This scans the whole state: prefer
@@ -261,129 +228,97 @@ impl<B: KeyedStateBackend + ?Sized> KeyedStateBackend for Box<B> {
     fn value_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Option<Cow<'a, [u8]>>> {
-        (**self).value_get(state, key_group, key, namespace)
+        (**self).value_get(state, addr)
     }
 
     fn value_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
-        (**self).value_put(state, key_group, key, namespace, value)
+        (**self).value_put(state, addr, value)
     }
 
-    fn value_delete(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()> {
-        (**self).value_delete(state, key_group, key, namespace)
+    fn value_delete(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()> {
+        (**self).value_delete(state, addr)
     }
 
     fn map_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<Option<Cow<'a, [u8]>>> {
-        (**self).map_get(state, key_group, key, namespace, user_key)
+        (**self).map_get(state, addr, user_key)
     }
 
     fn map_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
-        (**self).map_put(state, key_group, key, namespace, user_key, value)
+        (**self).map_put(state, addr, user_key, value)
     }
 
     fn map_remove(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool> {
-        (**self).map_remove(state, key_group, key, namespace, user_key)
+        (**self).map_remove(state, addr, user_key)
     }
 
     fn map_contains(
         &self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool> {
-        (**self).map_contains(state, key_group, key, namespace, user_key)
+        (**self).map_contains(state, addr, user_key)
     }
 
     fn map_entries<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>> {
-        (**self).map_entries(state, key_group, key, namespace)
+        (**self).map_entries(state, addr)
     }
 
     fn list_append(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
-        (**self).list_append(state, key_group, key, namespace, value)
+        (**self).list_append(state, addr, value)
     }
 
     fn list_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<ValueIter<'a>> {
-        (**self).list_get(state, key_group, key, namespace)
+        (**self).list_get(state, addr)
     }
 
     fn list_replace(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[&[u8]],
     ) -> Result<()> {
-        (**self).list_replace(state, key_group, key, namespace, values)
+        (**self).list_replace(state, addr, values)
     }
 
-    fn clear(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()> {
-        (**self).clear(state, key_group, key, namespace)
+    fn clear(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()> {
+        (**self).clear(state, addr)
     }
 
     fn clear_namespace(&mut self, state: &StateDescriptor, namespace: &[u8]) -> Result<usize> {

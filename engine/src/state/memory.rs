@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::backend::{KeyIter, KeyedStateBackend, MapEntryIter, StateKey, ValueIter};
 use super::key_group::KeyGroupRange;
 use super::snapshot::{EntryData, SnapshotEntry, Stamped, StateInfo, StateSnapshot};
+use super::StateAddr;
 use super::{state_error, Clock, StateDescriptor, StateKind, SystemClock};
 use crate::error::Result;
 
@@ -258,10 +259,13 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn value_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Option<Cow<'a, [u8]>>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         Ok(
             match self.entry(state, StateKind::Value, key_group, key, namespace)? {
@@ -274,11 +278,14 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn value_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let (entry, now) = self.entry_mut(state, StateKind::Value, key_group, key, namespace)?;
         match entry {
             Entry::Value(s) => {
@@ -299,11 +306,14 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn map_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<Option<Cow<'a, [u8]>>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         Ok(
             match self.entry(state, StateKind::Map, key_group, key, namespace)? {
@@ -316,12 +326,15 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn map_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let (entry, now) = self.entry_mut(state, StateKind::Map, key_group, key, namespace)?;
         if !matches!(entry, Entry::Map(_)) {
             *entry = Entry::Map(BTreeMap::new());
@@ -347,11 +360,14 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn map_remove(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         if self.table(state, StateKind::Map)?.is_none() {
             return Ok(false);
@@ -373,10 +389,13 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn map_entries<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         Ok(
             match self.entry(state, StateKind::Map, key_group, key, namespace)? {
@@ -393,11 +412,14 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn list_append(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let (entry, now) = self.entry_mut(state, StateKind::List, key_group, key, namespace)?;
         let stamped = Stamped {
             value: value.to_vec(),
@@ -413,10 +435,13 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn list_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<ValueIter<'a>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         Ok(
             match self.entry(state, StateKind::List, key_group, key, namespace)? {
@@ -433,15 +458,18 @@ impl KeyedStateBackend for InMemoryStateBackend {
     fn list_replace(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[&[u8]],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         if values.is_empty() {
             // Still checks the kind.
             self.table(state, StateKind::List)?;
-            return self.clear(state, key_group, key, namespace);
+            return self.clear(state, addr);
         }
         let (entry, now) = self.entry_mut(state, StateKind::List, key_group, key, namespace)?;
         *entry = Entry::List(
@@ -456,13 +484,12 @@ impl KeyedStateBackend for InMemoryStateBackend {
         Ok(())
     }
 
-    fn clear(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()> {
+    fn clear(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(table) = self.table_any_mut(state) else {
             return Ok(());
         };
@@ -723,7 +750,7 @@ impl KeyedStateBackend for InMemoryStateBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{hash_key, key_group_for_hash, ManualClock, VOID_NAMESPACE};
+    use crate::state::{hash_key, key_group_for_hash, ManualClock};
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -738,7 +765,7 @@ mod tests {
         k: &[u8],
         ns: &[u8],
     ) -> Vec<Vec<u8>> {
-        b.list_get(s, kg, k, ns)
+        b.list_get(s, StateAddr::new(kg, k, ns))
             .expect("list")
             .map(|v| v.expect("item").into_owned())
             .collect()
@@ -748,30 +775,56 @@ mod tests {
     fn value_semantics() {
         let mut b = InMemoryStateBackend::new();
         let s = desc("v");
-        assert_eq!(b.value_get(&s, 1, b"k", b"").expect("get"), None);
-        b.value_put(&s, 1, b"k", b"", b"one").expect("put");
         assert_eq!(
-            b.value_get(&s, 1, b"k", b"").expect("get").as_deref(),
+            b.value_get(&s, StateAddr::new(1, b"k", b"")).expect("get"),
+            None
+        );
+        b.value_put(&s, StateAddr::new(1, b"k", b""), b"one")
+            .expect("put");
+        assert_eq!(
+            b.value_get(&s, StateAddr::new(1, b"k", b""))
+                .expect("get")
+                .as_deref(),
             Some(&b"one"[..])
         );
-        b.value_put(&s, 1, b"k", b"", b"two").expect("put");
+        b.value_put(&s, StateAddr::new(1, b"k", b""), b"two")
+            .expect("put");
         assert_eq!(
-            b.value_get(&s, 1, b"k", b"").expect("get").as_deref(),
+            b.value_get(&s, StateAddr::new(1, b"k", b""))
+                .expect("get")
+                .as_deref(),
             Some(&b"two"[..])
         );
         // Another key group, key or namespace is another address.
-        assert_eq!(b.value_get(&s, 2, b"k", b"").expect("get"), None);
-        assert_eq!(b.value_get(&s, 1, b"j", b"").expect("get"), None);
-        assert_eq!(b.value_get(&s, 1, b"k", b"w").expect("get"), None);
-        // An empty value is a value.
-        b.value_put(&s, 1, b"e", b"", b"").expect("put");
         assert_eq!(
-            b.value_get(&s, 1, b"e", b"").expect("get").as_deref(),
+            b.value_get(&s, StateAddr::new(2, b"k", b"")).expect("get"),
+            None
+        );
+        assert_eq!(
+            b.value_get(&s, StateAddr::new(1, b"j", b"")).expect("get"),
+            None
+        );
+        assert_eq!(
+            b.value_get(&s, StateAddr::new(1, b"k", b"w")).expect("get"),
+            None
+        );
+        // An empty value is a value.
+        b.value_put(&s, StateAddr::new(1, b"e", b""), b"")
+            .expect("put");
+        assert_eq!(
+            b.value_get(&s, StateAddr::new(1, b"e", b""))
+                .expect("get")
+                .as_deref(),
             Some(&b""[..])
         );
-        b.value_delete(&s, 1, b"k", b"").expect("delete");
-        assert_eq!(b.value_get(&s, 1, b"k", b"").expect("get"), None);
-        b.value_delete(&s, 1, b"e", b"").expect("delete");
+        b.value_delete(&s, StateAddr::new(1, b"k", b""))
+            .expect("delete");
+        assert_eq!(
+            b.value_get(&s, StateAddr::new(1, b"k", b"")).expect("get"),
+            None
+        );
+        b.value_delete(&s, StateAddr::new(1, b"e", b""))
+            .expect("delete");
         assert_eq!(
             b.approximate_size_bytes(),
             0,
@@ -784,17 +837,26 @@ mod tests {
     fn map_semantics() {
         let mut b = InMemoryStateBackend::new();
         let s = desc("m");
-        b.map_put(&s, 0, b"k", b"", b"b", b"2").expect("put");
-        b.map_put(&s, 0, b"k", b"", b"a", b"1").expect("put");
-        b.map_put(&s, 0, b"k", b"", b"b", b"3").expect("overwrite");
-        assert!(b.map_contains(&s, 0, b"k", b"", b"a").expect("contains"));
-        assert!(!b.map_contains(&s, 0, b"k", b"", b"c").expect("contains"));
+        b.map_put(&s, StateAddr::new(0, b"k", b""), b"b", b"2")
+            .expect("put");
+        b.map_put(&s, StateAddr::new(0, b"k", b""), b"a", b"1")
+            .expect("put");
+        b.map_put(&s, StateAddr::new(0, b"k", b""), b"b", b"3")
+            .expect("overwrite");
+        assert!(b
+            .map_contains(&s, StateAddr::new(0, b"k", b""), b"a")
+            .expect("contains"));
+        assert!(!b
+            .map_contains(&s, StateAddr::new(0, b"k", b""), b"c")
+            .expect("contains"));
         assert_eq!(
-            b.map_get(&s, 0, b"k", b"", b"b").expect("get").as_deref(),
+            b.map_get(&s, StateAddr::new(0, b"k", b""), b"b")
+                .expect("get")
+                .as_deref(),
             Some(&b"3"[..])
         );
         let entries: Vec<(Vec<u8>, Vec<u8>)> = b
-            .map_entries(&s, 0, b"k", b"")
+            .map_entries(&s, StateAddr::new(0, b"k", b""))
             .expect("entries")
             .map(|e| {
                 e.map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -808,17 +870,29 @@ mod tests {
                 (b"b".to_vec(), b"3".to_vec())
             ]
         );
-        assert!(b.map_remove(&s, 0, b"k", b"", b"a").expect("remove"));
-        assert!(!b.map_remove(&s, 0, b"k", b"", b"a").expect("remove again"));
-        assert!(b.map_remove(&s, 0, b"k", b"", b"b").expect("remove"));
+        assert!(b
+            .map_remove(&s, StateAddr::new(0, b"k", b""), b"a")
+            .expect("remove"));
+        assert!(!b
+            .map_remove(&s, StateAddr::new(0, b"k", b""), b"a")
+            .expect("remove again"));
+        assert!(b
+            .map_remove(&s, StateAddr::new(0, b"k", b""), b"b")
+            .expect("remove"));
         assert_eq!(
             b.keys(&s).expect("keys").count(),
             0,
             "an emptied map is gone"
         );
-        b.map_put(&s, 0, b"k", b"", b"x", b"y").expect("put");
-        b.clear(&s, 0, b"k", b"").expect("clear");
-        assert_eq!(b.map_entries(&s, 0, b"k", b"").expect("entries").count(), 0);
+        b.map_put(&s, StateAddr::new(0, b"k", b""), b"x", b"y")
+            .expect("put");
+        b.clear(&s, StateAddr::new(0, b"k", b"")).expect("clear");
+        assert_eq!(
+            b.map_entries(&s, StateAddr::new(0, b"k", b""))
+                .expect("entries")
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -826,16 +900,20 @@ mod tests {
         let mut b = InMemoryStateBackend::new();
         let s = desc("l");
         assert!(list(&b, &s, 3, b"k", b"").is_empty());
-        b.list_append(&s, 3, b"k", b"", b"a").expect("append");
-        b.list_append(&s, 3, b"k", b"", b"b").expect("append");
-        b.list_append(&s, 3, b"k", b"", b"a").expect("append");
+        b.list_append(&s, StateAddr::new(3, b"k", b""), b"a")
+            .expect("append");
+        b.list_append(&s, StateAddr::new(3, b"k", b""), b"b")
+            .expect("append");
+        b.list_append(&s, StateAddr::new(3, b"k", b""), b"a")
+            .expect("append");
         assert_eq!(
             list(&b, &s, 3, b"k", b""),
             vec![b"a".to_vec(), b"b".to_vec(), b"a".to_vec()]
         );
-        b.list_replace(&s, 3, b"k", b"", &[b"z"]).expect("replace");
+        b.list_replace(&s, StateAddr::new(3, b"k", b""), &[b"z"])
+            .expect("replace");
         assert_eq!(list(&b, &s, 3, b"k", b""), vec![b"z".to_vec()]);
-        b.list_replace(&s, 3, b"k", b"", &[])
+        b.list_replace(&s, StateAddr::new(3, b"k", b""), &[])
             .expect("replace empty");
         assert!(list(&b, &s, 3, b"k", b"").is_empty());
         assert_eq!(b.keys(&s).expect("keys").count(), 0);
@@ -845,16 +923,28 @@ mod tests {
     fn kinds_are_checked() {
         let mut b = InMemoryStateBackend::new();
         let s = desc("x");
-        b.value_put(&s, 0, b"k", b"", b"1").expect("put");
-        assert!(b.map_put(&s, 0, b"k", b"", b"u", b"v").is_err());
-        assert!(b.list_append(&s, 0, b"k", b"", b"v").is_err());
-        assert!(b.map_get(&s, 0, b"k", b"", b"u").is_err());
-        assert!(b.list_replace(&s, 0, b"k", b"", &[]).is_err());
-        let err = b.list_get(&s, 0, b"k", b"").err().expect("error");
+        b.value_put(&s, StateAddr::new(0, b"k", b""), b"1")
+            .expect("put");
+        assert!(b
+            .map_put(&s, StateAddr::new(0, b"k", b""), b"u", b"v")
+            .is_err());
+        assert!(b
+            .list_append(&s, StateAddr::new(0, b"k", b""), b"v")
+            .is_err());
+        assert!(b.map_get(&s, StateAddr::new(0, b"k", b""), b"u").is_err());
+        assert!(b
+            .list_replace(&s, StateAddr::new(0, b"k", b""), &[])
+            .is_err());
+        let err = b
+            .list_get(&s, StateAddr::new(0, b"k", b""))
+            .err()
+            .expect("error");
         assert!(err.to_string().contains("value state"), "{err}");
         // Nothing changed.
         assert_eq!(
-            b.value_get(&s, 0, b"k", b"").expect("get").as_deref(),
+            b.value_get(&s, StateAddr::new(0, b"k", b""))
+                .expect("get")
+                .as_deref(),
             Some(&b"1"[..])
         );
     }
@@ -864,30 +954,45 @@ mod tests {
         let mut b = InMemoryStateBackend::new();
         let a = desc("a");
         let c = desc("c");
-        b.value_put(&a, 0, b"k", b"w1", b"1").expect("put");
-        b.value_put(&a, 0, b"k", b"w2", b"2").expect("put");
-        b.value_put(&a, 0, b"j", b"w1", b"3").expect("put");
-        b.value_put(&c, 0, b"k", b"w1", b"4").expect("put");
+        b.value_put(&a, StateAddr::new(0, b"k", b"w1"), b"1")
+            .expect("put");
+        b.value_put(&a, StateAddr::new(0, b"k", b"w2"), b"2")
+            .expect("put");
+        b.value_put(&a, StateAddr::new(0, b"j", b"w1"), b"3")
+            .expect("put");
+        b.value_put(&c, StateAddr::new(0, b"k", b"w1"), b"4")
+            .expect("put");
         assert_eq!(
             b.namespaces(&a, 0, b"k").expect("ns"),
             vec![b"w1".to_vec(), b"w2".to_vec()]
         );
-        b.clear(&a, 0, b"k", b"w1").expect("clear");
-        assert_eq!(b.value_get(&a, 0, b"k", b"w1").expect("get"), None);
+        b.clear(&a, StateAddr::new(0, b"k", b"w1")).expect("clear");
         assert_eq!(
-            b.value_get(&a, 0, b"k", b"w2").expect("get").as_deref(),
+            b.value_get(&a, StateAddr::new(0, b"k", b"w1"))
+                .expect("get"),
+            None
+        );
+        assert_eq!(
+            b.value_get(&a, StateAddr::new(0, b"k", b"w2"))
+                .expect("get")
+                .as_deref(),
             Some(&b"2"[..])
         );
         assert_eq!(
-            b.value_get(&a, 0, b"j", b"w1").expect("get").as_deref(),
+            b.value_get(&a, StateAddr::new(0, b"j", b"w1"))
+                .expect("get")
+                .as_deref(),
             Some(&b"3"[..])
         );
         assert_eq!(
-            b.value_get(&c, 0, b"k", b"w1").expect("get").as_deref(),
+            b.value_get(&c, StateAddr::new(0, b"k", b"w1"))
+                .expect("get")
+                .as_deref(),
             Some(&b"4"[..])
         );
         // Clearing a namespace for every key leaves other namespaces and states.
-        b.value_put(&a, 5, b"z", b"w2", b"5").expect("put");
+        b.value_put(&a, StateAddr::new(5, b"z", b"w2"), b"5")
+            .expect("put");
         assert_eq!(b.clear_namespace(&a, b"w2").expect("clear ns"), 2);
         let keys: Vec<StateKey> = b.keys(&a).expect("keys").map(|k| k.expect("key")).collect();
         assert_eq!(
@@ -899,7 +1004,9 @@ mod tests {
             }]
         );
         assert_eq!(
-            b.value_get(&c, 0, b"k", b"w1").expect("get").as_deref(),
+            b.value_get(&c, StateAddr::new(0, b"k", b"w1"))
+                .expect("get")
+                .as_deref(),
             Some(&b"4"[..])
         );
         b.clear_state(&c).expect("clear state");
@@ -914,27 +1021,51 @@ mod tests {
         let m = desc("m").with_ttl(Duration::from_millis(100));
         let l = desc("l").with_ttl(Duration::from_millis(100));
         let forever = desc("forever");
-        b.value_put(&v, 0, b"k", b"", b"x").expect("put");
-        b.value_put(&forever, 0, b"k", b"", b"x").expect("put");
-        b.map_put(&m, 0, b"k", b"", b"old", b"1").expect("put");
-        b.list_append(&l, 0, b"k", b"", b"old").expect("append");
+        b.value_put(&v, StateAddr::new(0, b"k", b""), b"x")
+            .expect("put");
+        b.value_put(&forever, StateAddr::new(0, b"k", b""), b"x")
+            .expect("put");
+        b.map_put(&m, StateAddr::new(0, b"k", b""), b"old", b"1")
+            .expect("put");
+        b.list_append(&l, StateAddr::new(0, b"k", b""), b"old")
+            .expect("append");
         clock.advance(Duration::from_millis(60));
-        b.map_put(&m, 0, b"k", b"", b"new", b"2").expect("put");
-        b.list_append(&l, 0, b"k", b"", b"new").expect("append");
+        b.map_put(&m, StateAddr::new(0, b"k", b""), b"new", b"2")
+            .expect("put");
+        b.list_append(&l, StateAddr::new(0, b"k", b""), b"new")
+            .expect("append");
         clock.advance(Duration::from_millis(39));
         assert!(
-            b.value_get(&v, 0, b"k", b"").expect("get").is_some(),
+            b.value_get(&v, StateAddr::new(0, b"k", b""))
+                .expect("get")
+                .is_some(),
             "99 ms old"
         );
         clock.advance(Duration::from_millis(1));
         assert!(
-            b.value_get(&v, 0, b"k", b"").expect("get").is_none(),
+            b.value_get(&v, StateAddr::new(0, b"k", b""))
+                .expect("get")
+                .is_none(),
             "100 ms old"
         );
-        assert!(b.value_get(&forever, 0, b"k", b"").expect("get").is_some());
-        assert!(b.map_get(&m, 0, b"k", b"", b"old").expect("get").is_none());
-        assert!(b.map_get(&m, 0, b"k", b"", b"new").expect("get").is_some());
-        assert_eq!(b.map_entries(&m, 0, b"k", b"").expect("entries").count(), 1);
+        assert!(b
+            .value_get(&forever, StateAddr::new(0, b"k", b""))
+            .expect("get")
+            .is_some());
+        assert!(b
+            .map_get(&m, StateAddr::new(0, b"k", b""), b"old")
+            .expect("get")
+            .is_none());
+        assert!(b
+            .map_get(&m, StateAddr::new(0, b"k", b""), b"new")
+            .expect("get")
+            .is_some());
+        assert_eq!(
+            b.map_entries(&m, StateAddr::new(0, b"k", b""))
+                .expect("entries")
+                .count(),
+            1
+        );
         assert_eq!(list(&b, &l, 0, b"k", b""), vec![b"new".to_vec()]);
         // Expired entries are not snapshotted, and purge drops them.
         let snap = b.snapshot().expect("snapshot");
@@ -946,9 +1077,13 @@ mod tests {
         assert_eq!(b.purge_expired().expect("purge"), 3);
         assert_eq!(b.keys(&v).expect("keys").count(), 0);
         // A write refreshes: rewrite and read before the TTL passes again.
-        b.value_put(&v, 0, b"k", b"", b"y").expect("put");
+        b.value_put(&v, StateAddr::new(0, b"k", b""), b"y")
+            .expect("put");
         clock.advance(Duration::from_millis(99));
-        assert!(b.value_get(&v, 0, b"k", b"").expect("get").is_some());
+        assert!(b
+            .value_get(&v, StateAddr::new(0, b"k", b""))
+            .expect("get")
+            .is_some());
         clock.advance(Duration::from_millis(1_000));
         assert_eq!(b.keys(&m).expect("keys").count(), 0);
         assert!(b.namespaces(&l, 0, b"k").expect("ns").is_empty());
@@ -957,10 +1092,11 @@ mod tests {
     #[test]
     fn snapshot_roundtrips_through_bytes() {
         let mut b = InMemoryStateBackend::new();
-        b.value_put(&desc("v"), 7, b"k", b"n", b"1").expect("put");
-        b.map_put(&desc("m"), 9, b"k", b"", b"u", b"2")
+        b.value_put(&desc("v"), StateAddr::new(7, b"k", b"n"), b"1")
             .expect("put");
-        b.list_append(&desc("l"), 7, b"j", b"", b"3")
+        b.map_put(&desc("m"), StateAddr::new(9, b"k", b""), b"u", b"2")
+            .expect("put");
+        b.list_append(&desc("l"), StateAddr::new(7, b"j", b""), b"3")
             .expect("append");
         let snap = b.snapshot().expect("snapshot");
         let bytes = snap.to_bytes().expect("bytes");
@@ -975,10 +1111,11 @@ mod tests {
     #[test]
     fn restore_rejects_kind_conflicts() {
         let mut b = InMemoryStateBackend::new();
-        b.value_put(&desc("x"), 0, b"k", b"", b"1").expect("put");
+        b.value_put(&desc("x"), StateAddr::new(0, b"k", b""), b"1")
+            .expect("put");
         let snap = b.snapshot().expect("snapshot");
         let mut r = InMemoryStateBackend::new();
-        r.list_append(&desc("x"), 1, b"k", b"", b"1")
+        r.list_append(&desc("x"), StateAddr::new(1, b"k", b""), b"1")
             .expect("append");
         assert!(r.restore(&snap, &KeyGroupRange::all(128)).is_err());
     }
@@ -1018,12 +1155,12 @@ mod tests {
                 let k = k.expect("key");
                 let data: Vec<(Vec<u8>, Vec<u8>)> = match name {
                     "v" => b
-                        .value_get(&state, k.key_group, &k.key, &k.namespace)
+                        .value_get(&state, k.addr())
                         .expect("get")
                         .map(|v| vec![(Vec::new(), v.into_owned())])
                         .unwrap_or_default(),
                     "m" => b
-                        .map_entries(&state, k.key_group, &k.key, &k.namespace)
+                        .map_entries(&state, k.addr())
                         .expect("entries")
                         .map(|e| {
                             e.map(|(u, v)| (u.into_owned(), v.into_owned()))
@@ -1031,7 +1168,7 @@ mod tests {
                         })
                         .collect(),
                     _ => b
-                        .list_get(&state, k.key_group, &k.key, &k.namespace)
+                        .list_get(&state, k.addr())
                         .expect("list")
                         .map(|v| (Vec::new(), v.expect("value").into_owned()))
                         .collect(),
@@ -1066,22 +1203,22 @@ mod tests {
                     crate::state::subtask_for_key_group(kg, max, old_p)).contains(kg));
                 match op {
                     Op::Put(_, _, v) => {
-                        b.value_put(&desc("v"), kg, &key, &ns, &[*v]).expect("put");
+                        b.value_put(&desc("v"), StateAddr::new(kg, &key, &ns), &[*v]).expect("put");
                         model.insert(("v", kg, key, ns), vec![(Vec::new(), vec![*v])]);
                     }
                     Op::Delete(..) => {
-                        b.value_delete(&desc("v"), kg, &key, &ns).expect("delete");
+                        b.value_delete(&desc("v"), StateAddr::new(kg, &key, &ns)).expect("delete");
                         model.remove(&("v", kg, key, ns));
                     }
                     Op::MapPut(_, _, u, v) => {
-                        b.map_put(&desc("m"), kg, &key, &ns, &[*u], &[*v]).expect("put");
+                        b.map_put(&desc("m"), StateAddr::new(kg, &key, &ns), &[*u], &[*v]).expect("put");
                         let e = model.entry(("m", kg, key, ns)).or_default();
                         e.retain(|(k, _)| k != &[*u]);
                         e.push((vec![*u], vec![*v]));
                         e.sort();
                     }
                     Op::MapRemove(_, _, u) => {
-                        b.map_remove(&desc("m"), kg, &key, &ns, &[*u]).expect("remove");
+                        b.map_remove(&desc("m"), StateAddr::new(kg, &key, &ns), &[*u]).expect("remove");
                         let addr = ("m", kg, key, ns);
                         if let Some(e) = model.get_mut(&addr) {
                             e.retain(|(k, _)| k != &[*u]);
@@ -1091,7 +1228,7 @@ mod tests {
                         }
                     }
                     Op::Append(_, _, v) => {
-                        b.list_append(&desc("l"), kg, &key, &ns, &[*v]).expect("append");
+                        b.list_append(&desc("l"), StateAddr::new(kg, &key, &ns), &[*v]).expect("append");
                         model.entry(("l", kg, key, ns)).or_default().push((Vec::new(), vec![*v]));
                     }
                 }
@@ -1131,10 +1268,10 @@ mod tests {
         let mut boxed: Box<dyn KeyedStateBackend> = Box::new(InMemoryStateBackend::new());
         let s = desc("v");
         boxed
-            .value_put(&s, 0, b"k", VOID_NAMESPACE, b"1")
+            .value_put(&s, StateAddr::key(0, b"k"), b"1")
             .expect("put");
         fn read<B: KeyedStateBackend + ?Sized>(b: &B) -> Option<Vec<u8>> {
-            b.value_get(&desc("v"), 0, b"k", VOID_NAMESPACE)
+            b.value_get(&desc("v"), StateAddr::key(0, b"k"))
                 .expect("get")
                 .map(Cow::into_owned)
         }

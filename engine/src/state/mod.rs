@@ -3,7 +3,8 @@
 //!
 //! # Addressing
 //!
-//! Every piece of keyed state is addressed by **(state, key group, key, namespace)**:
+//! Every piece of keyed state is addressed by a state and a [`StateAddr`] **(key group,
+//! key, namespace)**:
 //!
 //! - the *state* is named by a [`StateDescriptor`] (name and optional TTL);
 //! - the *key group* (`u16`, `0..max_parallelism`) is derived from the key's hash with
@@ -34,8 +35,8 @@
 //!
 //! ```
 //! use weir_engine::state::{
-//!     key_group_for_hash, InMemoryStateBackend, KeyCodec, StateDescriptor, ValueState,
-//!     VOID_NAMESPACE,
+//!     key_group_for_hash, InMemoryStateBackend, KeyCodec, StateAddr, StateDescriptor,
+//!     ValueState,
 //! };
 //! # use std::sync::Arc;
 //! # use arrow::array::{Int64Array, StringArray};
@@ -57,12 +58,12 @@
 //! let keys = KeyCodec::for_columns(batch.schema_ref(), &[0])?.encode(&batch)?;
 //! for key in keys.iter() {
 //!     let kg = key_group_for_hash(weir_engine::state::hash_key(key), 128);
-//!     let n = count.get(&backend, kg, key, VOID_NAMESPACE)?.unwrap_or(0);
-//!     count.put(&mut backend, kg, key, VOID_NAMESPACE, &(n + 1))?;
+//!     let n = count.get(&backend, StateAddr::key(kg, key))?.unwrap_or(0);
+//!     count.put(&mut backend, StateAddr::key(kg, key), &(n + 1))?;
 //! }
 //! let a = keys.row(0);
 //! let kg = key_group_for_hash(weir_engine::state::hash_key(a), 128);
-//! assert_eq!(count.get(&backend, kg, a, VOID_NAMESPACE)?, Some(2));
+//! assert_eq!(count.get(&backend, StateAddr::key(kg, a))?, Some(2));
 //! # Ok(())
 //! # }
 //! ```
@@ -112,6 +113,46 @@ pub use typed::{ListState, MapState, ValueState};
 
 /// The namespace of state that has only one instance per key.
 pub const VOID_NAMESPACE: &[u8] = &[];
+
+/// Where one piece of keyed state lives within a state: its key group, key bytes and
+/// namespace — the one address every state method takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateAddr<'a> {
+    /// The key group of the key (see [`key_group_for_hash`]).
+    pub key_group: u16,
+    /// The key bytes (see [`KeyCodec`]).
+    pub key: &'a [u8],
+    /// The namespace (e.g. a window; [`VOID_NAMESPACE`] when there is one instance).
+    pub namespace: &'a [u8],
+}
+
+impl<'a> StateAddr<'a> {
+    /// `key` of `key_group` in `namespace`.
+    pub fn new(key_group: u16, key: &'a [u8], namespace: &'a [u8]) -> Self {
+        StateAddr {
+            key_group,
+            key,
+            namespace,
+        }
+    }
+
+    /// `key` of `key_group` in the void namespace.
+    pub fn key(key_group: u16, key: &'a [u8]) -> Self {
+        StateAddr::new(key_group, key, VOID_NAMESPACE)
+    }
+
+    /// The same key in `namespace`.
+    pub fn in_namespace(self, namespace: &'a [u8]) -> Self {
+        StateAddr { namespace, ..self }
+    }
+}
+
+impl StateKey {
+    /// This address, borrowed.
+    pub fn addr(&self) -> StateAddr<'_> {
+        StateAddr::new(self.key_group, &self.key, &self.namespace)
+    }
+}
 
 /// Names one piece of keyed state and its options. Operators create descriptors once
 /// (usually in `open`) and pass them with every access; the backend registers a state
@@ -266,7 +307,7 @@ pub fn store_watermark(
     let bytes = postcard::to_allocvec(&watermark)
         .map_err(|e| state_error(&state.name, format!("serialising the watermark: {e}")))?;
     for kg in range.iter() {
-        backend.value_put(state, kg, &[], VOID_NAMESPACE, &bytes)?;
+        backend.value_put(state, StateAddr::key(kg, &[]), &bytes)?;
     }
     Ok(())
 }
@@ -279,7 +320,7 @@ pub fn restore_watermarks(
 ) -> crate::error::Result<Vec<(u16, i64)>> {
     let mut out = Vec::new();
     for kg in range.iter() {
-        if let Some(b) = backend.value_get(state, kg, &[], VOID_NAMESPACE)? {
+        if let Some(b) = backend.value_get(state, StateAddr::key(kg, &[]))? {
             let w: i64 = postcard::from_bytes(&b)
                 .map_err(|e| state_error(&state.name, format!("corrupt watermark: {e}")))?;
             out.push((kg, w));

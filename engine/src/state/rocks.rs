@@ -60,6 +60,7 @@ use super::backend::{
 };
 use super::key_group::KeyGroupRange;
 use super::snapshot::{EntryData, SnapshotEntry, Stamped, StateInfo, StateSnapshot};
+use super::StateAddr;
 use super::{state_error, Clock, StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 
@@ -988,10 +989,13 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn value_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Option<Cow<'a, [u8]>>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(meta) = self.lookup(state, StateKind::Value)? else {
             return Ok(None);
         };
@@ -1011,11 +1015,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn value_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let now = self.clock.now_ms();
         let id = self.register(state, StateKind::Value)?;
         self.db
@@ -1030,11 +1037,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn map_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<Option<Cow<'a, [u8]>>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(meta) = self.lookup(state, StateKind::Map)? else {
             return Ok(None);
         };
@@ -1057,12 +1067,15 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn map_put(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let now = self.clock.now_ms();
         let id = self.register(state, StateKind::Map)?;
         self.db
@@ -1077,11 +1090,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn map_remove(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &[u8],
     ) -> Result<bool> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let live = self.liveness(state.ttl_ms());
         let Some(meta) = self.lookup(state, StateKind::Map)? else {
             return Ok(false);
@@ -1101,10 +1117,13 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn map_entries<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(meta) = self.lookup(state, StateKind::Map)? else {
             return Ok(Box::new(std::iter::empty()));
         };
@@ -1123,11 +1142,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn list_append(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &[u8],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let now = self.clock.now_ms();
         let id = self.register(state, StateKind::List)?;
         let mut item = Vec::with_capacity(12 + value.len());
@@ -1144,10 +1166,13 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn list_get<'a>(
         &'a self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<ValueIter<'a>> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(meta) = self.lookup(state, StateKind::List)? else {
             return Ok(Box::new(std::iter::empty()));
         };
@@ -1171,15 +1196,18 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn list_replace(
         &mut self,
         state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[&[u8]],
     ) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         if values.is_empty() {
             // Still checks the kind.
             self.lookup(state, StateKind::List)?;
-            return self.clear(state, key_group, key, namespace);
+            return self.clear(state, addr);
         }
         let now = self.clock.now_ms();
         let id = self.register(state, StateKind::List)?;
@@ -1192,13 +1220,12 @@ impl KeyedStateBackend for RocksDbStateBackend {
             .map_err(|e| self.db_err(&state.name, "put", e))
     }
 
-    fn clear(
-        &mut self,
-        state: &StateDescriptor,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
-    ) -> Result<()> {
+    fn clear(&mut self, state: &StateDescriptor, addr: StateAddr<'_>) -> Result<()> {
+        let StateAddr {
+            key_group,
+            key,
+            namespace,
+        } = addr;
         let Some(meta) = self.states.get(&state.name).copied() else {
             return Ok(());
         };
@@ -1655,7 +1682,6 @@ mod tests {
     use super::*;
     use crate::state::{
         hash_key, key_group_for_hash, InMemoryStateBackend, ManualClock, SystemClock,
-        VOID_NAMESPACE,
     };
     use proptest::prelude::*;
     use proptest::test_runner::TestCaseError;
@@ -1677,7 +1703,8 @@ mod tests {
         k: &[u8],
         n: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        Ok(b.value_get(s, kg, k, n)?.map(Cow::into_owned))
+        Ok(b.value_get(s, StateAddr::new(kg, k, n))?
+            .map(Cow::into_owned))
     }
 
     fn read_map_get<B: KeyedStateBackend + ?Sized>(
@@ -1688,7 +1715,8 @@ mod tests {
         n: &[u8],
         u: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        Ok(b.map_get(s, kg, k, n, u)?.map(Cow::into_owned))
+        Ok(b.map_get(s, StateAddr::new(kg, k, n), u)?
+            .map(Cow::into_owned))
     }
 
     fn read_list<B: KeyedStateBackend + ?Sized>(
@@ -1698,7 +1726,7 @@ mod tests {
         k: &[u8],
         n: &[u8],
     ) -> Result<Vec<Vec<u8>>> {
-        b.list_get(s, kg, k, n)?
+        b.list_get(s, StateAddr::new(kg, k, n))?
             .map(|v| v.map(Cow::into_owned))
             .collect()
     }
@@ -1710,7 +1738,7 @@ mod tests {
         k: &[u8],
         n: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        b.map_entries(s, kg, k, n)?
+        b.map_entries(s, StateAddr::new(kg, k, n))?
             .map(|e| e.map(|(u, v)| (u.into_owned(), v.into_owned())))
             .collect()
     }
@@ -1905,8 +1933,8 @@ mod tests {
                 let s = desc(*d);
                 same(
                     what,
-                    mem.value_put(&s, g, k, n, v),
-                    rdb.value_put(&s, g, k, n, v),
+                    mem.value_put(&s, StateAddr::new(g, k, n), v),
+                    rdb.value_put(&s, StateAddr::new(g, k, n), v),
                 )
             }
             Op::Get(d, a) => {
@@ -1923,8 +1951,8 @@ mod tests {
                 let s = desc(*d);
                 same(
                     what,
-                    mem.value_delete(&s, g, k, n),
-                    rdb.value_delete(&s, g, k, n),
+                    mem.value_delete(&s, StateAddr::new(g, k, n)),
+                    rdb.value_delete(&s, StateAddr::new(g, k, n)),
                 )
             }
             Op::MapPut(d, a, u, v) => {
@@ -1933,8 +1961,8 @@ mod tests {
                 let u = USER_KEYS[*u];
                 same(
                     what,
-                    mem.map_put(&s, g, k, n, u, v),
-                    rdb.map_put(&s, g, k, n, u, v),
+                    mem.map_put(&s, StateAddr::new(g, k, n), u, v),
+                    rdb.map_put(&s, StateAddr::new(g, k, n), u, v),
                 )
             }
             Op::MapRemove(d, a, u) => {
@@ -1943,8 +1971,8 @@ mod tests {
                 let u = USER_KEYS[*u];
                 same(
                     what,
-                    mem.map_remove(&s, g, k, n, u),
-                    rdb.map_remove(&s, g, k, n, u),
+                    mem.map_remove(&s, StateAddr::new(g, k, n), u),
+                    rdb.map_remove(&s, StateAddr::new(g, k, n), u),
                 )
             }
             Op::MapGet(d, a, u) => {
@@ -1963,8 +1991,8 @@ mod tests {
                 let u = USER_KEYS[*u];
                 same(
                     what,
-                    mem.map_contains(&s, g, k, n, u),
-                    rdb.map_contains(&s, g, k, n, u),
+                    mem.map_contains(&s, StateAddr::new(g, k, n), u),
+                    rdb.map_contains(&s, StateAddr::new(g, k, n), u),
                 )
             }
             Op::MapEntries(d, a) => {
@@ -1977,8 +2005,8 @@ mod tests {
                 let s = desc(*d);
                 same(
                     what,
-                    mem.list_append(&s, g, k, n, v),
-                    rdb.list_append(&s, g, k, n, v),
+                    mem.list_append(&s, StateAddr::new(g, k, n), v),
+                    rdb.list_append(&s, StateAddr::new(g, k, n), v),
                 )
             }
             Op::Replace(d, a, values) => {
@@ -1987,8 +2015,8 @@ mod tests {
                 let vs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
                 same(
                     what,
-                    mem.list_replace(&s, g, k, n, &vs),
-                    rdb.list_replace(&s, g, k, n, &vs),
+                    mem.list_replace(&s, StateAddr::new(g, k, n), &vs),
+                    rdb.list_replace(&s, StateAddr::new(g, k, n), &vs),
                 )
             }
             Op::ListGet(d, a) => {
@@ -2003,7 +2031,11 @@ mod tests {
             Op::Clear(d, a) => {
                 let (g, k, n) = addr(*a);
                 let s = desc(*d);
-                same(what, mem.clear(&s, g, k, n), rdb.clear(&s, g, k, n))
+                same(
+                    what,
+                    mem.clear(&s, StateAddr::new(g, k, n)),
+                    rdb.clear(&s, StateAddr::new(g, k, n)),
+                )
             }
             Op::ClearNamespace(d, n) => {
                 let s = desc(*d);
@@ -2179,18 +2211,24 @@ mod tests {
                         Some('m') => b
                             .map_put(
                                 &s,
-                                kg,
-                                &key,
-                                &ns,
+                                StateAddr::new(kg, &key, &ns),
                                 format!("u{}", i % 4).as_bytes(),
                                 tag.as_bytes(),
                             )
                             .expect("map put"),
                         Some('l') => b
-                            .list_append(&s, kg, &key, &ns, format!("{tag}{i}").as_bytes())
+                            .list_append(
+                                &s,
+                                StateAddr::new(kg, &key, &ns),
+                                format!("{tag}{i}").as_bytes(),
+                            )
                             .expect("append"),
                         _ => b
-                            .value_put(&s, kg, &key, &ns, format!("{tag}{i}").as_bytes())
+                            .value_put(
+                                &s,
+                                StateAddr::new(kg, &key, &ns),
+                                format!("{tag}{i}").as_bytes(),
+                            )
                             .expect("put"),
                     }
                 }
@@ -2300,7 +2338,11 @@ mod tests {
             Some(b"c0".to_vec())
         );
         assert!(matches!(
-            b.value_put(&StateDescriptor::new("l"), kg, &key, &ns, b"x"),
+            b.value_put(
+                &StateDescriptor::new("l"),
+                StateAddr::new(kg, &key, &ns),
+                b"x"
+            ),
             Err(EngineError::State { .. })
         ));
 
@@ -2311,8 +2353,12 @@ mod tests {
         assert!(!sst_names(&c2).is_empty());
         assert_eq!(sst_names(&c2), sst_names(&c3));
         // A small change adds only small new SST files.
-        a.value_put(&StateDescriptor::new("v"), kg, &key, &ns, b"new")
-            .expect("put");
+        a.value_put(
+            &StateDescriptor::new("v"),
+            StateAddr::new(kg, &key, &ns),
+            b"new",
+        )
+        .expect("put");
         let c4 = files(a.prepare_snapshot(4).expect("prepare 4"));
         let old: std::collections::HashSet<String> = sst_names(&c3).into_iter().collect();
         let new_bytes: u64 = c4
@@ -2398,8 +2444,12 @@ mod tests {
         // A kind conflict fails before anything changes.
         let mut w = open("w");
         let (kg, key) = key_of(1);
-        w.list_append(&StateDescriptor::new("v"), kg, &key, b"", b"1")
-            .expect("append");
+        w.list_append(
+            &StateDescriptor::new("v"),
+            StateAddr::new(kg, &key, b""),
+            b"1",
+        )
+        .expect("append");
         let before = w.snapshot().expect("snapshot");
         let err = w.import_range(&cx.dir, &low).expect_err("kind conflict");
         assert!(err.to_string().contains("is a list state"), "{err}");
@@ -2412,23 +2462,39 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("db");
         let mut mem = InMemoryStateBackend::new();
-        mem.value_put(&StateDescriptor::new("x"), 0, b"k", b"", b"1")
-            .expect("put");
-        mem.value_put(&StateDescriptor::new("y"), 1, b"k", b"", b"2")
-            .expect("put");
+        mem.value_put(
+            &StateDescriptor::new("x"),
+            StateAddr::new(0, b"k", b""),
+            b"1",
+        )
+        .expect("put");
+        mem.value_put(
+            &StateDescriptor::new("y"),
+            StateAddr::new(1, b"k", b""),
+            b"2",
+        )
+        .expect("put");
         let snap = mem.snapshot().expect("snapshot");
         {
             let mut r =
                 RocksDbStateBackend::create(&dir, MB, Arc::new(SystemClock)).expect("create");
-            r.list_append(&StateDescriptor::new("y"), 5, b"k", b"", b"1")
-                .expect("append");
+            r.list_append(
+                &StateDescriptor::new("y"),
+                StateAddr::new(5, b"k", b""),
+                b"1",
+            )
+            .expect("append");
             let before = r.snapshot().expect("snapshot");
             let err = r
                 .restore(&snap, &KeyGroupRange::all(128))
                 .expect_err("kind conflict");
             let mut m = InMemoryStateBackend::new();
-            m.list_append(&StateDescriptor::new("y"), 5, b"k", b"", b"1")
-                .expect("append");
+            m.list_append(
+                &StateDescriptor::new("y"),
+                StateAddr::new(5, b"k", b""),
+                b"1",
+            )
+            .expect("append");
             let mem_err = m
                 .restore(&snap, &KeyGroupRange::all(128))
                 .expect_err("kind conflict");
@@ -2485,7 +2551,7 @@ mod tests {
         for i in 0..n {
             let key = i.to_be_bytes();
             let kg = key_group_for_hash(hash_key(&key), 128);
-            b.value_put(&s, kg, &key, VOID_NAMESPACE, &big_value(i))
+            b.value_put(&s, StateAddr::key(kg, &key), &big_value(i))
                 .expect("put");
         }
         let memtables =
@@ -2500,7 +2566,7 @@ mod tests {
             let key = i.to_be_bytes();
             let kg = key_group_for_hash(hash_key(&key), 128);
             let got = b
-                .value_get(&s, kg, &key, VOID_NAMESPACE)
+                .value_get(&s, StateAddr::key(kg, &key))
                 .expect("get")
                 .map(Cow::into_owned);
             assert_eq!(got, Some(big_value(i)), "key {i}");

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::KeyedStateBackend;
 use super::key_group::KeyGroupRange;
 use super::snapshot::{SnapshotTimer, StateSnapshot};
+use super::StateAddr;
 use super::{decode_namespace_i64, namespace_i64, state_error, StateDescriptor};
 use crate::error::Result;
 
@@ -158,9 +159,9 @@ impl TimerService {
         for ((domain, t), present) in changes {
             let ns = timer_namespace(domain, t.timestamp, &t.namespace);
             if present {
-                backend.value_put(&desc, t.key_group, &t.key, &ns, &[])?;
+                backend.value_put(&desc, StateAddr::new(t.key_group, &t.key, &ns), &[])?;
             } else {
-                backend.value_delete(&desc, t.key_group, &t.key, &ns)?;
+                backend.value_delete(&desc, StateAddr::new(t.key_group, &t.key, &ns))?;
             }
         }
         Ok(n)

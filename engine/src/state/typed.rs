@@ -4,12 +4,13 @@
 //!
 //! ```
 //! use weir_engine::operator::OperatorContext;
-//! use weir_engine::state::{ListState, StateDescriptor, VOID_NAMESPACE};
+//! use weir_engine::state::{ListState, StateAddr, StateDescriptor};
 //!
 //! let mut ctx = OperatorContext::for_test("buffer");
 //! let buffer: ListState<(i64, String)> = ListState::new(StateDescriptor::new("buffer"));
-//! buffer.add(&mut ctx.state, 3, b"key", VOID_NAMESPACE, &(1, "a".into()))?;
-//! assert_eq!(buffer.get(&ctx.state, 3, b"key", VOID_NAMESPACE)?, vec![(1, "a".to_string())]);
+//! let addr = StateAddr::key(3, b"key");
+//! buffer.add(&mut ctx.state, addr, &(1, "a".into()))?;
+//! assert_eq!(buffer.get(&ctx.state, addr)?, vec![(1, "a".to_string())]);
 //! # Ok::<(), weir_engine::EngineError>(())
 //! ```
 
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::backend::KeyedStateBackend;
+use super::StateAddr;
 use super::{state_error, StateDescriptor};
 use crate::error::Result;
 
@@ -79,12 +81,10 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn get<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Option<T>> {
         backend
-            .value_get(&self.descriptor, key_group, key, namespace)?
+            .value_get(&self.descriptor, addr)?
             .map(|b| decode(&self.descriptor, &b))
             .transpose()
     }
@@ -93,13 +93,11 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn put<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &T,
     ) -> Result<()> {
         let bytes = encode(&self.descriptor, value)?;
-        backend.value_put(&self.descriptor, key_group, key, namespace, &bytes)
+        backend.value_put(&self.descriptor, addr, &bytes)
     }
 
     /// Reads the value, applies `f` and stores the result (`None` clears); returns
@@ -107,16 +105,14 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn update<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         f: impl FnOnce(Option<T>) -> Option<T>,
     ) -> Result<Option<T>> {
-        let old = self.get(backend, key_group, key, namespace)?;
+        let old = self.get(backend, addr)?;
         let new = f(old);
         match &new {
-            Some(v) => self.put(backend, key_group, key, namespace, v)?,
-            None => self.clear(backend, key_group, key, namespace)?,
+            Some(v) => self.put(backend, addr, v)?,
+            None => self.clear(backend, addr)?,
         }
         Ok(new)
     }
@@ -125,11 +121,9 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn clear<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<()> {
-        backend.value_delete(&self.descriptor, key_group, key, namespace)
+        backend.value_delete(&self.descriptor, addr)
     }
 }
 
@@ -147,14 +141,12 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn get<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &K,
     ) -> Result<Option<V>> {
         let uk = encode(&self.descriptor, user_key)?;
         backend
-            .map_get(&self.descriptor, key_group, key, namespace, &uk)?
+            .map_get(&self.descriptor, addr, &uk)?
             .map(|b| decode(&self.descriptor, &b))
             .transpose()
     }
@@ -163,53 +155,45 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn put<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &K,
         value: &V,
     ) -> Result<()> {
         let uk = encode(&self.descriptor, user_key)?;
         let v = encode(&self.descriptor, value)?;
-        backend.map_put(&self.descriptor, key_group, key, namespace, &uk, &v)
+        backend.map_put(&self.descriptor, addr, &uk, &v)
     }
 
     /// Removes `user_key`; whether it was there.
     pub fn remove<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &K,
     ) -> Result<bool> {
         let uk = encode(&self.descriptor, user_key)?;
-        backend.map_remove(&self.descriptor, key_group, key, namespace, &uk)
+        backend.map_remove(&self.descriptor, addr, &uk)
     }
 
     /// Whether the map holds `user_key`.
     pub fn contains<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         user_key: &K,
     ) -> Result<bool> {
         let uk = encode(&self.descriptor, user_key)?;
-        backend.map_contains(&self.descriptor, key_group, key, namespace, &uk)
+        backend.map_contains(&self.descriptor, addr, &uk)
     }
 
     /// All entries.
     pub fn entries<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Vec<(K, V)>> {
         backend
-            .map_entries(&self.descriptor, key_group, key, namespace)?
+            .map_entries(&self.descriptor, addr)?
             .map(|e| {
                 let (k, v) = e?;
                 Ok((decode(&self.descriptor, &k)?, decode(&self.descriptor, &v)?))
@@ -221,12 +205,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn keys<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Vec<K>> {
         backend
-            .map_entries(&self.descriptor, key_group, key, namespace)?
+            .map_entries(&self.descriptor, addr)?
             .map(|e| decode(&self.descriptor, &e?.0))
             .collect()
     }
@@ -235,12 +217,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn is_empty<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<bool> {
         Ok(backend
-            .map_entries(&self.descriptor, key_group, key, namespace)?
+            .map_entries(&self.descriptor, addr)?
             .next()
             .transpose()?
             .is_none())
@@ -250,11 +230,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn clear<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<()> {
-        backend.clear(&self.descriptor, key_group, key, namespace)
+        backend.clear(&self.descriptor, addr)
     }
 }
 
@@ -271,26 +249,22 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn add<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         value: &T,
     ) -> Result<()> {
         let bytes = encode(&self.descriptor, value)?;
-        backend.list_append(&self.descriptor, key_group, key, namespace, &bytes)
+        backend.list_append(&self.descriptor, addr, &bytes)
     }
 
     /// Appends every value of `values`.
     pub fn add_all<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[T],
     ) -> Result<()> {
         for v in values {
-            self.add(backend, key_group, key, namespace, v)?;
+            self.add(backend, addr, v)?;
         }
         Ok(())
     }
@@ -299,12 +273,10 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn get<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<Vec<T>> {
         backend
-            .list_get(&self.descriptor, key_group, key, namespace)?
+            .list_get(&self.descriptor, addr)?
             .map(|v| decode(&self.descriptor, &v?))
             .collect()
     }
@@ -313,9 +285,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn update<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
         values: &[T],
     ) -> Result<()> {
         let encoded = values
@@ -323,25 +293,23 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             .map(|v| encode(&self.descriptor, v))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-        backend.list_replace(&self.descriptor, key_group, key, namespace, &refs)
+        backend.list_replace(&self.descriptor, addr, &refs)
     }
 
     /// Removes the list.
     pub fn clear<B: KeyedStateBackend + ?Sized>(
         &self,
         backend: &mut B,
-        key_group: u16,
-        key: &[u8],
-        namespace: &[u8],
+        addr: StateAddr<'_>,
     ) -> Result<()> {
-        backend.clear(&self.descriptor, key_group, key, namespace)
+        backend.clear(&self.descriptor, addr)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{namespace_window, InMemoryStateBackend, VOID_NAMESPACE};
+    use crate::state::{namespace_window, InMemoryStateBackend};
     use serde::Deserialize;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,11 +330,18 @@ mod tests {
             sum: 3.5,
             last: Some("x".into()),
         };
-        acc.put(&mut b, 1, b"k", &w1, &a).expect("put");
-        assert_eq!(acc.get(&b, 1, b"k", &w1).expect("get"), Some(a.clone()));
-        assert_eq!(acc.get(&b, 1, b"k", &w2).expect("get"), None);
+        acc.put(&mut b, StateAddr::new(1, b"k", &w1), &a)
+            .expect("put");
+        assert_eq!(
+            acc.get(&b, StateAddr::new(1, b"k", &w1)).expect("get"),
+            Some(a.clone())
+        );
+        assert_eq!(
+            acc.get(&b, StateAddr::new(1, b"k", &w2)).expect("get"),
+            None
+        );
         let updated = acc
-            .update(&mut b, 1, b"k", &w1, |old| {
+            .update(&mut b, StateAddr::new(1, b"k", &w1), |old| {
                 old.map(|mut o| {
                     o.count += 1;
                     o
@@ -374,66 +349,70 @@ mod tests {
             })
             .expect("update");
         assert_eq!(updated.map(|a| a.count), Some(3));
-        acc.update(&mut b, 1, b"k", &w1, |_| None).expect("clear");
-        assert_eq!(acc.get(&b, 1, b"k", &w1).expect("get"), None);
+        acc.update(&mut b, StateAddr::new(1, b"k", &w1), |_| None)
+            .expect("clear");
+        assert_eq!(
+            acc.get(&b, StateAddr::new(1, b"k", &w1)).expect("get"),
+            None
+        );
     }
 
     #[test]
     fn map_state_typed() {
         let mut b = InMemoryStateBackend::new();
         let m: MapState<String, i64> = MapState::new(StateDescriptor::new("m"));
-        assert!(m.is_empty(&b, 0, b"k", VOID_NAMESPACE).expect("empty"));
-        m.put(&mut b, 0, b"k", VOID_NAMESPACE, &"a".into(), &1)
+        assert!(m.is_empty(&b, StateAddr::key(0, b"k")).expect("empty"));
+        m.put(&mut b, StateAddr::key(0, b"k"), &"a".into(), &1)
             .expect("put");
-        m.put(&mut b, 0, b"k", VOID_NAMESPACE, &"b".into(), &-2)
+        m.put(&mut b, StateAddr::key(0, b"k"), &"b".into(), &-2)
             .expect("put");
         assert_eq!(
-            m.get(&b, 0, b"k", VOID_NAMESPACE, &"b".into())
+            m.get(&b, StateAddr::key(0, b"k"), &"b".into())
                 .expect("get"),
             Some(-2)
         );
         assert!(m
-            .contains(&b, 0, b"k", VOID_NAMESPACE, &"a".into())
+            .contains(&b, StateAddr::key(0, b"k"), &"a".into())
             .expect("contains"));
-        let mut entries = m.entries(&b, 0, b"k", VOID_NAMESPACE).expect("entries");
+        let mut entries = m.entries(&b, StateAddr::key(0, b"k")).expect("entries");
         entries.sort();
         assert_eq!(entries, vec![("a".to_string(), 1), ("b".to_string(), -2)]);
-        assert_eq!(m.keys(&b, 0, b"k", VOID_NAMESPACE).expect("keys").len(), 2);
+        assert_eq!(m.keys(&b, StateAddr::key(0, b"k")).expect("keys").len(), 2);
         assert!(m
-            .remove(&mut b, 0, b"k", VOID_NAMESPACE, &"a".into())
+            .remove(&mut b, StateAddr::key(0, b"k"), &"a".into())
             .expect("remove"));
-        m.clear(&mut b, 0, b"k", VOID_NAMESPACE).expect("clear");
-        assert!(m.is_empty(&b, 0, b"k", VOID_NAMESPACE).expect("empty"));
+        m.clear(&mut b, StateAddr::key(0, b"k")).expect("clear");
+        assert!(m.is_empty(&b, StateAddr::key(0, b"k")).expect("empty"));
     }
 
     #[test]
     fn list_state_through_a_boxed_backend() {
         let mut b: Box<dyn KeyedStateBackend> = Box::new(InMemoryStateBackend::new());
         let l: ListState<u32> = ListState::new(StateDescriptor::new("l"));
-        l.add_all(&mut b, 2, b"k", VOID_NAMESPACE, &[3, 1, 2])
+        l.add_all(&mut b, StateAddr::key(2, b"k"), &[3, 1, 2])
             .expect("add");
         assert_eq!(
-            l.get(&b, 2, b"k", VOID_NAMESPACE).expect("get"),
+            l.get(&b, StateAddr::key(2, b"k")).expect("get"),
             vec![3, 1, 2]
         );
-        l.update(&mut b, 2, b"k", VOID_NAMESPACE, &[9])
+        l.update(&mut b, StateAddr::key(2, b"k"), &[9])
             .expect("update");
         assert_eq!(
-            l.get(b.as_ref(), 2, b"k", VOID_NAMESPACE).expect("get"),
+            l.get(b.as_ref(), StateAddr::key(2, b"k")).expect("get"),
             vec![9]
         );
-        l.clear(&mut b, 2, b"k", VOID_NAMESPACE).expect("clear");
-        assert!(l.get(&b, 2, b"k", VOID_NAMESPACE).expect("get").is_empty());
+        l.clear(&mut b, StateAddr::key(2, b"k")).expect("clear");
+        assert!(l.get(&b, StateAddr::key(2, b"k")).expect("get").is_empty());
     }
 
     #[test]
     fn wrong_type_is_an_error() {
         let mut b = InMemoryStateBackend::new();
         let s: ValueState<String> = ValueState::new(StateDescriptor::new("s"));
-        s.put(&mut b, 0, b"k", VOID_NAMESPACE, &"not a float".into())
+        s.put(&mut b, StateAddr::key(0, b"k"), &"not a float".into())
             .expect("put");
         let f: ValueState<(f64, f64, f64)> = ValueState::new(StateDescriptor::new("s"));
-        let err = f.get(&b, 0, b"k", VOID_NAMESPACE).expect_err("error");
+        let err = f.get(&b, StateAddr::key(0, b"k")).expect_err("error");
         assert!(err.to_string().contains("state s"), "{err}");
     }
 }

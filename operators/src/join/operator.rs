@@ -25,13 +25,14 @@ use weir_engine::message::EventTime;
 use weir_engine::metrics::OperatorMetrics;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::state::{
-    hash_key, key_group_for_hash, restore_watermarks, StateDescriptor, StateKey, VOID_NAMESPACE,
+    hash_key, key_group_for_hash, restore_watermarks, StateDescriptor, StateKey,
 };
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
 
 use super::plan::{JoinMode, JoinPlan, OutputColumn, LATE_LEFT, LATE_RIGHT};
 use crate::window::WindowKind;
+use weir_engine::state::StateAddr;
 
 /// Name of the keyed state holding the left buffer of each key: (key group, key bytes,
 /// empty namespace) → the buffered rows (postcard, see [`StoredRow`]).
@@ -770,7 +771,7 @@ impl Operator for JoinOperator {
                 }
                 let bytes = ctx
                     .state
-                    .value_get(&state, a.key_group, &a.key, &a.namespace)?
+                    .value_get(&state, a.addr())?
                     .ok_or_else(|| op_error("join state vanished while restoring"))?;
                 let rows: Vec<StoredRow> = postcard::from_bytes(&bytes)
                     .map_err(|e| op_error(format!("corrupt join state: {e}")))?;
@@ -881,7 +882,7 @@ impl Operator for JoinOperator {
         for (kg, key, persisted) in std::mem::take(&mut self.removed) {
             for (state, persisted) in self.states.iter().zip(persisted) {
                 if persisted {
-                    ctx.state.value_delete(state, kg, &key, VOID_NAMESPACE)?;
+                    ctx.state.value_delete(state, StateAddr::key(kg, &key))?;
                 }
             }
         }
@@ -895,9 +896,7 @@ impl Operator for JoinOperator {
                     if ks.persisted[side] {
                         ctx.state.value_delete(
                             &self.states[side],
-                            ks.key_group,
-                            &ks.key,
-                            VOID_NAMESPACE,
+                            StateAddr::key(ks.key_group, &ks.key),
                         )?;
                         ks.persisted[side] = false;
                     }
@@ -916,9 +915,7 @@ impl Operator for JoinOperator {
                     .map_err(|e| op_error(format!("serialising a join buffer: {e}")))?;
                 ctx.state.value_put(
                     &self.states[side],
-                    ks.key_group,
-                    &ks.key,
-                    VOID_NAMESPACE,
+                    StateAddr::key(ks.key_group, &ks.key),
                     &bytes,
                 )?;
                 ks.persisted[side] = true;

@@ -2305,12 +2305,7 @@ fn checkpoints_write_the_buffers_and_delete_emptied_keys() {
         .unwrap();
     h.ctx
         .state
-        .value_delete(
-            &StateDescriptor::new(JOIN_LEFT_STATE),
-            addr.key_group,
-            &addr.key,
-            &addr.namespace,
-        )
+        .value_delete(&StateDescriptor::new(JOIN_LEFT_STATE), addr.addr())
         .unwrap();
     h.left(&[r("a", 107, 4)]);
     h.checkpoint(4);

@@ -36,13 +36,12 @@ use weir_engine::message::EventTime;
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{FieldError, Partitioning, StepBuild};
 use weir_engine::source::dead_letters_to_batch;
-use weir_engine::state::{
-    hash_key, key_group_for_hash, KeyCodec, StateDescriptor, StateKey, VOID_NAMESPACE,
-};
+use weir_engine::state::{hash_key, key_group_for_hash, KeyCodec, StateDescriptor, StateKey};
 use weir_engine::time::event_times_ms;
 use weir_engine::{EngineError, Result};
 
 use super::row_errors::{self, row_dead_letter};
+use weir_engine::state::StateAddr;
 
 /// Name of the keyed state of each key: its versions and its waiting records.
 pub const AS_OF_STATE: &str = "as-of";
@@ -471,10 +470,7 @@ impl Operator for AsOfOperator {
             if !ctx.key_groups.contains(a.key_group) {
                 continue;
             }
-            let Some(bytes) =
-                ctx.state
-                    .value_get(&self.state, a.key_group, &a.key, &a.namespace)?
-            else {
+            let Some(bytes) = ctx.state.value_get(&self.state, a.addr())? else {
                 continue;
             };
             let stored: Stored = postcard::from_bytes(&bytes)
@@ -576,7 +572,7 @@ impl Operator for AsOfOperator {
             if data.versions.is_empty() && data.waiting.is_empty() {
                 if data.persisted {
                     ctx.state
-                        .value_delete(&self.state, data.key_group, &key, VOID_NAMESPACE)?;
+                        .value_delete(&self.state, StateAddr::key(data.key_group, &key))?;
                 }
                 self.keys.remove(&key);
                 continue;
@@ -588,7 +584,7 @@ impl Operator for AsOfOperator {
             let bytes = postcard::to_allocvec(&stored)
                 .map_err(|e| op_error(format!("serialising as-of state: {e}")))?;
             ctx.state
-                .value_put(&self.state, data.key_group, &key, VOID_NAMESPACE, &bytes)?;
+                .value_put(&self.state, StateAddr::key(data.key_group, &key), &bytes)?;
             data.persisted = true;
         }
         Ok(())

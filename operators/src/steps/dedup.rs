@@ -21,11 +21,12 @@ use serde_json::{json, Value};
 use weir_engine::error::{EngineError, Result};
 use weir_engine::operator::{Collector, Operator, OperatorContext};
 use weir_engine::registry::{BuildContext, FieldError, Partitioning, StepBuild, StepFactory};
-use weir_engine::state::{hash_key, key_group_for_hash, KeyCodec, StateDescriptor, VOID_NAMESPACE};
+use weir_engine::state::{hash_key, key_group_for_hash, KeyCodec, StateDescriptor};
 use weir_engine::time::parse_duration;
 
 use super::key_by::read_keys;
 use crate::options::kind;
+use weir_engine::state::StateAddr;
 
 /// The state holding seen keys.
 pub const SEEN_STATE: &str = "seen";
@@ -53,16 +54,16 @@ impl Operator for DedupOperator {
             let kg = key_group_for_hash(hash_key(key), ctx.max_parallelism);
             if ctx
                 .state
-                .value_get(&self.seen, kg, key, VOID_NAMESPACE)?
+                .value_get(&self.seen, StateAddr::key(kg, key))?
                 .is_none()
             {
                 ctx.state
-                    .value_put(&self.seen, kg, key, VOID_NAMESPACE, &[])?;
+                    .value_put(&self.seen, StateAddr::key(kg, key), &[])?;
                 keep.push(row as u32);
             } else if self.seen.ttl.is_some() {
                 // Seen again: the key is remembered for another `ttl`.
                 ctx.state
-                    .value_put(&self.seen, kg, key, VOID_NAMESPACE, &[])?;
+                    .value_put(&self.seen, StateAddr::key(kg, key), &[])?;
             }
         }
         if keep.len() == batch.num_rows() {

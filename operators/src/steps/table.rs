@@ -38,12 +38,13 @@ use weir_engine::error::{EngineError, Result};
 use weir_engine::expr::SqlExpr;
 use weir_engine::operator::{Collector, Operator, OperatorContext, StateAnswer, StateRead};
 use weir_engine::registry::{BuildContext, FieldError, Partitioning, StepBuild, StepFactory};
-use weir_engine::state::{hash_key, key_group_for_hash, KeyCodec, StateDescriptor, VOID_NAMESPACE};
+use weir_engine::state::{hash_key, key_group_for_hash, KeyCodec, StateDescriptor};
 
 use super::key_by::read_keys;
 use crate::options::kind;
 use crate::window::plan::PlannedAggregate;
 use crate::window::{WindowOptions, WindowPlan};
+use weir_engine::state::StateAddr;
 
 /// The state holding each key's value.
 pub const TABLE_STATE: &str = "table";
@@ -311,7 +312,7 @@ impl Operator for TableOperator {
                     };
                     let t = times[best as usize];
                     let kg = key_group_for_hash(hash_key(key), ctx.max_parallelism);
-                    if let Some(old) = ctx.state.value_get(&self.state, kg, key, VOID_NAMESPACE)? {
+                    if let Some(old) = ctx.state.value_get(&self.state, StateAddr::key(kg, key))? {
                         let (old_t, _): (i64, Vec<u8>) = postcard::from_bytes(&old)
                             .map_err(|e| op_error(format!("corrupt state: {e}")))?;
                         if old_t > t {
@@ -322,7 +323,7 @@ impl Operator for TableOperator {
                         postcard::to_allocvec(&(t, rows.row(best as usize).as_ref().to_vec()))
                             .map_err(|e| op_error(e.to_string()))?;
                     ctx.state
-                        .value_put(&self.state, kg, key, VOID_NAMESPACE, &value)?;
+                        .value_put(&self.state, StateAddr::key(kg, key), &value)?;
                     changed_keys.push(key);
                     changed_values.push(value);
                 }
@@ -339,7 +340,7 @@ impl Operator for TableOperator {
                     let kg = key_group_for_hash(hash_key(key), ctx.max_parallelism);
                     let stored = ctx
                         .state
-                        .value_get(&self.state, kg, key, VOID_NAMESPACE)?
+                        .value_get(&self.state, StateAddr::key(kg, key))?
                         .map(|c| c.into_owned());
                     let mut accs = Self::accumulators(aggs, stored.as_deref())?;
                     let row_times: Vec<i64> = members.iter().map(|&r| times[r as usize]).collect();
@@ -351,7 +352,7 @@ impl Operator for TableOperator {
                     let value =
                         postcard::to_allocvec(&states).map_err(|e| op_error(e.to_string()))?;
                     ctx.state
-                        .value_put(&self.state, kg, key, VOID_NAMESPACE, &value)?;
+                        .value_put(&self.state, StateAddr::key(kg, key), &value)?;
                     changed_keys.push(key);
                     changed_values.push(value);
                 }
@@ -373,7 +374,7 @@ impl Operator for TableOperator {
             StateRead::Get { key, key_group } => {
                 let Some(v) = ctx
                     .state
-                    .value_get(&self.state, *key_group, key, VOID_NAMESPACE)?
+                    .value_get(&self.state, StateAddr::key(*key_group, key))?
                     .map(|c| c.into_owned())
                 else {
                     return Ok(StateAnswer::Value(None));
@@ -400,7 +401,7 @@ impl Operator for TableOperator {
                 let mut vs: Vec<Vec<u8>> = Vec::with_capacity(chosen.len());
                 for (_, i) in &chosen {
                     let (kg, k) = &keys[*i];
-                    if let Some(v) = ctx.state.value_get(&self.state, *kg, k, VOID_NAMESPACE)? {
+                    if let Some(v) = ctx.state.value_get(&self.state, StateAddr::key(*kg, k))? {
                         vs.push(v.into_owned());
                         ks.push(k);
                     }

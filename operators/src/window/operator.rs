@@ -1192,7 +1192,7 @@ impl Operator for WindowOperator {
                 .ok_or_else(|| op_error("corrupt window namespace in keyed state"))?;
             let bytes = ctx
                 .state
-                .value_get(&self.window_state, a.key_group, &a.key, &a.namespace)?
+                .value_get(&self.window_state, a.addr())?
                 .ok_or_else(|| op_error("window state vanished while restoring"))?;
             let stored: StoredWindow = postcard::from_bytes(&bytes)
                 .map_err(|e| op_error(format!("corrupt window state: {e}")))?;

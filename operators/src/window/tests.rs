@@ -24,6 +24,7 @@ use weir_engine::time::{event_time_column, EVENT_TIME_METADATA};
 
 use super::*;
 use crate::aggregates::BuiltinAggregate;
+use weir_engine::state::StateAddr;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -1379,9 +1380,11 @@ fn windows_of_checkpoints_before_table_logs_are_read_from_keyed_state() {
         ctx.state
             .value_put(
                 &StateDescriptor::new(WINDOW_STATE),
-                kg,
-                &rk[16..],
-                &weir_engine::state::namespace_window(start, end),
+                StateAddr::new(
+                    kg,
+                    &rk[16..],
+                    &weir_engine::state::namespace_window(start, end),
+                ),
                 &postcard::to_allocvec(&stored).unwrap(),
             )
             .unwrap();
