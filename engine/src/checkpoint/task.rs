@@ -937,13 +937,14 @@ mod tests {
     }
 
     fn metadata_with(
+        node: &str,
         epoch: u64,
         parallelism: usize,
         subtasks: Vec<SubtaskState>,
     ) -> CheckpointMetadata {
         let mut nodes = BTreeMap::new();
         nodes.insert(
-            "win".to_string(),
+            node.to_string(),
             NodeState {
                 parallelism,
                 subtasks,
@@ -1023,7 +1024,7 @@ mod tests {
         let compacted = last.table_log.clone().unwrap();
         assert!(compacted[0].name.ends_with(".compacted"));
         let restore = RestorePoint {
-            metadata: Arc::new(metadata_with(epoch, 1, vec![last.clone()])),
+            metadata: Arc::new(metadata_with("win", epoch, 1, vec![last.clone()])),
             storage: st.clone(),
         };
         let (entries, chain) = restore_table_log(&restore, "win", 0, 1, &KeyGroupRange::all(128))
@@ -1100,30 +1101,14 @@ mod tests {
     }
 
     fn metadata(epoch: u64, parallelism: usize, handles: Vec<StateHandle>) -> CheckpointMetadata {
-        let mut nodes = BTreeMap::new();
-        nodes.insert(
-            "op".to_string(),
-            NodeState {
-                parallelism,
-                subtasks: handles
-                    .into_iter()
-                    .map(|h| SubtaskState {
-                        state: Some(h),
-                        ..Default::default()
-                    })
-                    .collect(),
-            },
-        );
-        CheckpointMetadata {
-            format: METADATA_FORMAT,
-            job: "job".into(),
-            epoch,
-            timestamp_ms: 0,
-            completed_ms: 0,
-            kind: CheckpointKind::Checkpoint,
-            max_parallelism: 128,
-            nodes,
-        }
+        let subtasks = handles
+            .into_iter()
+            .map(|h| SubtaskState {
+                state: Some(h),
+                ..Default::default()
+            })
+            .collect();
+        metadata_with("op", epoch, parallelism, subtasks)
     }
 
     /// Bytes of the files of `cur` that `prev` does not have (by name, shared only),
