@@ -962,6 +962,49 @@ mod tests {
         }
     }
 
+    /// The watermark each old subtask recorded comes back with its key groups: the same
+    /// subtask at the same parallelism, both old ones (each with its range) when two
+    /// merge into one, the one owning the range when one is split; none recorded reads
+    /// as the start of time.
+    #[test]
+    fn restored_watermarks_follow_the_old_subtasks_key_groups() {
+        let st = storage("restored-watermarks");
+        let old = |w: Option<i64>| SubtaskState {
+            watermark: w,
+            ..Default::default()
+        };
+        let restore = RestorePoint {
+            metadata: Arc::new(metadata_with(
+                "win",
+                3,
+                2,
+                vec![old(Some(1_000)), old(Some(2_000))],
+            )),
+            storage: st.clone(),
+        };
+        let r0 = KeyGroupRange::for_subtask(128, 2, 0);
+        let r1 = KeyGroupRange::for_subtask(128, 2, 1);
+        assert_eq!(
+            restored_watermarks(&restore, "win", 1, 2),
+            vec![(r1, 2_000)]
+        );
+        assert_eq!(
+            restored_watermarks(&restore, "win", 0, 1),
+            vec![(r0, 1_000), (r1, 2_000)]
+        );
+        let split = restored_watermarks(&restore, "win", 3, 4);
+        assert_eq!(split, vec![(r1, 2_000)]);
+        assert!(restored_watermarks(&restore, "other", 0, 1).is_empty());
+        let none = RestorePoint {
+            metadata: Arc::new(metadata_with("win", 3, 1, vec![old(None)])),
+            storage: st,
+        };
+        assert_eq!(
+            restored_watermarks(&none, "win", 0, 1),
+            vec![(KeyGroupRange::all(128), i64::MIN)]
+        );
+    }
+
     /// A table log: the first file is full, later ones are deltas that extend the
     /// chain; deltas outgrowing the full file are compacted into one; a savepoint is
     /// self-contained and makes the next checkpoint start over; a delta after a failed
