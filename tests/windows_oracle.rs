@@ -743,8 +743,24 @@ struct Actual {
     late_metric: u64,
 }
 
+/// How the window step keeps its state in a run.
+#[derive(Clone, Copy, Debug)]
+enum Tier {
+    /// All open windows in memory (the default).
+    Memory,
+    /// RocksDB with no memory for open windows: every key moves to RocksDB after each
+    /// batch and comes back for its next record or due window.
+    #[cfg(feature = "rocksdb")]
+    RocksDbNoMemory,
+}
+
 /// Runs `case` with the window step at `parallelism`.
 fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
+    run_engine_in(case, parallelism, Tier::Memory)
+}
+
+/// [`run_engine`] with the state kept as `tier` says.
+fn run_engine_in(case: &Case, parallelism: usize, tier: Tier) -> Result<Actual, String> {
     let (reg, collected) = collecting_registry();
     let (mut b, src) = scripted_graph("windows-oracle", reg, case)?;
     let value = window_value(case);
@@ -767,8 +783,24 @@ fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
         .map_err(|e| format!("counts.late: {e:?}"))?;
     collect(&mut b, "late", &late, "late")?;
     let graph = b.build().map_err(|e| format!("graph: {e:?}"))?;
-    let summary =
-        block_on(weir_engine::runtime::run(graph)).map_err(|e| format!("job failed: {e}"))?;
+    let mut options = weir_engine::runtime::RunOptions::default();
+    #[cfg(feature = "rocksdb")]
+    let _dir = match tier {
+        Tier::Memory => None,
+        Tier::RocksDbNoMemory => {
+            let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+            options.state_backend = weir_engine::checkpoint::StateBackendConfig::RocksDb {
+                dir: Some(dir.path().to_path_buf()),
+                memory_budget_bytes: 1 << 20,
+                operator_memory_bytes: Some(0),
+            };
+            Some(dir)
+        }
+    };
+    #[cfg(not(feature = "rocksdb"))]
+    let Tier::Memory = tier;
+    let summary = block_on(weir_engine::runtime::run_with(graph, options))
+        .map_err(|e| format!("job failed: {e}"))?;
     let late_metric = summary
         .nodes
         .iter()
@@ -785,12 +817,17 @@ fn run_engine(case: &Case, parallelism: usize) -> Result<Actual, String> {
     })
 }
 
-/// Compares the runtime at parallelism 1 and 4 with the oracle.
+/// Compares the runtime at parallelism 1 and 4 with the oracle, and at parallelism 2
+/// with every key moved to RocksDB after each batch (the path of state beyond memory).
 fn check_case(case: &Case) -> Result<(), TestCaseError> {
     let exp = oracle(case);
-    for p in [1, 4] {
-        let act = run_engine(case, p)
-            .map_err(|e| TestCaseError::fail(format!("parallelism {p}: {e}\ninput: {case}")))?;
+    let mut runs = vec![(1, Tier::Memory), (4, Tier::Memory)];
+    #[cfg(feature = "rocksdb")]
+    runs.push((2, Tier::RocksDbNoMemory));
+    for (p, tier) in runs {
+        let act = run_engine_in(case, p, tier).map_err(|e| {
+            TestCaseError::fail(format!("parallelism {p}, {tier:?}: {e}\ninput: {case}"))
+        })?;
         let mut report = String::new();
         if let Some(d) = diff_rows(&exp.main, &act.main) {
             report.push_str(&d);
@@ -812,7 +849,7 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
                 let _ = writeln!(all, "  {r}");
             }
             return Err(TestCaseError::fail(format!(
-                "window parallelism {p} differs from the oracle:\n{report}input: {case}\noracle rows:\n{all}"
+                "window parallelism {p} ({tier:?}) differs from the oracle:\n{report}input: {case}\noracle rows:\n{all}"
             )));
         }
     }

@@ -104,6 +104,10 @@ pub struct OperatorContext {
     /// range of the old subtasks that owned this subtask's key groups (the runtime
     /// stores every operator's watermark; `watermark` starts at their minimum).
     pub restored_watermarks: Vec<(KeyGroupRange, EventTime)>,
+    /// Bytes the operator may keep in memory for state it can also hold in `state`
+    /// (open windows): beyond it, it moves its coldest keys there. `None`: unbounded.
+    /// Set when the backend keeps state off-heap and the job gives a memory budget.
+    pub memory_budget: Option<usize>,
 }
 
 impl OperatorContext {
@@ -124,6 +128,7 @@ impl OperatorContext {
             metrics: std::sync::Arc::new(SubtaskMetrics::default()),
             restored_table: None,
             restored_watermarks: Vec::new(),
+            memory_budget: None,
         }
     }
 

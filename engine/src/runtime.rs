@@ -1388,6 +1388,7 @@ impl ChainTask {
                             metrics: m.clone(),
                             restored_table: None,
                             restored_watermarks: Vec::new(),
+                            memory_budget: None,
                         },
                         metrics: m,
                         deferred: None,
@@ -1860,6 +1861,16 @@ impl ChainTask {
             )
             .await?;
             m.ctx.state = opened.backend;
+            if let (
+                StateBackendConfig::RocksDb {
+                    operator_memory_bytes: Some(b),
+                    ..
+                },
+                true,
+            ) = (&*self.backend, keyed)
+            {
+                m.ctx.memory_budget = Some(*b);
+            }
             self.working_dirs.0.extend(opened.working_dir);
             if let Some(r) = self.restore.as_ref() {
                 m.ctx.restored_watermarks =

@@ -130,6 +130,10 @@ pub enum StateBackendConfig {
         dir: Option<PathBuf>,
         /// Memory RocksDB may use per subtask for its block cache and write buffers.
         memory_budget_bytes: usize,
+        /// Memory each stateful operator subtask may use for the state it keeps in
+        /// memory (open windows) before it moves its coldest keys into RocksDB; `None`:
+        /// unbounded (all open windows in memory, the fastest path).
+        operator_memory_bytes: Option<usize>,
     },
 }
 

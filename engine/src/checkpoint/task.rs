@@ -649,6 +649,7 @@ pub async fn open_backend(
             StateBackendConfig::RocksDb {
                 dir,
                 memory_budget_bytes,
+                ..
             },
             true,
         ) => {
@@ -1130,6 +1131,7 @@ mod tests {
         StateBackendConfig::RocksDb {
             dir: Some(dir.to_path_buf()),
             memory_budget_bytes: 4 * 1024 * 1024,
+            operator_memory_bytes: None,
         }
     }
 

@@ -474,24 +474,25 @@ impl<'a> Compiler<'a> {
                         .and_then(Value::as_str)
                         .map_or_else(|| base_dir.join(LOCAL_STATE_DIR), |d| base_dir.join(d)),
                 );
+                // An explicit budget bounds all of a subtask's state memory: half for
+                // RocksDB, half for what the operators keep in memory. Without one,
+                // RocksDB gets the default and windows stay in memory.
                 let budget = match obj.get("memory_budget") {
-                    None | Some(Value::Null) => DEFAULT_ROCKSDB_MEMORY_BUDGET,
-                    Some(Value::Number(n)) => n
-                        .as_u64()
-                        .and_then(|n| usize::try_from(n).ok())
-                        .unwrap_or(DEFAULT_ROCKSDB_MEMORY_BUDGET),
+                    None | Some(Value::Null) => None,
+                    Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
                     Some(Value::String(t)) => match parse_size(t) {
-                        Ok(n) => n,
+                        Ok(n) => Some(n),
                         Err(m) => {
                             self.problem("/state/memory_budget", At::Value, m);
-                            DEFAULT_ROCKSDB_MEMORY_BUDGET
+                            None
                         }
                     },
-                    Some(_) => DEFAULT_ROCKSDB_MEMORY_BUDGET,
+                    Some(_) => None,
                 };
                 StateBackendConfig::RocksDb {
                     dir,
-                    memory_budget_bytes: budget,
+                    memory_budget_bytes: budget.map_or(DEFAULT_ROCKSDB_MEMORY_BUDGET, |b| b / 2),
+                    operator_memory_bytes: budget.map(|b| b - b / 2),
                 }
             }
             _ => StateBackendConfig::Memory,

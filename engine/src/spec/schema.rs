@@ -380,7 +380,7 @@ fn add_fixed_defs(defs: &mut Map<String, Value>, registry: &Registry) {
                     },
                     "memory_budget": {
                         "type": ["string", "integer"],
-                        "description": "Memory RocksDB may use per subtask for its block cache and write buffers, e.g. 64MB (the default)."
+                        "description": "Memory for state per operator subtask, e.g. 256MB: half for RocksDB's block cache and write buffers, half for the open windows an operator keeps in memory (the coldest keys move to RocksDB beyond it). Without it RocksDB uses 64MB and windows keep all their open state in memory."
                     }
                 }
             }),

@@ -37,6 +37,8 @@ use weir_engine::{EngineError, Result};
 use super::keys::{KeyIds, WKey};
 use super::plan::{TimeMode, WindowKind, WindowPlan, LATE_OUTPUT};
 
+mod spill;
+
 /// Name of the keyed state holding the windows: (key group, key bytes,
 /// `namespace_window(start, end)`) → the window's fired flag and the
 /// [`Accumulator::state`] of each aggregate (postcard).
@@ -97,17 +99,21 @@ fn log_window(
     w: &Window,
 ) -> Result<()> {
     encode_table_key(rk, start, w.end, key);
-    log.put_with(key_group, rk, |b| {
-        b.push(u8::from(w.fired));
-        for a in w.accumulators.iter() {
-            let at = b.len();
-            b.extend_from_slice(&[0; 4]);
-            a.write_state(b)?;
-            let len = (b.len() - at - 4) as u32;
-            b[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        }
-        Ok(())
-    })
+    log.put_with(key_group, rk, |b| encode_window_value(b, w))
+}
+
+/// Appends a window's value (as in the table log): its fired flag, then each
+/// aggregate's state with its length (u32 LE).
+fn encode_window_value(b: &mut Vec<u8>, w: &Window) -> Result<()> {
+    b.push(u8::from(w.fired));
+    for a in w.accumulators.iter() {
+        let at = b.len();
+        b.extend_from_slice(&[0; 4]);
+        a.write_state(b)?;
+        let len = (b.len() - at - 4) as u32;
+        b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Copy-on-write: before a window marked for the snapshot being written changes (or
@@ -149,6 +155,9 @@ struct KeyWindows {
     hash: u64,
     key: WKey,
     key_group: u16,
+    /// Used since the last eviction sweep passed it (the clock of the memory tier:
+    /// a sweep spares a touched key once).
+    touched: bool,
     windows: Windows,
 }
 
@@ -319,6 +328,9 @@ pub struct WindowOperator {
     live: usize,
     /// The highest watermark seen (or restored).
     watermark: EventTime,
+    /// The memory tier's bound and the keys moved to keyed state beyond it (`None`:
+    /// unbounded, nothing moves).
+    spill: Option<spill::Spill>,
     clock: Arc<dyn Clock>,
     window_state: StateDescriptor,
     watermark_state: StateDescriptor,
@@ -369,6 +381,7 @@ impl WindowOperator {
             pending: None,
             live: 0,
             watermark: EventTime::MIN,
+            spill: None,
             clock: Arc::new(SystemClock),
             window_state: StateDescriptor::new(WINDOW_STATE),
             watermark_state: StateDescriptor::new(WATERMARK_STATE),
@@ -502,6 +515,7 @@ impl WindowOperator {
                             hash,
                             key: WKey::new(key),
                             key_group,
+                            touched: true,
                             windows: Windows::default(),
                         },
                         |kw| kw.hash,
@@ -509,6 +523,7 @@ impl WindowOperator {
                     .into_mut()
             }
         };
+        kw.touched = true;
         let wkey = kw.key.clone();
         match kw.windows.insert(start, window) {
             None => self.live += 1,
@@ -607,7 +622,6 @@ impl WindowOperator {
             WindowKind::Session { .. } => return Err(op_error("not a fixed window")),
         };
         let tumbling = size == slide;
-        sc.ids.assign(keys, &self.hasher);
         // Rows are grouped by (key, window) without a vector per group: each row's
         // group goes into `pairs`, then one counting sort orders the rows by group
         // (keeping arrival order within a group). Tumbling windows find a row's group
@@ -685,6 +699,7 @@ impl WindowOperator {
             let existing = match found {
                 Some(kw) => match kw.windows.get_mut(start) {
                     Some(win) => {
+                        kw.touched = true;
                         if win.snap {
                             before_change(&mut self.pending, kw.key_group, key, start, win)?;
                         }
@@ -740,7 +755,6 @@ impl WindowOperator {
         let WindowKind::Session { gap } = self.plan.options.kind else {
             return Err(op_error("not a session window"));
         };
-        sc.ids.assign(keys, &self.hasher);
         // The rows of each key in arrival order: a counting sort by key id.
         sc.pairs.clear();
         sc.pairs.extend(
@@ -955,6 +969,7 @@ impl WindowOperator {
             .keys
             .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == key)
             .ok_or_else(|| op_error("session vanished"))?;
+        kw.touched = true;
         let arc = kw.key.clone();
         let key_group = kw.key_group;
         let win = kw
@@ -1060,7 +1075,24 @@ impl WindowOperator {
     /// entry that comes due is checked against the window it names: gone or already
     /// fired, it is dropped; not yet due (it grew), it is queued again at its real
     /// time.
-    fn fire_and_purge(&mut self, time: i64, out: &mut Collector) -> Result<()> {
+    fn fire_and_purge(
+        &mut self,
+        time: i64,
+        ctx: &mut OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        // Keys in keyed state with a window due come back in chunks; each chunk fires
+        // and purges with the windows in memory, and the memory tier is trimmed again.
+        while self.load_due_keys(time, ctx)? {
+            self.fire_and_purge_memory(time, out)?;
+            self.evict(ctx)?;
+        }
+        self.fire_and_purge_memory(time, out)?;
+        self.evict(ctx)
+    }
+
+    /// [`Self::fire_and_purge`] of the windows in memory.
+    fn fire_and_purge_memory(&mut self, time: i64, out: &mut Collector) -> Result<()> {
         let mut fired: Vec<QueueEntry> = Vec::new();
         while let Some(first) = self.to_fire.first() {
             if first.0.saturating_sub(1) > time {
@@ -1228,7 +1260,8 @@ impl Operator for WindowOperator {
             self.watermark = self.watermark.max(w);
             ctx.state.clear_state(&self.watermark_state)?;
         }
-        Ok(())
+        self.spill = spill::Spill::open(ctx)?;
+        self.evict(ctx)
     }
 
     fn process_batch(
@@ -1269,6 +1302,12 @@ impl Operator for WindowOperator {
         };
         // The batch buffers are taken out of `self` while the operator changes.
         let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.ids.assign(&keys, &self.hasher);
+        // Keys moved to keyed state come back to memory before their rows apply.
+        if let Err(e) = self.load_batch_keys(&scratch.ids, &keys, ctx) {
+            self.scratch = scratch;
+            return Err(e);
+        }
         let result = match plan.options.kind {
             WindowKind::Session { .. } => {
                 self.process_sessions(&mut scratch, &input, &mut late, &mut updated)
@@ -1292,7 +1331,7 @@ impl Operator for WindowOperator {
                 out.emit(rows);
             }
         }
-        Ok(())
+        self.evict(ctx)
     }
 
     fn handle_watermark(
@@ -1307,7 +1346,7 @@ impl Operator for WindowOperator {
         self.watermark = self.watermark.max(watermark).max(ctx.watermark);
         // Timers registered at checkpoints mirror the queues; drop the due ones.
         let _ = ctx.timers.advance_watermark(self.watermark);
-        self.fire_and_purge(self.watermark, out)
+        self.fire_and_purge(self.watermark, ctx, out)
     }
 
     fn tick_interval(&self) -> Option<Duration> {
@@ -1325,7 +1364,7 @@ impl Operator for WindowOperator {
         }
         let now = now_ms.max(self.clock.now_ms());
         let _ = ctx.timers.advance_processing_time(now);
-        self.fire_and_purge(now, out)
+        self.fire_and_purge(now, ctx, out)
     }
 
     fn snapshot_table(&mut self, _epoch: u64, mut log: TableLogWriter) -> Result<TableSnapshot> {
@@ -1401,12 +1440,12 @@ impl Operator for WindowOperator {
 
     fn handle_end_of_input(
         &mut self,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
         // The final watermark normally did this already; processing-time windows and
         // inputs that never sent it close here.
-        self.fire_and_purge(i64::MAX, out)
+        self.fire_and_purge(i64::MAX, ctx, out)
     }
 
     fn queryable_key(&self) -> Option<(SchemaRef, Vec<usize>)> {
@@ -1416,7 +1455,7 @@ impl Operator for WindowOperator {
 
     /// The open windows of a key (still in state: not fired, or fired and within the
     /// allowed lateness), each with its aggregates so far and whether it fired.
-    fn read_state(&mut self, read: &StateRead, _ctx: &mut OperatorContext) -> Result<StateAnswer> {
+    fn read_state(&mut self, read: &StateRead, ctx: &mut OperatorContext) -> Result<StateAnswer> {
         let windows_of = |op: &Self, key: &[u8]| -> Result<Option<serde_json::Value>> {
             let Some(kw) = op.find(key, op.hash(key)) else {
                 return Ok(None);
@@ -1439,31 +1478,47 @@ impl Operator for WindowOperator {
             }
             Ok(Some(serde_json::json!({ "windows": rows })))
         };
-        match read {
-            StateRead::Get { key, .. } => Ok(StateAnswer::Value(windows_of(self, key)?)),
+        // A key moved to keyed state comes back to memory to be answered.
+        let load = |op: &mut Self, ctx: &mut OperatorContext, key: &[u8]| -> Result<()> {
+            let hash = op.hash(key);
+            if op.find(key, hash).is_none() {
+                let kg = ctx.key_group_of(key);
+                op.load_key(key, kg, ctx)?;
+            }
+            Ok(())
+        };
+        let answer = match read {
+            StateRead::Get { key, .. } => {
+                load(self, ctx, key)?;
+                StateAnswer::Value(windows_of(self, key)?)
+            }
             StateRead::Scan {
                 prefix,
                 after,
                 limit,
             } => {
-                let keys: Vec<Vec<u8>> = self
+                let mut keys: Vec<Vec<u8>> = self
                     .keys
                     .iter()
                     .map(|kw| kw.key.as_slice().to_vec())
                     .collect();
+                keys.extend(self.moved_keys_list(ctx)?.into_iter().map(|(_, k)| k));
                 let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
                 let texts = crate::steps::key_texts(&self.plan.codec, &refs)?;
                 let chosen =
                     crate::steps::scan_choice(texts, prefix.as_deref(), after.as_deref(), *limit);
                 let mut out = Vec::with_capacity(chosen.len());
                 for (text, i) in chosen {
+                    load(self, ctx, &keys[i])?;
                     if let Some(v) = windows_of(self, &keys[i])? {
                         out.push((text, v));
                     }
                 }
-                Ok(StateAnswer::Entries(out))
+                StateAnswer::Entries(out)
             }
-        }
+        };
+        self.evict(ctx)?;
+        Ok(answer)
     }
 
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {

@@ -135,6 +135,8 @@ struct H {
     chain: Vec<Vec<u8>>,
     /// A table snapshot is being written (deferred): one more entry after each batch.
     deferred: bool,
+    /// The keyed state and the watermark as of the last checkpoint's barrier.
+    keyed: Option<(weir_engine::state::StateSnapshot, i64)>,
 }
 
 impl H {
@@ -155,6 +157,7 @@ impl H {
             late: Vec::new(),
             chain: Vec::new(),
             deferred: false,
+            keyed: None,
         }
     }
 
@@ -163,6 +166,7 @@ impl H {
     fn checkpoint(&mut self, epoch: u64) {
         self.finish_snapshot();
         self.op.handle_checkpoint(epoch, &mut self.ctx).unwrap();
+        self.keyed = Some((self.ctx.state.snapshot().unwrap(), self.ctx.watermark));
         let log = TableLogWriter::new(self.chain.is_empty());
         match self.op.snapshot_table(epoch, log).unwrap() {
             TableSnapshot::Done(log) => self.add_log(log),
@@ -211,12 +215,15 @@ impl H {
         ctx.parallelism = parallelism;
         ctx.subtask = subtask;
         ctx.key_groups = range;
-        let snapshot = self.ctx.state.snapshot().unwrap();
+        let (snapshot, watermark) = match &self.keyed {
+            Some((s, w)) => (s.clone(), *w),
+            None => (self.ctx.state.snapshot().unwrap(), self.ctx.watermark),
+        };
         ctx.state.restore(&snapshot, &range).unwrap();
         ctx.restored_table = Some(self.restored(&range));
         // The runtime records the watermark at the barrier and restores it.
-        ctx.restored_watermarks = vec![(KeyGroupRange::all(128), self.ctx.watermark)];
-        ctx.watermark = self.ctx.watermark;
+        ctx.restored_watermarks = vec![(KeyGroupRange::all(128), watermark)];
+        ctx.watermark = watermark;
         ctx
     }
 
@@ -938,6 +945,108 @@ fn restore_from_a_checkpoint_continues_exactly() {
             assert!(splits > 3);
         }
     }
+}
+
+/// The steps as the subtask owning `range` sees them: the rows of its key groups
+/// (keyed on `k`), every watermark.
+fn of_key_groups(steps: &[Step], range: KeyGroupRange) -> Vec<Step> {
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Wm(w) => Step::Wm(*w),
+            Step::Batch(rows) => {
+                let groups =
+                    weir_engine::state::key_groups_for_batch(&batch(rows), &[0], 128).unwrap();
+                Step::Batch(
+                    rows.iter()
+                        .zip(groups)
+                        .filter(|(_, g)| range.contains(*g))
+                        .map(|(r, _)| r.clone())
+                        .collect(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// An operator for `value` that keeps at most `budget` bytes of windows in memory and
+/// moves the rest to keyed state (here in memory, as RocksDB would hold it).
+fn with_budget(value: &Value, budget: Option<usize>, mut ctx: OperatorContext) -> H {
+    let plan = WindowStep::plan(&build_ctx(), value, &schema()).unwrap();
+    ctx.memory_budget = budget;
+    H::with(WindowOperator::new(Arc::new(plan)), ctx)
+}
+
+#[test]
+fn keys_moved_out_of_memory_give_the_same_output_through_restores() {
+    // Windows beyond the memory budget move to keyed state and come back; with any
+    // budget, and restored from a checkpoint while a deferred table snapshot and moves
+    // went on after its barrier (at the same and at another parallelism), the output
+    // is that of the unbounded operator.
+    let configs = [
+        all_aggregates(json!({"tumbling": "10ms"}), 0, true),
+        all_aggregates(json!({"tumbling": "10ms"}), 15, true),
+        all_aggregates(
+            json!({"sliding": {"size": "20ms", "slide": "5ms"}}),
+            10,
+            true,
+        ),
+        all_aggregates(json!({"session": {"gap": "7ms"}}), 10, true),
+        all_aggregates(json!({"session": {"gap": "3ms"}}), 0, false),
+    ];
+    let mut moved = 0;
+    for (ci, value) in configs.iter().enumerate() {
+        for seed in 0..3u64 {
+            let steps = script(seed * 17 + ci as u64, 40);
+            let mut whole = H::new(value.clone());
+            run_steps(&mut whole, &steps);
+            for budget in [Some(0), Some(2500), Some(5000)] {
+                let mut all = with_budget(value, budget, OperatorContext::for_test("w"));
+                run_steps(&mut all, &steps);
+                assert_eq!(all.main, whole.main, "config {ci} seed {seed} {budget:?}");
+                assert_eq!(all.late, whole.late, "config {ci} seed {seed} {budget:?}");
+                moved += all.op.moved_keys().0;
+                for split in (4..steps.len() - 4).step_by(9) {
+                    let ctx = || OperatorContext::for_test("w");
+                    let mut first = with_budget(value, budget, ctx());
+                    run_steps(&mut first, &steps[..split / 2]);
+                    first.checkpoint(1);
+                    run_steps(&mut first, &steps[split / 2..split]);
+                    first.checkpoint(2);
+                    let (main_at, late_at) = (first.main.len(), first.late.len());
+                    // Work after the barrier: the table snapshot is written while keys
+                    // move (one window per batch), and none of it is in checkpoint 2.
+                    run_steps(&mut first, &steps[split..split + 3]);
+                    let ctx = first.restored_ctx(KeyGroupRange::all(128), 0, 1);
+                    let mut second = with_budget(value, budget, ctx);
+                    run_steps(&mut second, &steps[split..]);
+                    let mut main = first.main[..main_at].to_vec();
+                    main.extend(second.main.clone());
+                    let mut late = first.late[..late_at].to_vec();
+                    late.extend(second.late.clone());
+                    let at = format!("config {ci} seed {seed} {budget:?} split {split}");
+                    assert_eq!(main, whole.main, "{at}");
+                    assert_eq!(late, whole.late, "{at}");
+                    // At parallelism 2: each subtask takes its key groups of both tiers.
+                    let mut rows = first.main[..main_at].to_vec();
+                    for subtask in 0..2 {
+                        let range = KeyGroupRange::for_subtask(128, 2, subtask);
+                        let ctx = first.restored_ctx(range, subtask, 2);
+                        let mut sub = with_budget(value, budget, ctx);
+                        run_steps(&mut sub, &of_key_groups(&steps[split..], range));
+                        rows.extend(sub.main);
+                    }
+                    let mut want = whole.main.clone();
+                    want.sort();
+                    rows.sort();
+                    if value.get("key").is_some() {
+                        assert_eq!(rows, want, "{at}, parallelism 2");
+                    }
+                }
+            }
+        }
+    }
+    assert!(moved > 100, "keys moved: {moved}");
 }
 
 #[test]
