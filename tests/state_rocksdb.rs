@@ -294,6 +294,92 @@ fn state_many_times_the_memory_budget_dedups_exactly() {
     );
 }
 
+/// Runs the job once and samples its peak resident memory (`VmHWM`) while it runs;
+/// panics unless it succeeds. Returns its stderr and the peak in bytes.
+fn run_measured(dir: &Path, rust_log: &str) -> (String, u64) {
+    let mut child = weir(dir, rust_log).spawn().unwrap();
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            for line in status.lines() {
+                if let Some(kb) = line.strip_prefix("VmHWM:") {
+                    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak = peak.max(kb * 1024);
+                }
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
+    assert!(status.success(), "the run failed: {}", tail(&err));
+    (err, peak)
+}
+
+/// 250k keys, each in one open tumbling window until the input ends, on RocksDB:
+/// without a memory budget every window is in memory; with `memory_budget: 16MB` (8 MB
+/// for windows) the coldest keys move to RocksDB. Both runs emit the same 400k rows,
+/// and the bounded run's peak memory stays far below the unbounded one's (which grows
+/// with the windows).
+#[test]
+fn windows_beyond_the_memory_budget_keep_memory_bounded() {
+    const KEYS: i64 = 250_000;
+    let job = |budget: &str| {
+        format!(
+            "name: rocks-windows\n\
+             state: {{ backend: rocksdb, dir: state{budget} }}\n\
+             sources:\n  gen:\n    type: datagen\n    rows: {KEYS}\n    seed: 9\n\
+             \x20   schema: {{ id: int, v: int, ts: timestamp }}\n\
+             \x20   fields: {{ id: {{ sequence: {{ start: 0 }} }}, v: {{ min: 0, max: 9 }} }}\n\
+             \x20   event_time: {{ field: ts }}\n\
+             steps:\n  w:\n    from: gen\n\
+             \x20   window: {{ tumbling: 1h, key: [id], aggregate: {{ n: \"count(*)\", s: \"sum(v)\" }} }}\n\
+             sinks:\n  out: {{ from: w, type: file, path: out/w.jsonl }}\n"
+        )
+    };
+    let mut results = Vec::new();
+    for budget in ["", ", memory_budget: 16MB"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("job.yaml"), job(budget)).unwrap();
+        let started = Instant::now();
+        let (err, peak) = run_measured(dir.path(), "warn,weir_operators::window=debug");
+        let out = std::fs::read_to_string(dir.path().join("out/w.jsonl")).unwrap();
+        let mut rows: Vec<&str> = out.lines().collect();
+        rows.sort_unstable();
+        assert_eq!(rows.len(), KEYS as usize, "{budget}: one row per key");
+        let moved = err.matches("window keys moved to keyed state").count();
+        eprintln!(
+            "windows{budget}: peak RSS {} MB, {:?}, {moved} sweeps",
+            peak / MB,
+            started.elapsed()
+        );
+        results.push((
+            rows.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            peak,
+            moved,
+        ));
+    }
+    let (unbounded, bounded) = (&results[0], &results[1]);
+    assert_eq!(unbounded.2, 0, "no budget: nothing moves");
+    assert!(bounded.2 > 0, "with a budget: keys moved");
+    assert!(unbounded.0 == bounded.0, "the output differs with a budget");
+    assert!(
+        bounded.1 + 40 * MB < unbounded.1,
+        "peak RSS {} MB with a 16 MB budget, {} MB without",
+        bounded.1 / MB,
+        unbounded.1 / MB
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // 2. Exactly-once with RocksDB.
 
@@ -305,7 +391,9 @@ const EO_JOB: &str = "rocks-eo";
 /// same parallelism only); the steps and sinks run at `parallelism`.
 fn eo_yaml(parallelism: usize, rocksdb: bool, rate: bool) -> String {
     let state = if rocksdb {
-        "state: { backend: rocksdb, dir: state, memory_budget: 1MB }\n"
+        // 64 KB: 32 KB for open windows, far less than the per-id window's (8000 keys),
+        // so its keys keep moving to RocksDB and back while the job is killed.
+        "state: { backend: rocksdb, dir: state, memory_budget: 64KB }\n"
     } else {
         ""
     };
@@ -321,8 +409,11 @@ fn eo_yaml(parallelism: usize, rocksdb: bool, rate: bool) -> String {
          \x20 unique: {{ from: keyed, dedup: {{ key: [id, k] }} }}\n\
          \x20 counts:\n    from: gen\n\
          \x20   window: {{ tumbling: 1s, key: [g], aggregate: {{ n: \"count(*)\", lo: \"min(id)\", hi: \"max(id)\" }} }}\n\
+         \x20 per_id:\n    from: gen\n\
+         \x20   window: {{ tumbling: 10s, key: [id], aggregate: {{ n: \"count(*)\", s: \"sum(g)\" }} }}\n\
          sinks:\n  u: {{ from: unique, type: file, path: out/unique.jsonl }}\n\
          \x20 c: {{ from: counts, type: file, path: out/counts.jsonl }}\n\
+         \x20 p: {{ from: per_id, type: file, path: out/per_id.jsonl }}\n\
          dead_letter: {{ type: file, path: out/dead_letter.jsonl }}\n",
         key_expr(4)
     )
@@ -358,12 +449,17 @@ fn eo_reference() -> &'static BTreeMap<String, Vec<String>> {
             30 * 50,
             "reference: 30 windows x 50 keys"
         );
+        let n: i64 = ints(&out["per_id"], "n").iter().sum();
+        assert_eq!(
+            n, 30_000,
+            "reference: the per-id windows count every row once"
+        );
         out
     })
 }
 
 /// Log filter of the runs: enough to see how RocksDB state was opened.
-const ROCKS_LOG: &str = "warn,weir_engine::state::rocks=debug";
+const ROCKS_LOG: &str = "warn,weir_engine::state::rocks=debug,weir_operators::window=debug";
 
 /// Completed periodic checkpoints of the job.
 fn completed_checkpoints(dir: &Path) -> BTreeMap<u64, Value> {
@@ -469,6 +565,11 @@ fn crash_and_compare(point: &str, occurrences: &[(u64, bool)]) {
         let err = restart_to_end(dir.path());
         assert_same_output(&committed(dir.path()), want, &fault);
         assert!(!err.contains("ERROR"), "{fault}: {}", tail(&err));
+        assert!(
+            err.contains("window keys moved to keyed state"),
+            "{fault}: the per-id window never moved keys out of its 32 KB: {}",
+            tail(&err)
+        );
         if restored {
             assert!(
                 err.contains("opened restored rocksdb state backend"),
@@ -482,8 +583,8 @@ fn crash_and_compare(point: &str, occurrences: &[(u64, bool)]) {
 // Occurrences: the ones of the issue, which may come before the first checkpoint
 // completes (the restart then starts over), and later ones that come after one (the
 // restart opens its RocksDB files). A full run reaches `processing` ~1000 times (a
-// batch at a sink), `checkpoint_write` 7 times per checkpoint (once per task; the
-// 8th comes after checkpoint 1 completed, as one checkpoint is in flight at a time),
+// batch at a sink), `checkpoint_write` 9 times per checkpoint (once per task; the
+// 10th comes after checkpoint 1 completed, as one checkpoint is in flight at a time),
 // `before_commit` once and `during_commit` up to 4 times per checkpoint.
 
 #[test]
@@ -493,7 +594,7 @@ fn rocksdb_exactly_once_crash_during_processing() {
 
 #[test]
 fn rocksdb_exactly_once_crash_while_writing_a_checkpoint() {
-    crash_and_compare("checkpoint_write", &[(3, false), (10, true)]);
+    crash_and_compare("checkpoint_write", &[(3, false), (14, true)]);
 }
 
 #[test]
