@@ -48,9 +48,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBRawIteratorWithThreadMode, DBWithThreadMode, FlushOptions, MergeOperands, Options,
-    ReadOptions, SingleThreaded, WriteBatch, WriteBufferManager, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, DBRawIteratorWithThreadMode, DBWithThreadMode, FlushOptions, MergeOperands,
+    Options, ReadOptions, SingleThreaded, WriteBatch, WriteBufferManager, WriteOptions,
     DEFAULT_COLUMN_FAMILY_NAME,
 };
 
@@ -392,6 +392,14 @@ impl Memory {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         table.set_bloom_filter(10.0, false);
+        // Partitioned index and filters: a large file's whole filter (MBs) would not
+        // fit in one shard of the block cache and be read again for every lookup of a
+        // key it does not hold (measured: 30x fewer lookups per second once state
+        // reached ~100 MB); its partitions (4 KB) are cached like data blocks.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
         let mut opts = Options::default();
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_manager(&self.write_buffers);
