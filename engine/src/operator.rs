@@ -192,6 +192,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Whether the last [`Operator::handle_watermark`], [`Operator::handle_tick`] or
+    /// [`Operator::handle_end_of_input`] stopped part-way so that its output can flow
+    /// (e.g. windows read back from RocksDB in chunks): the runtime sends the output
+    /// on, then calls the same method again with the same argument, until this is
+    /// `false`, before it forwards the watermark or takes the next message. So the
+    /// output of a large firing never waits in memory as a whole. Default: `false`.
+    fn more_to_fire(&self) -> bool {
+        false
+    }
+
     /// The watermark forwarded downstream once the input watermark is `input` (after
     /// [`Operator::handle_watermark`]). The default forwards it unchanged; an operator
     /// whose output rows may carry event times behind its input watermark (an interval

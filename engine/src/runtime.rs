@@ -2132,6 +2132,15 @@ impl ChainTask {
                 m.op.handle_tick(now_ms, &mut m.ctx, &mut out)?;
             }
             self.drain(k, out).await?;
+            // What a tick left (a large firing in chunks) continues at once.
+            while self.members[k].op.more_to_fire() {
+                let mut out = Collector::default();
+                {
+                    let m = &mut self.members[k];
+                    m.op.handle_tick(now_ms, &mut m.ctx, &mut out)?;
+                }
+                self.drain(k, out).await?;
+            }
         }
         Ok(())
     }
@@ -2265,18 +2274,27 @@ impl ChainTask {
     async fn advance_watermark(&mut self, input: EventTime) -> Result<()> {
         let mut t = input;
         for k in 0..self.members.len() {
-            let mut out = Collector::default();
-            {
-                let m = &mut self.members[k];
-                m.ctx.watermark = t;
-                let started = Instant::now();
-                m.op.handle_watermark(t, &mut m.ctx, &mut out)?;
-                OperatorMetrics::add(&m.metrics.busy_nanos, started.elapsed().as_nanos() as u64);
-                // An operator may hold the watermark back (a join whose output rows
-                // carry times up to its interval behind its input watermark).
-                t = m.op.output_watermark(t).min(t);
+            loop {
+                let mut out = Collector::default();
+                let more = {
+                    let m = &mut self.members[k];
+                    m.ctx.watermark = t;
+                    let started = Instant::now();
+                    m.op.handle_watermark(t, &mut m.ctx, &mut out)?;
+                    OperatorMetrics::add(
+                        &m.metrics.busy_nanos,
+                        started.elapsed().as_nanos() as u64,
+                    );
+                    m.op.more_to_fire()
+                };
+                self.drain(k, out).await?;
+                if !more {
+                    break;
+                }
             }
-            self.drain(k, out).await?;
+            // An operator may hold the watermark back (a join whose output rows carry
+            // times up to its interval behind its input watermark).
+            t = self.members[k].op.output_watermark(t).min(t);
         }
         for (_, m) in &self.chain_nodes {
             m.set_watermark(t);
@@ -2291,12 +2309,18 @@ impl ChainTask {
             self.advance_watermark(EventTime::MAX).await?;
         }
         for k in 0..self.members.len() {
-            let mut out = Collector::default();
-            {
-                let m = &mut self.members[k];
-                m.op.handle_end_of_input(&mut m.ctx, &mut out)?;
+            loop {
+                let mut out = Collector::default();
+                let more = {
+                    let m = &mut self.members[k];
+                    m.op.handle_end_of_input(&mut m.ctx, &mut out)?;
+                    m.op.more_to_fire()
+                };
+                self.drain(k, out).await?;
+                if !more {
+                    break;
+                }
             }
-            self.drain(k, out).await?;
         }
         if self.ckpt.is_none() {
             if let Some(s) = self.sink.as_mut() {

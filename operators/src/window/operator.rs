@@ -331,6 +331,8 @@ pub struct WindowOperator {
     /// The memory tier's bound and the keys moved to keyed state beyond it (`None`:
     /// unbounded, nothing moves).
     spill: Option<spill::Spill>,
+    /// The last firing stopped part-way (see `Operator::more_to_fire`).
+    more: bool,
     clock: Arc<dyn Clock>,
     window_state: StateDescriptor,
     watermark_state: StateDescriptor,
@@ -382,6 +384,7 @@ impl WindowOperator {
             live: 0,
             watermark: EventTime::MIN,
             spill: None,
+            more: false,
             clock: Arc::new(SystemClock),
             window_state: StateDescriptor::new(WINDOW_STATE),
             watermark_state: StateDescriptor::new(WATERMARK_STATE),
@@ -1083,12 +1086,19 @@ impl WindowOperator {
     ) -> Result<()> {
         // Keys in keyed state with a window due come back in chunks; each chunk fires
         // and purges with the windows in memory, and the memory tier is trimmed again.
-        while self.load_due_keys(time, ctx)? {
+        // After a few chunks the call returns with `more_to_fire`, so that the runtime
+        // sends the output on before the next ones.
+        self.more = false;
+        for _ in 0..spill::CHUNKS_PER_CALL {
+            if !self.load_due_keys(time, ctx)? {
+                self.fire_and_purge_memory(time, out)?;
+                return self.evict(ctx);
+            }
             self.fire_and_purge_memory(time, out)?;
             self.evict(ctx)?;
         }
-        self.fire_and_purge_memory(time, out)?;
-        self.evict(ctx)
+        self.more = true;
+        Ok(())
     }
 
     /// [`Self::fire_and_purge`] of the windows in memory.
@@ -1347,6 +1357,10 @@ impl Operator for WindowOperator {
         // Timers registered at checkpoints mirror the queues; drop the due ones.
         let _ = ctx.timers.advance_watermark(self.watermark);
         self.fire_and_purge(self.watermark, ctx, out)
+    }
+
+    fn more_to_fire(&self) -> bool {
+        self.more
     }
 
     fn tick_interval(&self) -> Option<Duration> {

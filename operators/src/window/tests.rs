@@ -252,6 +252,12 @@ impl H {
         self.op
             .handle_watermark(w, &mut self.ctx, &mut out)
             .unwrap();
+        // The runtime calls again while the operator has more to fire.
+        while self.op.more_to_fire() {
+            self.op
+                .handle_watermark(w, &mut self.ctx, &mut out)
+                .unwrap();
+        }
         self.collect(out);
     }
 
@@ -261,6 +267,11 @@ impl H {
         self.op
             .handle_end_of_input(&mut self.ctx, &mut out)
             .unwrap();
+        while self.op.more_to_fire() {
+            self.op
+                .handle_end_of_input(&mut self.ctx, &mut out)
+                .unwrap();
+        }
         self.collect(out);
     }
 
@@ -900,9 +911,9 @@ fn all_aggregates(kind: Value, lateness: i64, keyed: bool) -> Value {
     v
 }
 
-#[test]
-fn restore_from_a_checkpoint_continues_exactly() {
-    let configs = [
+/// Window kinds, lateness and keying that the restore tests go through.
+fn restore_configs() -> Vec<Value> {
+    vec![
         all_aggregates(json!({"tumbling": "10ms"}), 0, true),
         all_aggregates(json!({"tumbling": "10ms"}), 15, true),
         all_aggregates(
@@ -913,7 +924,12 @@ fn restore_from_a_checkpoint_continues_exactly() {
         all_aggregates(json!({"session": {"gap": "7ms"}}), 10, true),
         all_aggregates(json!({"session": {"gap": "3ms"}}), 0, false),
         all_aggregates(json!({"tumbling": "8ms"}), 20, false),
-    ];
+    ]
+}
+
+#[test]
+fn restore_from_a_checkpoint_continues_exactly() {
+    let configs = restore_configs();
     for (ci, value) in configs.iter().enumerate() {
         for seed in 0..4u64 {
             let steps = script(seed * 31 + ci as u64, 40);
@@ -983,17 +999,7 @@ fn keys_moved_out_of_memory_give_the_same_output_through_restores() {
     // budget, and restored from a checkpoint while a deferred table snapshot and moves
     // went on after its barrier (at the same and at another parallelism), the output
     // is that of the unbounded operator.
-    let configs = [
-        all_aggregates(json!({"tumbling": "10ms"}), 0, true),
-        all_aggregates(json!({"tumbling": "10ms"}), 15, true),
-        all_aggregates(
-            json!({"sliding": {"size": "20ms", "slide": "5ms"}}),
-            10,
-            true,
-        ),
-        all_aggregates(json!({"session": {"gap": "7ms"}}), 10, true),
-        all_aggregates(json!({"session": {"gap": "3ms"}}), 0, false),
-    ];
+    let configs = restore_configs();
     let mut moved = 0;
     for (ci, value) in configs.iter().enumerate() {
         for seed in 0..3u64 {
@@ -1047,6 +1053,45 @@ fn keys_moved_out_of_memory_give_the_same_output_through_restores() {
         }
     }
     assert!(moved > 100, "keys moved: {moved}");
+}
+
+#[test]
+fn a_large_firing_from_keyed_state_lets_its_output_flow_in_parts() {
+    // 20k keys, all moved out of memory, due at one watermark: each call fires at most
+    // a few chunks and asks to be called again; all of them fire exactly once.
+    let value = count_sum(json!({"tumbling": "10ms"}), 0);
+    let mut h = with_budget(&value, Some(0), OperatorContext::for_test("w"));
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let rows: Vec<R> = chunk
+            .iter()
+            .map(|k| {
+                let mut row = r("a", 1, 1);
+                row.k = Box::leak(k.clone().into_boxed_str());
+                row
+            })
+            .collect();
+        h.push(&rows);
+    }
+    assert_eq!(h.op.live_windows(), 0, "every key moved out");
+    let mut calls = 0;
+    let mut rows = 0;
+    loop {
+        let mut out = Collector::default();
+        h.ctx.watermark = 9;
+        h.op.handle_watermark(9, &mut h.ctx, &mut out).unwrap();
+        calls += 1;
+        let n: usize = out.take_main().iter().map(|b| b.num_rows()).sum();
+        assert!(n <= 4 * 4096, "one call fired {n} windows");
+        rows += n;
+        if !h.op.more_to_fire() {
+            break;
+        }
+    }
+    assert_eq!(rows, 20_000);
+    assert!(calls >= 2, "{calls} calls");
+    h.wm(100);
+    assert!(h.take().is_empty(), "nothing fires twice");
 }
 
 #[test]

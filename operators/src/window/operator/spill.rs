@@ -38,6 +38,8 @@ pub const SPILL_DUE_STATE: &str = "window-spill-due";
 
 /// How many due keys come back to memory at a time when the watermark passes them.
 const DUE_CHUNK: usize = 4096;
+/// How many chunks one firing call takes before it lets its output flow.
+pub(super) const CHUNKS_PER_CALL: usize = 4;
 /// How many keys the memory estimate samples.
 const SAMPLE: usize = 64;
 /// Batches between two samples of the memory estimate.
