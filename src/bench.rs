@@ -220,6 +220,8 @@ pub struct RunSpec {
     pub out_topic: String,
     /// The state backend.
     pub state: StateChoice,
+    /// The RocksDB state's `memory_budget` (none: windows keep all open state in memory).
+    pub memory_budget: Option<String>,
 }
 
 /// Checkpoint figures of a run.
@@ -363,13 +365,14 @@ pub fn job_text(spec: &RunSpec) -> Result<String, WeirError> {
         }
     }
     if spec.state == StateChoice::Rocksdb {
-        root.insert(
-            "state".into(),
-            json!({
-                "backend": "rocksdb",
-                "dir": spec.data_dir.join("state").display().to_string(),
-            }),
-        );
+        let mut state = json!({
+            "backend": "rocksdb",
+            "dir": spec.data_dir.join("state").display().to_string(),
+        });
+        if let (Some(b), Some(o)) = (&spec.memory_budget, state.as_object_mut()) {
+            o.insert("memory_budget".into(), json!(b));
+        }
+        root.insert("state".into(), state);
     }
     if let Some(interval) = spec.checkpoint_every {
         let dir = spec.data_dir.join("checkpoints");
@@ -822,6 +825,7 @@ mod tests {
             sink: SinkMode::Blackhole,
             out_topic: "weir-bench-out".into(),
             state: StateChoice::Memory,
+            memory_budget: None,
         }
     }
 

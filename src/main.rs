@@ -299,6 +299,11 @@ enum Command {
         /// dir).
         #[arg(long, default_value = "memory")]
         state: weir::bench::StateChoice,
+        /// With `--state rocksdb`: the state's `memory_budget` per subtask (e.g. 64MB;
+        /// half for RocksDB, half for open windows, the rest moves to RocksDB).
+        /// Default: none (windows keep all open state in memory).
+        #[arg(long)]
+        memory_budget: Option<String>,
         /// List the workloads and exit.
         #[arg(long)]
         list: bool,
@@ -329,6 +334,8 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "memory")]
         state: weir::bench::StateChoice,
+        #[arg(long)]
+        memory_budget: Option<String>,
     },
 }
 
@@ -569,6 +576,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             kafka_sink,
             kafka_baseline,
             state,
+            memory_budget,
             list,
         } => {
             if list {
@@ -611,6 +619,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 sinks: kafka_sink,
                 kafka_baseline,
                 state,
+                memory_budget,
             };
             let results = run_bench(&plan)?;
             if let Some(path) = json {
@@ -635,6 +644,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
             out_topic,
             data_dir,
             state,
+            memory_budget,
         } => {
             let spec = weir::bench::RunSpec {
                 workload,
@@ -648,6 +658,7 @@ fn dispatch(cmd: Command) -> Result<(), WeirError> {
                 sink,
                 out_topic,
                 state,
+                memory_budget,
             };
             let rt = runtime()?;
             let result = rt.block_on(weir::bench::run_measured(&spec))?;
@@ -1009,6 +1020,7 @@ struct BenchPlan {
     sinks: Vec<weir::bench::SinkMode>,
     kafka_baseline: bool,
     state: weir::bench::StateChoice,
+    memory_budget: Option<String>,
 }
 
 /// One row of `weir bench`'s output: a run without checkpoints and, when asked, the
@@ -1069,6 +1081,7 @@ fn run_bench(plan: &BenchPlan) -> Result<Vec<BenchRow>, WeirError> {
                         sink,
                         out_topic: format!("weir-bench-out-{}-{runs_started}", std::process::id()),
                         state: plan.state,
+                        memory_budget: plan.memory_budget.clone(),
                     };
                     let prepared = rt.block_on(weir::bench::prepare_inputs(&spec));
                     if prepared.is_ok()
@@ -1225,6 +1238,9 @@ fn run_child(spec: &weir::bench::RunSpec) -> Result<weir::bench::RunResult, Weir
         .arg(&spec.data_dir);
     if let Some(d) = spec.checkpoint_every {
         cmd.args(["--checkpoint-every", &format!("{}ms", d.as_millis())]);
+    }
+    if let Some(b) = &spec.memory_budget {
+        cmd.args(["--memory-budget", b]);
     }
     let out = cmd
         .stdin(std::process::Stdio::null())

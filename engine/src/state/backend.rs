@@ -145,6 +145,20 @@ pub trait KeyedStateBackend: Send {
         addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>>;
 
+    /// The entries of the map at `addr` whose user key is `from` or after, in byte
+    /// order (a backend that can seek starts there instead of skipping the rest).
+    fn map_entries_from<'a>(
+        &'a self,
+        state: &StateDescriptor,
+        addr: StateAddr<'_>,
+        from: &[u8],
+    ) -> Result<MapEntryIter<'a>> {
+        let from = from.to_vec();
+        Ok(Box::new(self.map_entries(state, addr)?.skip_while(
+            move |e| matches!(e, Ok((k, _)) if k.as_ref() < from.as_slice()),
+        )))
+    }
+
     /// Appends `value` to the list at `addr`.
     fn list_append(
         &mut self,
@@ -289,6 +303,15 @@ impl<B: KeyedStateBackend + ?Sized> KeyedStateBackend for Box<B> {
         addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>> {
         (**self).map_entries(state, addr)
+    }
+
+    fn map_entries_from<'a>(
+        &'a self,
+        state: &StateDescriptor,
+        addr: StateAddr<'_>,
+        from: &[u8],
+    ) -> Result<MapEntryIter<'a>> {
+        (**self).map_entries_from(state, addr, from)
     }
 
     fn list_append(

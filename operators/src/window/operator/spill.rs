@@ -57,6 +57,11 @@ pub(super) struct Spill {
     bound: HashMap<u16, i64>,
     /// `bound` ordered by time: the key groups to walk when the watermark passes.
     by_due: BTreeSet<(i64, u16)>,
+    /// Per key group: the index entry the last walk stopped at. Entries before it were
+    /// taken (their deletions are still in RocksDB's way until compaction), so the next
+    /// walk seeks there instead of skipping them again; forgotten when an entry is
+    /// added at or before it.
+    resume: HashMap<u16, Vec<u8>>,
     /// Estimated bytes per key in memory (with its windows and queue entries).
     bytes_per_key: usize,
     /// Batches since the estimate was sampled.
@@ -93,6 +98,7 @@ impl Spill {
             active: restored,
             bound,
             by_due,
+            resume: HashMap::new(),
             bytes_per_key: 0,
             since_sample: RESAMPLE_BATCHES,
             moved_out: 0,
@@ -101,8 +107,15 @@ impl Spill {
         }))
     }
 
-    /// Lowers key group `kg`'s bound to `due`.
+    /// Lowers key group `kg`'s bound to `due` (an entry with that due time was added).
     fn note_due(&mut self, kg: u16, due: i64) {
+        if self
+            .resume
+            .get(&kg)
+            .is_some_and(|r| due_of(r).is_none_or(|d| due <= d))
+        {
+            self.resume.remove(&kg);
+        }
         match self.bound.get(&kg) {
             Some(&b) if b <= due => {}
             old => {
@@ -119,6 +132,9 @@ impl Spill {
     fn set_bound(&mut self, kg: u16, due: Option<i64>) {
         if let Some(b) = self.bound.remove(&kg) {
             self.by_due.remove(&(b, kg));
+        }
+        if due.is_none() {
+            self.resume.remove(&kg);
         }
         if let Some(d) = due {
             self.bound.insert(kg, d);
@@ -268,19 +284,18 @@ impl WindowOperator {
         let Some(sp) = self.spill.as_mut() else {
             return Ok(false);
         };
-        let groups: Vec<u16> = sp
-            .by_due
-            .range(..=(time, u16::MAX))
-            .map(|&(_, kg)| kg)
-            .collect();
+        let groups: Vec<(i64, u16)> = sp.by_due.range(..=(time, u16::MAX)).copied().collect();
         let mut chosen: Vec<(u16, Vec<u8>)> = Vec::new();
-        for kg in groups {
+        for (bound, kg) in groups {
             let mut next: Option<i64> = None;
             let mut full = false;
-            for entry in ctx
-                .state
-                .map_entries(&sp.due, StateAddr::new(kg, &[], &[]))?
-            {
+            let from = match sp.resume.remove(&kg) {
+                Some(r) => r,
+                None => due_bytes(bound).to_vec(),
+            };
+            let mut last: Option<Vec<u8>> = None;
+            let addr = StateAddr::new(kg, &[], &[]);
+            for entry in ctx.state.map_entries_from(&sp.due, addr, &from)? {
                 let (uk, _) = entry?;
                 let due = due_of(&uk).ok_or_else(|| op_error("corrupt moved-key index"))?;
                 if due > time || chosen.len() >= DUE_CHUNK {
@@ -289,8 +304,12 @@ impl WindowOperator {
                     break;
                 }
                 chosen.push((kg, uk.get(8..).unwrap_or_default().to_vec()));
+                last = Some(uk.into_owned());
             }
             sp.set_bound(kg, next);
+            if let (Some(_), Some(l)) = (next, last) {
+                sp.resume.insert(kg, l);
+            }
             if full {
                 break;
             }
