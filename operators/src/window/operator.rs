@@ -147,6 +147,10 @@ struct Window {
     /// Part of the table snapshot being written (deferred): its value as of the barrier
     /// is still to be logged, before it changes.
     snap: bool,
+    /// The ends its fire-queue and purge-queue entries carry (the queues are lazy: a
+    /// session that grew keeps its earlier entries until they come due). Set when it
+    /// is queued; what removes the window removes exactly these entries.
+    queued: (i64, i64),
 }
 
 /// The live windows of one key.
@@ -528,6 +532,8 @@ impl WindowOperator {
         };
         kw.touched = true;
         let wkey = kw.key.clone();
+        let mut window = window;
+        window.queued = (end, end);
         match kw.windows.insert(start, window) {
             None => self.live += 1,
             Some(mut old) => {
@@ -583,10 +589,10 @@ impl WindowOperator {
         self.live -= 1;
         // Only unfired windows are in the fire queue.
         if !w.fired {
-            self.to_fire.remove(&(w.end, key.clone(), start));
+            self.to_fire.remove(&(w.queued.0, key.clone(), start));
         }
         if in_purge_queue {
-            let purge = self.purge_time(w.end);
+            let purge = self.purge_time(w.queued.1);
             self.to_purge.remove(&(purge, key.clone(), start));
         }
         if w.persisted {
@@ -731,6 +737,7 @@ impl WindowOperator {
                     dirty: true,
                     persisted: false,
                     snap: false,
+                    queued: (0, 0),
                 };
                 self.insert_window(key, hash, max_parallelism, start, window);
             }
@@ -882,6 +889,7 @@ impl WindowOperator {
                         dirty: true,
                         persisted: false,
                         snap: false,
+                        queued: (0, 0),
                     },
                 };
                 ws.rows.sort_unstable();
@@ -960,6 +968,7 @@ impl WindowOperator {
                 dirty: true,
                 persisted: false,
                 snap: false,
+                queued: (0, 0),
             };
             self.insert_window(key, hash, max_parallelism, t, window);
             return Ok(true);
@@ -1108,7 +1117,7 @@ impl WindowOperator {
             if first.0.saturating_sub(1) > time {
                 break;
             }
-            let Some((_, key, start)) = self.to_fire.pop_first() else {
+            let Some((at, key, start)) = self.to_fire.pop_first() else {
                 break;
             };
             let bytes = key.as_slice();
@@ -1123,11 +1132,13 @@ impl WindowOperator {
             let Some(w) = kw.windows.get_mut(start) else {
                 continue;
             };
-            if w.fired {
-                continue;
+            if w.fired || at != w.queued.0 {
+                continue; // fired, or not the window's entry
             }
             let end = w.end;
             if end.saturating_sub(1) > time {
+                // It grew: queued again at its real end.
+                w.queued.0 = end;
                 self.to_fire.insert((end, key, start));
                 continue;
             }
@@ -1147,20 +1158,26 @@ impl WindowOperator {
             if first.0 > time {
                 break;
             }
-            let Some((_, key, start)) = self.to_purge.pop_first() else {
+            let Some((at, key, start)) = self.to_purge.pop_first() else {
                 break;
             };
             let bytes = key.as_slice();
             let hash = self.hash(bytes);
-            let Some(end) = self
-                .find(bytes, hash)
-                .and_then(|kw| kw.windows.get(start))
-                .map(|w| w.end)
+            let lateness = self.lateness();
+            let Some(w) = self
+                .keys
+                .find_mut(hash, |kw| kw.hash == hash && kw.key.as_slice() == bytes)
+                .and_then(|kw| kw.windows.get_mut(start))
             else {
                 continue;
             };
-            let purge = self.purge_time(end);
+            let purge_of = |end: i64| end.saturating_sub(1).saturating_add(lateness);
+            if at != purge_of(w.queued.1) {
+                continue; // not the window's entry
+            }
+            let purge = purge_of(w.end);
             if purge > time {
+                w.queued.1 = w.end;
                 self.to_purge.insert((purge, key, start));
             } else {
                 self.remove_window_queued(&key, start, false);
@@ -1216,6 +1233,7 @@ impl Operator for WindowOperator {
                     dirty: false,
                     persisted: true,
                     snap: false,
+                    queued: (0, 0),
                 };
                 self.restore_window(key, key_group, ctx.max_parallelism, start, window);
             }
@@ -1256,6 +1274,7 @@ impl Operator for WindowOperator {
                 dirty: true,
                 persisted: false,
                 snap: false,
+                queued: (0, 0),
             };
             self.restore_window(&a.key, a.key_group, ctx.max_parallelism, start, window);
         }

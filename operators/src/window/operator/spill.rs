@@ -272,6 +272,7 @@ impl WindowOperator {
                 dirty: true,
                 persisted: false,
                 snap: false,
+                queued: (0, 0),
             };
             self.restore_window(key, kg, ctx.max_parallelism, start, window);
         }
@@ -406,9 +407,9 @@ impl WindowOperator {
             super::before_change(&mut self.pending, key_group, bytes, start, &mut w)?;
             self.live -= 1;
             if !w.fired {
-                self.to_fire.remove(&(w.end, key.clone(), start));
+                self.to_fire.remove(&(w.queued.0, key.clone(), start));
             }
-            let purge = self.purge_time(w.end);
+            let purge = self.purge_time(w.queued.1);
             self.to_purge.remove(&(purge, key.clone(), start));
             if w.persisted {
                 self.removed.push((key_group, key.clone(), start, w.end));
