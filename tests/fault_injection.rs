@@ -440,10 +440,14 @@ fn timed_out_checkpoints_are_aborted_and_the_job_goes_on() {
 
     // Some checkpoints abort and some complete (barriers of aborted ones are still
     // travelling when newer ones arrive), then a crash and a restore: still exact.
+    // Failures are tolerated: on a loaded machine four 8 ms checkpoints in a row can
+    // time out, and stopping the job is not what this checks.
     for (timeout, fault) in [("8ms", "before_commit:2"), ("12ms", "processing:40")] {
         let dir = setup("spike", 2, 31);
-        let yaml = job_yaml("spike", 2)
-            .replace("retain: 2 }", &format!("retain: 2, timeout: {timeout} }}"));
+        let yaml = job_yaml("spike", 2).replace(
+            "retain: 2 }",
+            &format!("retain: 2, timeout: {timeout}, tolerable_failures: 100000 }}"),
+        );
         std::fs::write(dir.path().join("job.yaml"), yaml).unwrap();
         run_to_end(dir.path(), Some(fault));
         assert_eq!(committed(dir.path()), want, "timeout {timeout}, {fault}");
