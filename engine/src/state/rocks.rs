@@ -1127,24 +1127,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
         state: &StateDescriptor,
         addr: StateAddr<'_>,
     ) -> Result<MapEntryIter<'a>> {
-        let StateAddr {
-            key_group,
-            key,
-            namespace,
-        } = addr;
-        let Some(meta) = self.lookup(state, StateKind::Map)? else {
-            return Ok(Box::new(std::iter::empty()));
-        };
-        let live = self.liveness(state.ttl_ms());
-        let prefix = address(key_group, meta.id, key, namespace);
-        Ok(Box::new(MapEntries {
-            it: self.prefix_iter(&prefix),
-            prefix_len: prefix.len(),
-            live,
-            dir: &self.dir,
-            started: false,
-            done: false,
-        }))
+        self.map_entries_from(state, addr, &[])
     }
 
     fn map_entries_from<'a>(
